@@ -1,0 +1,32 @@
+"""edgepareto: compression search for vision models, returning Pareto-optimal ONNX files.
+
+The Python API (the CLI is a thin layer over it)::
+
+    from search import RunConfig, run_search
+    report = run_search(RunConfig(name="demo", trials=20))
+    print(report.table())
+
+Heavy modules are imported on first use, so ``import search`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["RunConfig", "UserError", "load_report", "resume_search", "run_search"]
+
+_LAZY = {
+    "RunConfig": "search.config",
+    "UserError": "search.errors",
+    "run_search": "search.engine",
+    "resume_search": "search.engine",
+    "load_report": "search.results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'search' has no attribute {name!r}")

@@ -1,0 +1,191 @@
+"""``edgepareto``: a thin command-line layer over the Python API in ``search``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from search.errors import UserError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+# flag -> (RunConfig field, type, help). One table for every search option.
+SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "--name": ("name", str, "run name (default: search-DATE-TIME); runs are never overwritten"),
+    "--model": ("model", str, "timm model name (default resnet18)"),
+    "--checkpoint": ("checkpoint", str, "state_dict or whole saved model to start from"),
+    "--data": ("data", str, "'digits' (embedded default) or an ImageFolder path"),
+    "--img-size": ("img_size", int, "input size in pixels (default 32)"),
+    "--epochs": ("epochs", int, "baseline training epochs when no checkpoint (default 10)"),
+    "--batch-size": ("batch_size", int, "training batch size (default 64)"),
+    "--lr": ("lr", float, "baseline learning rate (default 3e-3)"),
+    "--finetune-lr": ("finetune_lr", float, "recovery fine-tuning learning rate (default 2e-3)"),
+    "--val-fraction": ("val_fraction", float, "validation share of the data (default 0.2)"),
+    "--test-fraction": ("test_fraction", float, "test share of the data (default 0.2)"),
+    "--seed": ("seed", int, "seed for splits, training and the sampler (default 0)"),
+    "--space": ("space", str, "space preset (default, cnn, quant-only) or YAML file"),
+    "--objectives": ("objectives", _csv, "comma list of accuracy,latency,size (default all)"),
+    "--sampler": ("sampler", str, "tpe (default), random or nsga2"),
+    "--trials": ("trials", _positive_int, "number of trials, the baseline included (default 30)"),
+    "--timeout": ("timeout", float, "stop starting new trials after this many seconds"),
+    "--storage": ("storage", str, "Optuna RDB storage URL (default sqlite in the run folder)"),
+    "--min-accuracy": ("min_accuracy", float, "budget: validation accuracy at least (fraction)"),
+    "--max-accuracy-drop": (
+        "max_accuracy_drop", float, "budget: at most this many points below the baseline (default 5)"
+    ),
+    "--max-latency-ms": ("max_latency_ms", float, "budget: latency at most, in ms"),
+    "--max-size-mb": ("max_size_mb", float, "budget: model file at most, in MB"),
+    "--target": ("target", str, "latency target (default host)"),
+    "--threads": ("threads", int, "threads on the target (default 1)"),
+    "--repeats": ("repeats", int, "timed runs per latency measurement (default 50)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgepareto", description="Compression search for vision models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    search = sub.add_parser("search", help="run a compression search")
+    for flag, (dest, kind, text) in SEARCH_OPTIONS.items():
+        search.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+    search.add_argument("--config", help="YAML run config; flags override it")
+    search.add_argument("--runs-dir", default=None, help="where runs are written (default runs)")
+    search.add_argument("--resume", metavar="NAME", help="continue the interrupted run NAME")
+    search.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    show = sub.add_parser("show", help="print the Pareto table of a finished run")
+    show.add_argument("name")
+    show.add_argument("--runs-dir", default="runs")
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench.add_argument("what", choices=["search"])
+    bench.add_argument("--trials", type=_positive_int, default=20)
+    bench.add_argument("--seeds", type=_positive_int, default=3)
+    bench.add_argument("--runs-dir", default="runs")
+    bench.add_argument("--model", default=None)
+    bench.add_argument("--img-size", type=int, default=None)
+    return parser
+
+
+def _search(args: argparse.Namespace) -> int:
+    from search import RunConfig, resume_search, run_search
+    from search.progress import Progress
+
+    overrides = {dest: getattr(args, dest) for dest, _, _ in SEARCH_OPTIONS.values()}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.resume:
+        allowed = {"trials", "timeout"}
+        extra = sorted(set(overrides) - allowed)
+        if extra or args.config:
+            raise UserError(
+                "--resume takes its settings from the run's run.yaml; only --trials and "
+                f"--timeout may change (got {', '.join(extra) or '--config'})"
+            )
+        report = resume_search(
+            args.resume, args.runs_dir or "runs", overrides.get("trials"), overrides.get("timeout"),
+            progress=_progress_for(args, resume=True),
+        )
+    else:
+        base: dict[str, Any] = {}
+        if args.config:
+            base = _read_yaml(args.config)
+        if args.runs_dir is not None:
+            base["runs_dir"] = args.runs_dir
+        cfg = RunConfig.from_dict({**base, **overrides})
+        report = run_search(cfg, Progress(cfg.objectives, cfg.directions, quiet=args.quiet))
+    print(report.table())
+    print(f"\nresults: {report.run_dir}/pareto.csv, trials.csv, summary.json")
+    return 0
+
+
+def _progress_for(args: argparse.Namespace, resume: bool):
+    from search.engine import Run, load_config
+    from search.progress import Progress
+
+    cfg = load_config(Run(args.resume, Path(args.runs_dir or "runs")))
+    return Progress(cfg.objectives, cfg.directions, quiet=args.quiet)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of settings")
+    return data
+
+
+def _show(args: argparse.Namespace) -> int:
+    from search.results import load_report
+
+    report = load_report(Path(args.runs_dir) / args.name)
+    print(report.table())
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from search.bench import bench_search
+
+    print(bench_search(
+        trials=args.trials, seeds=args.seeds, runs_dir=args.runs_dir,
+        model=args.model, img_size=args.img_size,
+    ))
+    return 0
+
+
+COMMANDS = {"search": _search, "show": _show, "bench": _bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"edgepareto: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "\nedgepareto: interrupted; completed trials are saved. Continue with "
+            "'edgepareto search --resume NAME'", file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+def entry() -> None:
+    sys.exit(main())

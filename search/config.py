@@ -1,0 +1,117 @@
+"""RunConfig: one schema for CLI flags, YAML (``run.yaml``) and, later, REST JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from search.errors import UserError
+
+OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}
+SAMPLERS = ("tpe", "random", "nsga2")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a search; saved as ``runs/NAME/run.yaml`` so a run reproduces."""
+
+    name: str | None = None
+    runs_dir: str = "runs"
+    model: str = "resnet18"
+    checkpoint: str | None = None
+    data: str = "digits"
+    img_size: int = 32
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    finetune_lr: float = 2e-3
+    space: str = "default"
+    objectives: tuple[str, ...] = ("accuracy", "latency", "size")
+    sampler: str = "tpe"
+    trials: int = 30
+    timeout: float | None = None
+    storage: str | None = None
+    min_accuracy: float | None = None
+    max_accuracy_drop: float | None = 5.0
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None
+    target: str = "host"
+    threads: int = 1
+    repeats: int = 50
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``UserError`` naming the first bad setting."""
+        if self.name is not None and not NAME_RE.match(self.name):
+            raise UserError(
+                f"run name {self.name!r} must be letters, digits, '.', '_' or '-' (max 100)"
+            )
+        _at_least("trials", self.trials, 1)
+        _at_least("img-size", self.img_size, 8)
+        _at_least("epochs", self.epochs, 0)
+        _at_least("batch-size", self.batch_size, 1)
+        _at_least("threads", self.threads, 1)
+        _at_least("repeats", self.repeats, 5)
+        for key in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, key) < 0.5:
+                raise UserError(f"--{key.replace('_', '-')} must lie in (0, 0.5)")
+        for key in ("lr", "finetune_lr"):
+            if not 0 < getattr(self, key) <= 1:
+                raise UserError(f"--{key.replace('_', '-')} must lie in (0, 1]")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UserError("--timeout must be a positive number of seconds")
+        if not self.objectives:
+            raise UserError("--objectives needs at least one of accuracy, latency, size")
+        for obj in self.objectives:
+            if obj not in OBJECTIVES:
+                raise UserError(f"unknown objective {obj!r}; choose from accuracy, latency, size")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise UserError("--objectives lists an objective twice")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            raise UserError("--min-accuracy is a fraction in [0, 1], e.g. 0.97")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise UserError("--max-accuracy-drop is in accuracy points and cannot be negative")
+        for key in ("max_latency_ms", "max_size_mb"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise UserError(f"--{key.replace('_', '-')} must be positive")
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["objectives"] = list(self.objectives)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:
+            raise UserError(f"bad config: {exc}") from None
+
+
+def _at_least(flag: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"--{flag} must be an integer of at least {low}, got {value!r}")

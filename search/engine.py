@@ -1,0 +1,200 @@
+"""The search engine: an Optuna study driven through ask/tell, with resume and failure handling.
+
+Trial states map explicitly: the objective returns -> COMPLETE; it raises -> FAIL with the reason
+in the trial's ``fail_reason``; the process dies mid-trial -> the trial stays RUNNING in storage, and
+``resume`` marks it FAIL (``interrupted``) and enqueues the same parameters again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from search.atomic import write_json, write_text
+from search.config import RunConfig
+from search.errors import UserError
+from search.objective import BASELINE_ATTR, Objective, trial_dir
+from search.progress import Progress
+from search.results import Report, finalize
+from search.task import prepare
+from spaces import Space
+from targets import Target, create_target
+
+RESERVED = {".cache"}
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+SAMPLERS: dict[str, Callable[[RunConfig], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda cfg: optuna.samplers.TPESampler(
+        seed=cfg.seed, multivariate=True, group=True, n_startup_trials=max(4, min(10, cfg.trials // 4)),
+    ),
+    "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
+    "nsga2": lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=8),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a run lives."""
+
+    name: str
+    root: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
+
+    def storage_url(self, cfg: RunConfig) -> str:
+        return cfg.storage or f"sqlite:///{(self.dir / 'study.db').resolve()}"
+
+
+def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
+    """Start a new run. Validates every input before anything is written."""
+    progress = progress or Progress(cfg.objectives, cfg.directions)
+    name = cfg.name or dt.datetime.now().strftime("search-%Y%m%d-%H%M%S")
+    cfg = cfg.replace(name=name)
+    run = Run(name, Path(cfg.runs_dir))
+    _check_runs_root(run.root)
+    if name in RESERVED or run.dir.exists():
+        raise UserError(
+            f"run {name!r} already exists in {run.root}; continue it with --resume {name} "
+            "or choose another --name"
+        )
+    space = Space.load(cfg.space)
+    target = _target(cfg)
+    task = prepare(cfg, run.root, progress.log, progress.warn)
+    storage = optuna.storages.RDBStorage(run.storage_url(cfg)) if cfg.storage else None
+    if storage is not None and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
+    run.dir.mkdir(parents=True)
+    write_text(run.dir / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(run.dir / "space.yaml", yaml.safe_dump(space.to_mapping(), sort_keys=False))
+    study = optuna.create_study(
+        study_name=name, storage=storage or run.storage_url(cfg), directions=cfg.directions,
+        sampler=SAMPLERS[cfg.sampler](cfg),
+    )
+    study.set_metric_names(list(cfg.objectives))
+    study.enqueue_trial(space.baseline_params(), user_attrs={BASELINE_ATTR: True})
+    progress.log(f"run {name}: {run.dir}")
+    progress.log(f"space {space.name}:\n  " + space.describe().replace("\n", "\n  "))
+    progress.log(f"target {target.describe()}")
+    return _execute(cfg, run, study, task, space, target, progress)
+
+
+def resume_search(
+    name: str, runs_dir: str = "runs", trials: int | None = None, timeout: float | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Continue an interrupted (or finished) run; ``trials``/``timeout`` may be raised."""
+    run = Run(name, Path(runs_dir))
+    cfg = load_config(run)
+    changes = {k: v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
+    cfg = cfg.replace(**changes)
+    _check_runs_root(run.root)
+    progress = progress or Progress(cfg.objectives, cfg.directions)
+    space = Space.from_mapping(yaml.safe_load((run.dir / "space.yaml").read_text()), where=name)
+    target = _target(cfg)
+    task = prepare(cfg, run.root, progress.log, progress.warn)
+    study = optuna.load_study(
+        study_name=name, storage=run.storage_url(cfg), sampler=SAMPLERS[cfg.sampler](cfg)
+    )
+    recovered = recover_interrupted(study)
+    if recovered:
+        progress.log(f"resume: re-queued interrupted trial(s) {', '.join(map(str, recovered))}")
+    progress.log(f"resume {name}: {finished_count(study)} of {cfg.trials} trials done")
+    return _execute(cfg, run, study, task, space, target, progress)
+
+
+def load_config(run: Run) -> RunConfig:
+    path = run.dir / "run.yaml"
+    if not path.is_file():
+        raise UserError(f"no run {run.name!r} in {run.root} (missing {path})")
+    return RunConfig.from_dict(yaml.safe_load(path.read_text()))
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count towards ``--trials``: finished, and not cut short by an interruption."""
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if not t.user_attrs.get("interrupted")
+    )
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Mark trials left RUNNING by a killed process as FAIL and enqueue their parameters again."""
+    storage = study._storage  # Optuna exposes no public handle; RetryFailedTrialCallback does this
+    study_id = storage.get_study_id_from_name(study.study_name)
+    numbers = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted: the run stopped mid-trial")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        attrs = {"retry_of": t.number}
+        if t.user_attrs.get(BASELINE_ATTR):
+            attrs[BASELINE_ATTR] = True
+        study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+        numbers.append(t.number)
+    return numbers
+
+
+def _execute(
+    cfg: RunConfig, run: Run, study: optuna.Study, task, space: Space, target: Target,
+    progress: Progress,
+) -> Report:
+    objective = Objective(cfg, task, space, target, run.dir, progress)
+    start = time.monotonic()
+    while (done := finished_count(study)) < cfg.trials:
+        if cfg.timeout is not None and time.monotonic() - start >= cfg.timeout:
+            progress.log(f"timeout of {cfg.timeout:g} s reached after {done} trials")
+            break
+        trial = study.ask()
+        progress.trial(done + 1, cfg.trials, trial.number)
+        try:
+            values = objective(trial)
+        except Exception as exc:  # any failure of a candidate is a FAIL trial, never a crash
+            reason = _reason(exc)
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            out = trial_dir(run.dir, trial.number)
+            if out.is_dir():
+                write_json(out / "metrics.json", {"state": "FAIL", "fail_reason": reason})
+            progress.done(f"FAIL {reason}", None)
+            if trial.user_attrs.get(BASELINE_ATTR):
+                raise UserError(f"the uncompressed baseline failed, nothing to compare: {reason}") from None
+            continue
+        frozen = study.tell(trial, values)
+        feasible = all(v <= 0 for v in frozen.constraints.values())
+        progress.done(
+            f"{frozen.user_attrs['techniques']}" + ("" if feasible else " (over budget)"),
+            values, feasible,
+        )
+    return finalize(study, cfg, task, target, run.dir, progress)
+
+
+def _target(cfg: RunConfig) -> Target:
+    return create_target(cfg.target, threads=cfg.threads, repeats=cfg.repeats)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text[:400]}"
+
+
+def _check_runs_root(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"runs directory {root} is not writable: {exc.strerror or exc}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"runs directory {root} is not writable")

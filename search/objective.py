@@ -1,0 +1,100 @@
+"""The objective: sample a candidate from the trial, build it, evaluate it, record it.
+
+Plain Optuna define-by-run: ``Objective(trial) -> values``. Raising means the trial failed; the
+engine turns that into a FAIL trial with the reason. The Ray backend can reuse it unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.atomic import write_json
+from search.config import RunConfig
+from search.pipeline import Metrics, build, evaluate
+from search.progress import Progress
+from search.task import Task
+from spaces import Context, Space
+from targets import Target
+
+BASELINE_ATTR = "baseline"
+BASELINE_ACCURACY_ATTR = "baseline_accuracy"
+
+
+def objective_values(metrics: Metrics, objectives: tuple[str, ...]) -> list[float]:
+    by_name = {"accuracy": metrics.accuracy, "latency": metrics.latency_ms, "size": metrics.size_mb}
+    return [by_name[o] for o in objectives]
+
+
+def budget_constraints(
+    metrics: Metrics, cfg: RunConfig, baseline_accuracy: float | None
+) -> dict[str, float]:
+    """Optuna constraint values (feasible when <= 0) for the budgets the user set.
+
+    ``max_accuracy_drop`` is in points below the baseline's validation accuracy; it keeps models
+    at chance level (fast, tiny, useless) off the front by default.
+    """
+    out = {}
+    if cfg.max_accuracy_drop is not None:
+        reference = metrics.accuracy if baseline_accuracy is None else baseline_accuracy
+        out["max_accuracy_drop"] = (reference - metrics.accuracy) * 100 - cfg.max_accuracy_drop
+    if cfg.min_accuracy is not None:
+        out["min_accuracy"] = cfg.min_accuracy - metrics.accuracy
+    if cfg.max_latency_ms is not None:
+        out["max_latency_ms"] = metrics.latency_ms - cfg.max_latency_ms
+    if cfg.max_size_mb is not None:
+        out["max_size_mb"] = metrics.size_mb - cfg.max_size_mb
+    return out
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    return run_dir / "trials" / f"{number:04d}"
+
+
+@dataclass
+class Objective:
+    """Callable objective over one task, space and target."""
+
+    cfg: RunConfig
+    task: Task
+    space: Space
+    target: Target
+    run_dir: Path
+    progress: Progress
+
+    def context(self) -> Context:
+        data = self.task.data
+        return Context(
+            train_x=data.train.x, train_y=data.train.y, teacher=self.task.base,
+            seed=self.cfg.seed, batch_size=self.cfg.batch_size, lr=self.cfg.finetune_lr,
+            on_progress=self.progress.stage,
+        )
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        candidate = self.space.sample(trial, baseline=baseline)
+        out = trial_dir(self.run_dir, trial.number)
+        out.mkdir(parents=True)  # trial numbers are never reused, so this never overwrites
+        record: dict[str, Any] = {
+            "trial": trial.number, "techniques": candidate.label(),
+            "candidate": candidate.to_dict(), "optuna_params": trial.params,
+        }
+        write_json(out / "params.json", record)
+        trial.set_user_attr("techniques", candidate.label())
+        trial.set_user_attr("candidate", candidate.to_dict())
+        path, model = build(candidate, self.task, out, self.context(), self.progress.stage)
+        metrics = evaluate(path, model, self.task, self.task.data.val, self.target, self.progress.stage)
+        for key, value in metrics.to_dict().items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
+        baseline_accuracy = trial.study.user_attrs.get(BASELINE_ACCURACY_ATTR)
+        violations = budget_constraints(metrics, self.cfg, baseline_accuracy)
+        for key, value in violations.items():
+            trial.set_constraint(key, value)
+        write_json(out / "metrics.json", {"split": "val", **metrics.to_dict(), "constraints": violations})
+        if baseline:
+            trial.study.set_user_attr(BASELINE_ACCURACY_ATTR, metrics.accuracy)
+        return objective_values(metrics, self.cfg.objectives)

@@ -1,0 +1,213 @@
+"""Results: the Pareto front re-evaluated on the test split, as pandas tables and files.
+
+Writes ``trials.csv`` (every trial, validation metrics), ``pareto.csv`` (the front plus the baseline,
+test metrics, latency re-measured side by side) and ``summary.json`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import optuna
+import pandas as pd
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from search.atomic import write_json, write_with
+from search.config import OBJECTIVES, RunConfig
+from search.errors import UserError
+from search.objective import BASELINE_ATTR
+from search.pareto import pareto_front
+from search.pipeline import INPUT_NAME, onnx_accuracy
+from search.progress import Progress
+from search.task import Task
+from targets import Target
+
+#: Final latencies: this many interleaved passes over baseline and front, median of their medians.
+PASSES = 3
+METRIC_OF = {"accuracy": "accuracy", "latency": "latency_ms", "size": "size_mb"}
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a finished search hands back."""
+
+    run_dir: Path
+    pareto: pd.DataFrame
+    trials: pd.DataFrame
+    summary: dict[str, Any]
+
+    def table(self) -> str:
+        return format_table(self.pareto, self.run_dir)
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, techniques, validation metrics, failure reason."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        rows.append({
+            "trial": t.number,
+            "state": t.state.name,
+            "baseline": bool(a.get(BASELINE_ATTR)),
+            "techniques": a.get("techniques", ""),
+            "val_accuracy": a.get("accuracy"),
+            "latency_ms": a.get("latency_ms"),
+            "latency_p90_ms": a.get("latency_p90_ms"),
+            "latency_source": a.get("latency_source"),
+            "size_mb": a.get("size_mb"),
+            "compressed_mb": a.get("compressed_mb"),
+            "params": a.get("params"),
+            "macs": a.get("macs"),
+            "sparsity": a.get("sparsity"),
+            "feasible": _feasible(t) if t.state == TrialState.COMPLETE else None,
+            "constraints": json.dumps(t.constraints) if t.constraints else "",
+            "fail_reason": a.get("fail_reason", ""),
+            "duration_s": t.duration.total_seconds() if t.duration else None,
+            "artifact": a.get("artifact", ""),
+            "params_json": json.dumps(t.params, default=str),
+        })
+    return pd.DataFrame(rows)
+
+
+def front_trials(study: optuna.Study, objectives: tuple[str, ...]) -> list[FrozenTrial]:
+    """Feasible complete trials that no other feasible trial dominates (on validation values)."""
+    done = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)
+    ]
+    directions = [OBJECTIVES[o] for o in objectives]
+    return [done[i] for i in pareto_front([t.values for t in done], directions)]
+
+
+def finalize(
+    study: optuna.Study, cfg: RunConfig, task: Task, target: Target, run_dir: Path,
+    progress: Progress,
+) -> Report:
+    trials = trials_frame(study)
+    write_with(run_dir / "trials.csv", lambda tmp: trials.to_csv(tmp, index=False))
+    baseline = next(
+        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+         if t.user_attrs.get(BASELINE_ATTR)),
+        None,
+    )
+    if baseline is None:
+        raise UserError(f"run {cfg.name} has no completed baseline trial yet; resume it")
+    front = front_trials(study, cfg.objectives)
+    progress.log(f"pareto front: {len(front)} trial(s); re-evaluating on the test split")
+    chosen = [baseline] + [t for t in front if t.number != baseline.number]
+    paths = [run_dir / t.user_attrs["artifact"] for t in chosen]
+    test_acc = [onnx_accuracy(p, task.data.test) for p in paths]
+    latencies = side_by_side(target, paths, task.input_shape)
+    rows = []
+    front_numbers = {t.number for t in front}
+    for t, path, acc, (median, p90) in zip(chosen, paths, test_acc, latencies):
+        a = t.user_attrs
+        rows.append({
+            "trial": t.number,
+            "role": ("baseline" if t is baseline else "pareto")
+            + ("+pareto" if t is baseline and t.number in front_numbers else ""),
+            "techniques": a["techniques"],
+            "test_accuracy": acc,
+            "val_accuracy": a["accuracy"],
+            "latency_ms": median,
+            "latency_p90_ms": p90,
+            "latency_source": a["latency_source"],
+            "size_mb": a["size_mb"],
+            "compressed_mb": a["compressed_mb"],
+            "params": a["params"],
+            "macs": a["macs"],
+            "path": str(path),
+        })
+    pareto = pd.DataFrame(rows)
+    base = pareto.iloc[0]
+    pareto["accuracy_drop_pt"] = (base["test_accuracy"] - pareto["test_accuracy"]) * 100
+    pareto["speedup"] = base["latency_ms"] / pareto["latency_ms"]
+    pareto["compression"] = base["size_mb"] / pareto["size_mb"]
+    write_with(run_dir / "pareto.csv", lambda tmp: pareto.to_csv(tmp, index=False))
+    summary = _summary(cfg, task, target, study, trials, pareto)
+    write_json(run_dir / "summary.json", summary)
+    return Report(run_dir, pareto, trials, summary)
+
+
+def side_by_side(
+    target: Target, paths: list[Path], input_shape: tuple[int, ...]
+) -> list[tuple[float, float]]:
+    """Latency of every file under the same machine conditions: interleaved passes, then medians."""
+    passes = [[target.latency(p, input_shape) for p in paths] for _ in range(PASSES)]
+    return [
+        (float(np.median([run[i].median_ms for run in passes])),
+         float(np.median([run[i].p90_ms for run in passes])))
+        for i in range(len(paths))
+    ]
+
+
+def format_table(pareto: pd.DataFrame, run_dir: Path) -> str:
+    """The readable table printed at the end of a search and by ``edgepareto show``."""
+    view = pd.DataFrame({
+        "trial": pareto["trial"],
+        "role": pareto["role"],
+        "techniques": pareto["techniques"],
+        "test acc": pareto["test_accuracy"].map("{:.4f}".format),
+        "drop pt": pareto["accuracy_drop_pt"].map("{:+.2f}".format),
+        "latency ms": pareto["latency_ms"].map("{:.3f}".format),
+        "speed-up": pareto["speedup"].map("{:.2f}x".format),
+        "size MB": pareto["size_mb"].map("{:.3f}".format),
+        "compression": pareto["compression"].map("{:.1f}x".format),
+        "model.onnx": pareto["path"],
+    })
+    return view.to_string(index=False)
+
+
+def load_report(run_dir: Path) -> Report:
+    """Read a finished run back from its files (``edgepareto show``)."""
+    files = [run_dir / n for n in ("pareto.csv", "trials.csv", "summary.json")]
+    if not run_dir.is_dir():
+        raise UserError(f"no run at {run_dir}")
+    if not all(f.is_file() for f in files):
+        raise UserError(
+            f"run {run_dir.name} has no results yet; finish it with --resume {run_dir.name}"
+        )
+    return Report(
+        run_dir, pd.read_csv(files[0]), pd.read_csv(files[1]), json.loads(files[2].read_text())
+    )
+
+
+def _feasible(t: FrozenTrial) -> bool:
+    return all(v <= 0 for v in t.constraints.values())
+
+
+def _summary(
+    cfg: RunConfig, task: Task, target: Target, study: optuna.Study, trials: pd.DataFrame,
+    pareto: pd.DataFrame,
+) -> dict[str, Any]:
+    states = trials["state"].value_counts().to_dict()
+    failures = trials.loc[trials["state"] == "FAIL", "fail_reason"].value_counts().head(10).to_dict()
+    return {
+        "run": cfg.name,
+        "config": cfg.to_dict(),
+        "objectives": dict(zip(cfg.objectives, cfg.directions)),
+        "target": target.describe(),
+        "trials": {"total": len(trials), **{k.lower(): int(v) for k, v in states.items()}},
+        "failure_reasons": failures,
+        "pareto": json.loads(pareto.to_json(orient="records")),
+        "preprocessing": {
+            "input_name": INPUT_NAME,
+            "input_shape": [1, 3, task.img_size, task.img_size],
+            "layout": "NCHW float32 RGB scaled to [0, 1], then (x - mean) / std",
+            "mean": list(task.mean), "std": list(task.std),
+            "classes": list(task.data.classes),
+        },
+        "split_sizes": {
+            "train": len(task.data.train), "val": len(task.data.val), "test": len(task.data.test)
+        },
+        "machine": {
+            "platform": platform.platform(), "processor": platform.processor(),
+            "onnxruntime": ort.__version__, "torch": torch.__version__, "optuna": optuna.__version__,
+        },
+    }

@@ -1,0 +1,96 @@
+"""Technique contract, the technique registry, and the Candidate record."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from search.registry import Registry
+from spaces.params import Param
+
+TECHNIQUES: Registry[type[Technique]] = Registry("technique")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a technique may use besides the subject it transforms."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    teacher: nn.Module | None = None
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    on_progress: Callable[[str], None] = field(default=lambda _msg: None)
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        return self.train_x[:1]
+
+
+class Technique(ABC):
+    """A compression step. ``params`` is its search space, read as a small table."""
+
+    name: ClassVar[str]
+    order: ClassVar[int]
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    @staticmethod
+    def label(cfg: Mapping[str, Any]) -> str:
+        """A short human-readable description of one configuration."""
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.items())
+
+
+class TorchTechnique(Technique):
+    """Transforms a PyTorch model in place or by replacement, before export."""
+
+    @abstractmethod
+    def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module: ...
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Make the change permanent after all torch steps ran (default: nothing to do)."""
+        return model
+
+
+class OnnxTechnique(Technique):
+    """Transforms an exported ONNX file into another ONNX file."""
+
+    @abstractmethod
+    def apply(self, src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """One technique with its chosen parameters."""
+
+    technique: str
+    params: Mapping[str, Any]
+
+    def label(self) -> str:
+        cls = TECHNIQUES.get(self.technique)
+        return f"{self.technique}({cls.label(self.params)})"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An ordered chain of technique steps; the empty chain is the uncompressed baseline."""
+
+    steps: tuple[Step, ...] = ()
+
+    def label(self) -> str:
+        return " + ".join(s.label() for s in self.steps) or "baseline"
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s.technique: dict(s.params) for s in self.steps}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> Candidate:
+        steps = [Step(name, dict(p)) for name, p in data.items()]
+        steps.sort(key=lambda s: TECHNIQUES.get(s.technique).order)
+        return cls(tuple(steps))

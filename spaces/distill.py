@@ -1,0 +1,37 @@
+"""Recovery fine-tuning with knowledge distillation from the uncompressed base model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from search.train import fit
+from spaces.base import TECHNIQUES, Context, TorchTechnique
+from spaces.params import FloatParam, IntParam
+
+
+@TECHNIQUES.register("distill")
+class Distill(TorchTechnique):
+    """Fine-tune the compressed student; ``alpha`` weighs the teacher's soft targets (0: plain CE)."""
+
+    order = 40
+    params = (
+        IntParam("epochs", 1, 10),
+        FloatParam("temperature", 1.0, 8.0),
+        FloatParam("alpha", 0.0, 1.0),
+    )
+
+    @staticmethod
+    def label(cfg: Mapping[str, Any]) -> str:
+        return f"{cfg['epochs']}ep T={cfg['temperature']:.1f} a={cfg['alpha']:.2f}"
+
+    def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module:
+        epochs = int(cfg["epochs"])
+        return fit(
+            model, ctx.train_x, ctx.train_y,
+            epochs=epochs, lr=ctx.lr, batch_size=ctx.batch_size, seed=ctx.seed,
+            teacher=ctx.teacher, temperature=float(cfg["temperature"]), alpha=float(cfg["alpha"]),
+            on_epoch=lambda e, loss: ctx.on_progress(f"fine-tune {e}/{epochs} loss {loss:.3f}"),
+        )

@@ -1,0 +1,76 @@
+"""Structured channel pruning with real speed-up, by torch-pruning's dependency graph."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from spaces.base import TECHNIQUES, Context, TorchTechnique
+from spaces.params import CategoricalParam, FloatParam
+
+#: Channel counts are kept multiples of this: onnxruntime's kernels are markedly slower on odd
+#: widths (ResNet-18 at 32 px, ratio 0.7: 0.22 ms unrounded vs 0.09 ms rounded to 8, measured here).
+ROUND_TO = 8
+#: No single layer loses more than this share of its channels, even under global pruning.
+MAX_LAYER_RATIO = 0.9
+
+IMPORTANCES: dict[str, Callable[[], Any]] = {
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+    "taylor": lambda: tp.importance.TaylorImportance(),
+}
+
+
+def classifier_of(model: nn.Module) -> nn.Module | None:
+    """The output layer, which must keep its width (timm's ``get_classifier``, else the last Linear)."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
+            return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+@TECHNIQUES.register("prune")
+class ChannelPrune(TorchTechnique):
+    """Remove whole channels (and the weights that depend on them) from convs and linears."""
+
+    order = 10
+    params = (
+        FloatParam("ratio", 0.1, 0.9),
+        CategoricalParam("importance", ("l1", "l2", "taylor")),
+        CategoricalParam("scope", ("uniform", "global")),
+    )
+
+    @staticmethod
+    def label(cfg: Mapping[str, Any]) -> str:
+        return f"{cfg['ratio']:.0%} {cfg['importance']} {cfg['scope']}"
+
+    def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module:
+        head = classifier_of(model)
+        model.eval()
+        pruner = tp.pruner.MetaPruner(
+            model,
+            ctx.example_input,
+            importance=IMPORTANCES[cfg["importance"]](),
+            pruning_ratio=float(cfg["ratio"]),
+            global_pruning=cfg["scope"] == "global",
+            max_pruning_ratio=MAX_LAYER_RATIO,
+            ignored_layers=[head] if head is not None else [],
+            round_to=ROUND_TO,
+        )
+        if cfg["importance"] == "taylor":
+            model.zero_grad()
+            n = min(len(ctx.train_x), 4 * ctx.batch_size)
+            F.cross_entropy(model(ctx.train_x[:n]), ctx.train_y[:n]).backward()
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model(ctx.example_input)  # fail here, not at export, if the graph was broken
+        return model

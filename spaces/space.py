@@ -1,0 +1,141 @@
+"""Search spaces: which techniques a search may chain, and the ranges of their parameters.
+
+A space is data: a preset shipped in ``spaces/presets/`` or a user's YAML file of the same shape::
+
+    name: my-space
+    techniques:
+      prune: {ratio: [0.3, 0.8], importance: [l1, l2]}   # searched ranges / choices
+      distill: {enabled: always, epochs: 2}               # always on, epochs fixed
+      quantize: {mode: [static]}
+
+A technique that is not listed is off. A parameter that is not listed is searched over its whole
+declared domain (``Space.describe`` says so). ``enabled`` is ``search`` (default: on/off is searched)
+or ``always``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from search.errors import UserError
+from spaces.base import TECHNIQUES, Candidate, Step
+from spaces.params import Param, suggest_all
+
+PRESET_DIR = Path(__file__).with_name("presets")
+PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+ENABLED = ("search", "always")
+
+
+@dataclass(frozen=True)
+class TechniqueSpace:
+    """One technique's switch and (narrowed) parameters."""
+
+    name: str
+    always: bool
+    params: tuple[Param, ...]
+
+    def describe(self) -> str:
+        switch = "always" if self.always else "on/off searched"
+        return f"{self.name} ({switch}): " + ", ".join(
+            f"{p.name}={p.describe()}" for p in self.params
+        )
+
+
+@dataclass(frozen=True)
+class Space:
+    """An ordered set of technique spaces; samples a ``Candidate`` from an Optuna trial."""
+
+    name: str
+    techniques: tuple[TechniqueSpace, ...]
+
+    @classmethod
+    def load(cls, spec: str) -> Space:
+        """A preset name or the path of a YAML space file."""
+        path = Path(spec)
+        if spec in PRESETS:
+            path = PRESET_DIR / f"{spec}.yaml"
+        elif not path.is_file():
+            raise UserError(
+                f"space {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file"
+            )
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"cannot read space file {path}: {str(exc).splitlines()[0]}") from None
+        return cls.from_mapping(data, default_name=path.stem, where=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: Any, default_name: str = "custom", where: str = "space") -> Space:
+        if not isinstance(data, Mapping) or not isinstance(data.get("techniques"), Mapping):
+            raise UserError(f"{where}: expected a mapping with a 'techniques' mapping")
+        unknown = set(data) - {"name", "techniques"}
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        spaces = [
+            _technique_space(str(name), spec, f"{where}: {name}")
+            for name, spec in data["techniques"].items()
+        ]
+        if not spaces:
+            raise UserError(f"{where}: no techniques listed")
+        spaces.sort(key=lambda t: TECHNIQUES.get(t.name).order)
+        return cls(str(data.get("name", default_name)), tuple(spaces))
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The resolved space, every parameter explicit (saved beside a run)."""
+        out: dict[str, Any] = {}
+        for t in self.techniques:
+            spec: dict[str, Any] = {"enabled": "always" if t.always else "search"}
+            for p in t.params:
+                if hasattr(p, "choices"):
+                    spec[p.name] = list(p.choices)
+                else:
+                    spec[p.name] = [p.low, p.high]
+            out[t.name] = spec
+        return {"name": self.name, "techniques": out}
+
+    def describe(self) -> str:
+        return "\n".join(t.describe() for t in self.techniques)
+
+    def baseline_params(self) -> dict[str, bool]:
+        """Fixed params that switch every searchable technique off (trial 0)."""
+        return {t.name: False for t in self.techniques if not t.always}
+
+    def sample(self, trial: optuna.Trial, baseline: bool = False) -> Candidate:
+        """Define-by-run: each switch, then the parameters of the techniques switched on."""
+        steps = []
+        for t in self.techniques:
+            if baseline:
+                if not t.always:
+                    trial.suggest_categorical(t.name, (False, True))
+                continue
+            if t.always or trial.suggest_categorical(t.name, (False, True)):
+                steps.append(Step(t.name, suggest_all(t.params, trial, t.name)))
+        return Candidate(tuple(steps))
+
+
+def _technique_space(name: str, spec: Any, where: str) -> TechniqueSpace:
+    cls = TECHNIQUES.get(name)
+    spec = {} if spec is None else spec
+    if not isinstance(spec, Mapping):
+        raise UserError(f"{where}: expected a mapping of parameters, got {spec!r}")
+    enabled = spec.get("enabled", "search")
+    if enabled not in ENABLED:
+        raise UserError(f"{where}: enabled must be one of {', '.join(ENABLED)}, got {enabled!r}")
+    declared = {p.name: p for p in cls.params}
+    unknown = set(spec) - set(declared) - {"enabled"}
+    if unknown:
+        raise UserError(
+            f"{where}: unknown parameter(s) {', '.join(sorted(map(str, unknown)))}"
+            f" (known: {', '.join(declared)})"
+        )
+    params = tuple(
+        p.narrow(spec[p.name], f"{where}.{p.name}") if p.name in spec else p
+        for p in cls.params
+    )
+    return TechniqueSpace(name, enabled == "always", params)

@@ -1,0 +1,44 @@
+"""The Target contract and registry: where a candidate's latency comes from."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from search.registry import Registry
+
+TARGETS: Registry[type[Target]] = Registry("target")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Batch-1 latency of one ONNX file on one target."""
+
+    median_ms: float
+    p90_ms: float
+    repeats: int
+    threads: int
+    source: str  # "measured" or "predicted"
+    target: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Target(ABC):
+    """Measures (or predicts) the latency of an ONNX file with a given input shape."""
+
+    name: str
+
+    @abstractmethod
+    def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency: ...
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+
+def create_target(name: str, **kwargs: Any) -> Target:
+    """Look a target up by name and build it with explicit keyword settings."""
+    return TARGETS.get(name)(**kwargs)

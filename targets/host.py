@@ -1,0 +1,69 @@
+"""``host``: latency measured on this machine with onnxruntime's CPU execution provider."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from targets.base import TARGETS, Latency, Target
+
+
+def cpu_session(onnx_path: Path | str, threads: int) -> ort.InferenceSession:
+    """A CPU session with a fixed thread count and full graph optimisation, as deployed."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
+def time_session(
+    session: ort.InferenceSession, input_shape: tuple[int, ...], warmup: int, repeats: int
+) -> np.ndarray:
+    """Wall-clock seconds of ``repeats`` runs on one fixed random batch, after ``warmup`` runs."""
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    feed = {name: x}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times[i] = time.perf_counter() - start
+    return times
+
+
+@TARGETS.register("host")
+class HostTarget(Target):
+    """This machine's CPU, measured: warm-up, then median and p90 of repeated batch-1 runs."""
+
+    name = "host"
+
+    def __init__(self, threads: int = 1, warmup: int = 10, repeats: int = 50) -> None:
+        self.threads = threads
+        self.warmup = warmup
+        self.repeats = repeats
+
+    def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency:
+        times = time_session(cpu_session(onnx_path, self.threads), input_shape, self.warmup, self.repeats)
+        return Latency(
+            median_ms=float(np.median(times) * 1e3),
+            p90_ms=float(np.percentile(times, 90) * 1e3),
+            repeats=self.repeats,
+            threads=self.threads,
+            source="measured",
+            target=self.name,
+        )
+
+    def describe(self) -> str:
+        return (
+            f"host: {platform.machine()} {platform.processor() or ''} onnxruntime {ort.__version__}"
+            f" CPU, {self.threads} thread(s), measured"
+        ).replace("  ", " ")

@@ -1,0 +1,94 @@
+"""An interrupted search (kill -9 or Ctrl-C) resumes without losing or repeating a completed trial."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT, TINY, run_cli
+
+TRIALS = 6
+
+
+def start(runs: Path, name: str, space: Path) -> subprocess.Popen:
+    args = ["search", "--runs-dir", str(runs), "--name", name, "--trials", str(TRIALS),
+            "--space", str(space), *TINY]
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", *args], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_completed(run: Path, count: int, proc: subprocess.Popen, limit: float = 240) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        done = list(run.glob("trials/*/metrics.json"))
+        if len(done) >= count:
+            return
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.1)
+    raise AssertionError("the search made no progress")
+
+
+def load(run: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{run / 'study.db'}")
+
+
+def slow_space(tmp_path: Path) -> Path:
+    space = tmp_path / "space.yaml"  # fine-tuning makes each trial take a few seconds
+    space.write_text(
+        "techniques:\n  prune: {ratio: [0.2, 0.6]}\n  distill: {enabled: always, epochs: 3}\n"
+    )
+    return space
+
+
+def check_resumed(run: Path, name: str, before: dict[int, tuple]) -> None:
+    study = load(run, name)
+    trials = study.get_trials(deepcopy=False)
+    for number, values in before.items():  # nothing completed was lost or changed
+        assert trials[number].state == TrialState.COMPLETE and tuple(trials[number].values) == values
+    counted = [t for t in trials if not t.user_attrs.get("interrupted")]
+    assert len(counted) == TRIALS  # nothing repeated: exactly the requested number counted
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
+    for t in trials:
+        if t.user_attrs.get("interrupted"):
+            retry = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+            assert len(retry) == 1 and retry[0].params == t.params
+    assert (run / "pareto.csv").is_file()
+
+
+def snapshot(run: Path, name: str) -> dict[int, tuple]:
+    return {
+        t.number: tuple(t.values)
+        for t in load(run, name).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+
+
+def test_resume_after_kill_9(tmp_path, capfd):
+    runs, name = tmp_path / "runs", "killed"
+    proc = start(runs, name, slow_space(tmp_path))
+    wait_for_completed(runs / name, 2, proc)
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.wait()
+    before = snapshot(runs / name, name)
+    assert len(before) >= 2
+    code, _, err = run_cli(["search", "--runs-dir", str(runs), "--resume", name], capfd)
+    assert code == 0, err
+    check_resumed(runs / name, name, before)
+
+
+def test_resume_after_ctrl_c(tmp_path, capfd):
+    runs, name = tmp_path / "runs", "interrupted"
+    proc = start(runs, name, slow_space(tmp_path))
+    wait_for_completed(runs / name, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
+    before = snapshot(runs / name, name)
+    code, _, err = run_cli(["search", "--runs-dir", str(runs), "--resume", name], capfd)
+    assert code == 0, err
+    check_resumed(runs / name, name, before)

@@ -1,0 +1,90 @@
+"""Spaces: presets, narrowing from YAML, validation, define-by-run sampling."""
+
+import optuna
+import pytest
+
+from search.errors import UserError
+from spaces import PRESETS, TECHNIQUES, Space
+from spaces.params import fixed_values
+
+
+def test_presets_load_and_list_every_technique_in_order():
+    assert {"default", "cnn", "quant-only"} <= set(PRESETS)
+    space = Space.load("default")
+    names = [t.name for t in space.techniques]
+    assert names == ["prune", "lowrank", "sparsity", "distill", "quantize"]
+    assert [TECHNIQUES.get(n).order for n in names] == sorted(TECHNIQUES.get(n).order for n in names)
+    assert "ratio=[0.2, 0.85]" in space.describe()
+
+
+def test_yaml_narrows_and_fixes_values(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("techniques:\n  prune: {enabled: always, ratio: 0.5, importance: [l2]}\n")
+    space = Space.load(str(f))
+    (prune,) = space.techniques
+    assert prune.always
+    ratio = next(p for p in prune.params if p.name == "ratio")
+    assert ratio.low == ratio.high == 0.5
+    study = optuna.create_study()
+    cand = space.sample(study.ask())
+    assert cand.to_dict() == {"prune": {"ratio": 0.5, "importance": "l2", "scope": cand.steps[0].params["scope"]}}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("techniques:\n  prune: {ratio: [0.1, 1.5]}\n", "out of range"),
+        ("techniques:\n  prune: {ratio: [0.8, 0.2]}\n", "above high"),
+        ("techniques:\n  prune: {importance: [l3]}\n", "not one of"),
+        ("techniques:\n  prune: {speed: 2}\n", "unknown parameter"),
+        ("techniques:\n  pruning: {}\n", "unknown technique"),
+        ("techniques:\n  prune: {enabled: maybe}\n", "enabled"),
+        ("techniques: [prune]\n", "mapping"),
+        ("techniques: {prune: {ratio: [}\n", "cannot read"),
+        ("techniques: {}\n", "no techniques"),
+        ("techniques:\n  distill: {epochs: 2.5}\n", "integer"),
+    ],
+)
+def test_invalid_space_files(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=message):
+        Space.load(str(f))
+
+
+def test_unknown_preset():
+    with pytest.raises(UserError, match="neither a preset"):
+        Space.load("no-such-space")
+
+
+def test_conditional_parameters_follow_the_mode():
+    space = Space.load("quant-only")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        cand = space.sample(trial)
+        study.tell(trial, 0.0)
+        if not cand.steps:
+            continue
+        cfg = cand.steps[0].params
+        seen.add(cfg["mode"])
+        assert ("per_channel" in cfg) == (cfg["mode"] in ("dynamic", "static"))
+        assert ("calibration" in cfg) == (cfg["mode"] == "static")
+    assert seen == {"dynamic", "static", "fp16"}
+
+
+def test_baseline_switches_everything_off():
+    space = Space.load("default")
+    study = optuna.create_study()
+    study.enqueue_trial(space.baseline_params())
+    trial = study.ask()
+    assert space.sample(trial, baseline=True).steps == ()
+    assert trial.params == {n: False for n in ("prune", "lowrank", "sparsity", "distill", "quantize")}
+
+
+def test_fixed_values_validate_against_the_domain():
+    params = TECHNIQUES.get("quantize").params
+    assert fixed_values(params, {"mode": "fp16"}) == {"mode": "fp16"}
+    with pytest.raises(UserError):
+        fixed_values(params, {"mode": "int4"})
