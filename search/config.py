@@ -28,14 +28,15 @@ class RunConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 0
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 3e-3
     finetune_lr: float = 2e-3
     space: str = "default"
     objectives: tuple[str, ...] = ("accuracy", "latency", "size")
     sampler: str = "tpe"
-    trials: int = 30
+    sampler_seed: int | None = None  # None: the run's seed
+    trials: int = 40
     timeout: float | None = None
     storage: str | None = None
     min_accuracy: float | None = None

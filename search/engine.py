@@ -32,12 +32,18 @@ from targets import Target, create_target
 RESERVED = {".cache"}
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
+def _seed(cfg: RunConfig) -> int:
+    return cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed
+
+
 SAMPLERS: dict[str, Callable[[RunConfig], optuna.samplers.BaseSampler]] = {
+    # multivariate TPE with grouping models the conditional (define-by-run) space jointly
     "tpe": lambda cfg: optuna.samplers.TPESampler(
-        seed=cfg.seed, multivariate=True, group=True, n_startup_trials=max(4, min(10, cfg.trials // 4)),
+        seed=_seed(cfg), multivariate=True, group=True,
+        n_startup_trials=max(4, min(10, cfg.trials // 4)),
     ),
-    "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
-    "nsga2": lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=8),
+    "random": lambda cfg: optuna.samplers.RandomSampler(seed=_seed(cfg)),
+    "nsga2": lambda cfg: optuna.samplers.NSGAIISampler(seed=_seed(cfg), population_size=8),
 }
 
 

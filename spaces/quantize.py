@@ -6,6 +6,8 @@ images, and fp16. QOperator format is never used: it is several times slower on 
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -69,14 +71,15 @@ def _dynamic(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None
 
 def _static(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None:
     images = ctx.train_x[:CALIBRATION_IMAGES].numpy().astype(np.float32)
-    quantize_static(
-        str(_preprocessed(src, dst)), str(dst), _Images(_input_name(src), images),
-        quant_format=QuantFormat.QDQ,
-        per_channel=bool(cfg["per_channel"]),
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CALIBRATIONS[cfg["calibration"]],
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
+        quantize_static(
+            str(_preprocessed(src, dst)), str(dst), _Images(_input_name(src), images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=bool(cfg["per_channel"]),
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATIONS[cfg["calibration"]],
+        )
 
 
 def _fp16(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None:

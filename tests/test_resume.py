@@ -51,6 +51,8 @@ def check_resumed(run: Path, name: str, before: dict[int, tuple]) -> None:
     trials = study.get_trials(deepcopy=False)
     for number, values in before.items():  # nothing completed was lost or changed
         assert trials[number].state == TrialState.COMPLETE and tuple(trials[number].values) == values
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert interrupted, "the stop landed mid-trial, so one trial must be marked interrupted"
     counted = [t for t in trials if not t.user_attrs.get("interrupted")]
     assert len(counted) == TRIALS  # nothing repeated: exactly the requested number counted
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)

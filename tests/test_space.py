@@ -27,7 +27,8 @@ def test_yaml_narrows_and_fixes_values(tmp_path):
     assert ratio.low == ratio.high == 0.5
     study = optuna.create_study()
     cand = space.sample(study.ask())
-    assert cand.to_dict() == {"prune": {"ratio": 0.5, "importance": "l2", "scope": cand.steps[0].params["scope"]}}
+    scope = cand.steps[0].params["scope"]
+    assert cand.to_dict() == {"prune": {"ratio": 0.5, "importance": "l2", "scope": scope}}
 
 
 @pytest.mark.parametrize(
