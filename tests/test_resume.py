@@ -23,11 +23,13 @@ def start(runs: Path, name: str, space: Path) -> subprocess.Popen:
     )
 
 
-def wait_for_completed(run: Path, count: int, proc: subprocess.Popen, limit: float = 240) -> None:
+def wait_mid_trial(run: Path, completed: int, proc: subprocess.Popen, limit: float = 240) -> None:
+    """Wait until ``completed`` trials have metrics and another one is being built."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        done = list(run.glob("trials/*/metrics.json"))
-        if len(done) >= count:
+        done = {p.parent for p in run.glob("trials/*/metrics.json")}
+        started = {p.parent for p in run.glob("trials/*/params.json")}
+        if len(done) >= completed and started - done:
             return
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.1)
@@ -73,7 +75,7 @@ def snapshot(run: Path, name: str) -> dict[int, tuple]:
 def test_resume_after_kill_9(tmp_path, capfd):
     runs, name = tmp_path / "runs", "killed"
     proc = start(runs, name, slow_space(tmp_path))
-    wait_for_completed(runs / name, 2, proc)
+    wait_mid_trial(runs / name, 2, proc)
     proc.kill()  # SIGKILL: no cleanup at all
     proc.wait()
     before = snapshot(runs / name, name)
@@ -86,7 +88,7 @@ def test_resume_after_kill_9(tmp_path, capfd):
 def test_resume_after_ctrl_c(tmp_path, capfd):
     runs, name = tmp_path / "runs", "interrupted"
     proc = start(runs, name, slow_space(tmp_path))
-    wait_for_completed(runs / name, 2, proc)
+    wait_mid_trial(runs / name, 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
