@@ -29,7 +29,6 @@ from search.task import prepare
 from spaces import Space
 from targets import Target, create_target
 
-RESERVED = {".cache"}
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 def _seed(cfg: RunConfig) -> int:
@@ -69,17 +68,17 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     cfg = cfg.replace(name=name)
     run = Run(name, Path(cfg.runs_dir))
     _check_runs_root(run.root)
-    if name in RESERVED or run.dir.exists():
+    if run.dir.exists():
         raise UserError(
             f"run {name!r} already exists in {run.root}; continue it with --resume {name} "
             "or choose another --name"
         )
     space = Space.load(cfg.space)
     target = _target(cfg)
-    task = prepare(cfg, run.root, progress.log, progress.warn)
-    storage = optuna.storages.RDBStorage(run.storage_url(cfg)) if cfg.storage else None
+    storage = open_storage(cfg.storage) if cfg.storage else None
     if storage is not None and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
+    task = prepare(cfg, run.root, progress.log, progress.warn)
     run.dir.mkdir(parents=True)
     write_text(run.dir / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_text(run.dir / "space.yaml", yaml.safe_dump(space.to_mapping(), sort_keys=False))
@@ -109,14 +108,26 @@ def resume_search(
     space = Space.from_mapping(yaml.safe_load((run.dir / "space.yaml").read_text()), where=name)
     target = _target(cfg)
     task = prepare(cfg, run.root, progress.log, progress.warn)
-    study = optuna.load_study(
-        study_name=name, storage=run.storage_url(cfg), sampler=SAMPLERS[cfg.sampler](cfg)
-    )
+    try:
+        study = optuna.load_study(
+            study_name=name, storage=open_storage(run.storage_url(cfg)),
+            sampler=SAMPLERS[cfg.sampler](cfg),
+        )
+    except KeyError:
+        raise UserError(f"the storage of run {name!r} has no study of that name") from None
     recovered = recover_interrupted(study)
     if recovered:
         progress.log(f"resume: re-queued interrupted trial(s) {', '.join(map(str, recovered))}")
     progress.log(f"resume {name}: {finished_count(study)} of {cfg.trials} trials done")
     return _execute(cfg, run, study, task, space, target, progress)
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage (SQLite, PostgreSQL, MySQL, ...); a bad URL is a ``UserError``."""
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:
+        raise UserError(f"cannot open storage {url}: {_reason(exc)}") from None
 
 
 def load_config(run: Run) -> RunConfig:

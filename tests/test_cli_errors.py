@@ -112,6 +112,7 @@ def test_invalid_space_file_and_out_of_range_parameter(tmp_path, capfd):
         (["--min-accuracy", "98"], "fraction"),
         (["--objectives", "accuracy,speed"], "unknown objective"),
         (["--target", "raspberry"], "unknown target"),
+        (["--storage", "nosuchdb://nowhere"], "cannot open storage"),
     ],
 )
 def test_bad_flags(tmp_path, capfd, flags, needle):
