@@ -54,7 +54,7 @@ def trial_dir(run_dir: Path, number: int) -> Path:
     return run_dir / "trials" / f"{number:04d}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Objective:
     """Callable objective over one task, space and target."""
 

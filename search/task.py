@@ -47,6 +47,7 @@ def prepare(
     )
     if data.skipped:
         warn(f"skipped {data.skipped} unreadable image(s) in {cfg.data}")
+    torch.manual_seed(cfg.seed)  # the baseline's initial weights are seeded too
     model = models.create(cfg.model, data.num_classes, cfg.img_size)
     if cfg.checkpoint:
         model = models.load_checkpoint(model, cfg.checkpoint)
@@ -77,7 +78,6 @@ def cached_baseline(
         log(f"baseline: cached {weights}")
         return model.eval()
     log(f"baseline: training {cfg.model} for {cfg.epochs} epochs (seed {cfg.seed}); cached after")
-    torch.manual_seed(cfg.seed)
     fit(
         model, data.train.x, data.train.y, epochs=cfg.epochs, lr=cfg.lr,
         batch_size=cfg.batch_size, seed=cfg.seed,
