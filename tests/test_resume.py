@@ -19,8 +19,14 @@ def start(runs: Path, name: str, space: Path) -> subprocess.Popen:
             "--space", str(space), *TINY]
     return subprocess.Popen(
         [sys.executable, "-m", "search", *args], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    # A background job of a non-interactive shell (as CI may start us) inherits SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt; a user's terminal delivers Ctrl-C normally.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_mid_trial(run: Path, completed: int, proc: subprocess.Popen, limit: float = 240) -> None:
