@@ -22,7 +22,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit 2)."""
 
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("edgepareto").strip()
+        raise UserError(f"{command}: {message}" if command else message)
 
 
 def _positive_int(text: str) -> int:
