@@ -39,7 +39,7 @@ SAMPLERS: dict[str, Callable[[RunConfig], optuna.samplers.BaseSampler]] = {
     # multivariate TPE with grouping models the conditional (define-by-run) space jointly
     "tpe": lambda cfg: optuna.samplers.TPESampler(
         seed=_seed(cfg), multivariate=True, group=True,
-        n_startup_trials=max(3, min(10, cfg.trials // 8)),
+        n_startup_trials=max(4, min(10, cfg.trials // 4)),
     ),
     "random": lambda cfg: optuna.samplers.RandomSampler(seed=_seed(cfg)),
     "nsga2": lambda cfg: optuna.samplers.NSGAIISampler(seed=_seed(cfg), population_size=8),
