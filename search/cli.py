@@ -57,7 +57,7 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--space": ("space", str, "space preset (default, cnn, quant-only) or YAML file"),
     "--objectives": ("objectives", _csv, "comma list of accuracy,latency,size (default all)"),
     "--sampler": ("sampler", str, "tpe (default), random or nsga2"),
-    "--trials": ("trials", _positive_int, "number of trials, the baseline included (default 40)"),
+    "--trials": ("trials", _positive_int, "number of trials, the baseline included (default 60)"),
     "--timeout": ("timeout", float, "stop starting new trials after this many seconds"),
     "--storage": ("storage", str, "Optuna RDB storage URL (default sqlite in the run folder)"),
     "--min-accuracy": ("min_accuracy", float, "budget: validation accuracy at least (fraction)"),

@@ -36,7 +36,7 @@ class RunConfig:
     objectives: tuple[str, ...] = ("accuracy", "latency", "size")
     sampler: str = "tpe"
     sampler_seed: int | None = None  # None: the run's seed
-    trials: int = 40
+    trials: int = 60
     timeout: float | None = None
     storage: str | None = None
     min_accuracy: float | None = None
