@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from search.config import RunConfig
 from search.engine import run_search
-from search.objective import BASELINE_ATTR
+from search.objective import BASELINE_ATTR, is_feasible
 from search.pareto import hypervolume
 from search.progress import Progress
 
@@ -38,7 +38,7 @@ def normalised_points(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[floa
     points = []
     for t in trials:
         a = t.user_attrs
-        ok = t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())
+        ok = t.state == TrialState.COMPLETE and is_feasible(t)
         points.append(
             ((b["accuracy"] - a["accuracy"]) * 100, a["latency_ms"] / b["latency_ms"],
              a["size_mb"] / b["size_mb"]) if ok else None

@@ -114,7 +114,7 @@ def _search(args: argparse.Namespace) -> int:
             )
         report = resume_search(
             args.resume, args.runs_dir or "runs", overrides.get("trials"), overrides.get("timeout"),
-            progress=_progress_for(args, resume=True),
+            quiet=args.quiet,
         )
     else:
         base: dict[str, Any] = {}
@@ -127,14 +127,6 @@ def _search(args: argparse.Namespace) -> int:
     print(report.table())
     print(f"\nresults: {report.run_dir}/pareto.csv, trials.csv, summary.json")
     return 0
-
-
-def _progress_for(args: argparse.Namespace, resume: bool):
-    from search.engine import Run, load_config
-    from search.progress import Progress
-
-    cfg = load_config(Run(args.resume, Path(args.runs_dir or "runs")))
-    return Progress(cfg.objectives, cfg.directions, quiet=args.quiet)
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from search.atomic import write_json, write_text
 from search.config import RunConfig
 from search.errors import UserError
-from search.objective import BASELINE_ATTR, Objective, trial_dir
+from search.objective import BASELINE_ATTR, Objective, is_feasible, trial_dir
 from search.progress import Progress
 from search.results import Report, finalize
 from search.task import prepare
@@ -96,7 +96,7 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
 
 def resume_search(
     name: str, runs_dir: str = "runs", trials: int | None = None, timeout: float | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, quiet: bool = False,
 ) -> Report:
     """Continue an interrupted (or finished) run; ``trials``/``timeout`` may be raised."""
     run = Run(name, Path(runs_dir))
@@ -104,7 +104,7 @@ def resume_search(
     changes = {k: v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
     cfg = cfg.replace(**changes)
     _check_runs_root(run.root)
-    progress = progress or Progress(cfg.objectives, cfg.directions)
+    progress = progress or Progress(cfg.objectives, cfg.directions, quiet=quiet)
     space = Space.from_mapping(yaml.safe_load((run.dir / "space.yaml").read_text()), where=name)
     target = _target(cfg)
     task = prepare(cfg, run.root, progress.log, progress.warn)
@@ -189,7 +189,7 @@ def _execute(
                 raise UserError(f"the uncompressed baseline failed, nothing to compare: {reason}") from None
             continue
         frozen = study.tell(trial, values)
-        feasible = all(v <= 0 for v in frozen.constraints.values())
+        feasible = is_feasible(frozen)
         progress.done(
             f"{frozen.user_attrs['techniques']}" + ("" if feasible else " (over budget)"),
             values, feasible,

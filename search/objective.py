@@ -50,6 +50,11 @@ def budget_constraints(
     return out
 
 
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Optuna's rule: feasible when every constraint value is zero or less."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
 def trial_dir(run_dir: Path, number: int) -> Path:
     return run_dir / "trials" / f"{number:04d}"
 

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.atomic import write_json, write_with
 from search.config import OBJECTIVES, RunConfig
 from search.errors import UserError
-from search.objective import BASELINE_ATTR
+from search.objective import BASELINE_ATTR, is_feasible
 from search.pareto import pareto_front
 from search.pipeline import INPUT_NAME, onnx_accuracy
 from search.progress import Progress
@@ -44,7 +44,7 @@ class Report:
     summary: dict[str, Any]
 
     def table(self) -> str:
-        return format_table(self.pareto, self.run_dir)
+        return format_table(self.pareto)
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -66,7 +66,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "params": a.get("params"),
             "macs": a.get("macs"),
             "sparsity": a.get("sparsity"),
-            "feasible": _feasible(t) if t.state == TrialState.COMPLETE else None,
+            "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
             "constraints": json.dumps(t.constraints) if t.constraints else "",
             "fail_reason": a.get("fail_reason", ""),
             "duration_s": t.duration.total_seconds() if t.duration else None,
@@ -79,7 +79,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 def front_trials(study: optuna.Study, objectives: tuple[str, ...]) -> list[FrozenTrial]:
     """Feasible complete trials that no other feasible trial dominates (on validation values)."""
     done = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)
     ]
     directions = [OBJECTIVES[o] for o in objectives]
     return [done[i] for i in pareto_front([t.values for t in done], directions)]
@@ -147,7 +147,7 @@ def side_by_side(
     ]
 
 
-def format_table(pareto: pd.DataFrame, run_dir: Path) -> str:
+def format_table(pareto: pd.DataFrame) -> str:
     """The readable table printed at the end of a search and by ``edgepareto show``."""
     view = pd.DataFrame({
         "trial": pareto["trial"],
@@ -176,10 +176,6 @@ def load_report(run_dir: Path) -> Report:
     return Report(
         run_dir, pd.read_csv(files[0]), pd.read_csv(files[1]), json.loads(files[2].read_text())
     )
-
-
-def _feasible(t: FrozenTrial) -> bool:
-    return all(v <= 0 for v in t.constraints.values())
 
 
 def _summary(
