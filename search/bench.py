@@ -65,9 +65,9 @@ def bench_search(
     curves = []
     for seed in range(seeds):
         for sampler in ("tpe", "random"):
-            cfg = RunConfig(
+            cfg = RunConfig(  # the default search against plain random search
                 name=f"bench-{stamp}-{sampler}-s{seed}", runs_dir=runs_dir, trials=trials,
-                sampler=sampler, sampler_seed=seed, **extra,
+                sampler=sampler, sampler_seed=seed, warm_start=sampler == "tpe", **extra,
             )
             report = run_search(cfg, Progress(cfg.objectives, cfg.directions, quiet=True))
             study = optuna.load_study(

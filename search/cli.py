@@ -36,6 +36,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _on_off(text: str) -> bool:
+    if text.lower() not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text.lower() == "on"
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
@@ -57,6 +63,7 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--space": ("space", str, "space preset (default, cnn, quant-only) or YAML file"),
     "--objectives": ("objectives", _csv, "comma list of accuracy,latency,size (default all)"),
     "--sampler": ("sampler", str, "tpe (default), random or nsga2"),
+    "--warm-start": ("warm_start", _on_off, "on (default): try each technique's recipe first"),
     "--trials": ("trials", _positive_int, "number of trials, the baseline included (default 60)"),
     "--timeout": ("timeout", float, "stop starting new trials after this many seconds"),
     "--storage": ("storage", str, "Optuna RDB storage URL (default sqlite in the run folder)"),

@@ -36,6 +36,7 @@ class RunConfig:
     objectives: tuple[str, ...] = ("accuracy", "latency", "size")
     sampler: str = "tpe"
     sampler_seed: int | None = None  # None: the run's seed
+    warm_start: bool = True  # enqueue each technique's canonical recipe after the baseline
     trials: int = 60
     timeout: float | None = None
     storage: str | None = None

@@ -88,6 +88,9 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     )
     study.set_metric_names(list(cfg.objectives))
     study.enqueue_trial(space.baseline_params(), user_attrs={BASELINE_ATTR: True})
+    if cfg.warm_start:
+        for params in space.recipes():
+            study.enqueue_trial(params, user_attrs={"recipe": True})
     progress.log(f"run {name}: {run.dir}")
     progress.log(f"space {space.name}:\n  " + space.describe().replace("\n", "\n  "))
     progress.log(f"target {target.describe()}")

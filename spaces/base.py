@@ -40,6 +40,10 @@ class Technique(ABC):
     name: ClassVar[str]
     order: ClassVar[int]
     params: ClassVar[tuple[Param, ...]] = ()
+    #: A canonical moderate setting, tried early when the search is warm-started (None: never).
+    recipe: ClassVar[Mapping[str, Any] | None] = None
+    #: Whether the recipe is tried together with recovery fine-tuning (structural changes).
+    needs_recovery: ClassVar[bool] = False
 
     @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:

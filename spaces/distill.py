@@ -22,6 +22,7 @@ class Distill(TorchTechnique):
         FloatParam("temperature", 1.0, 8.0),
         FloatParam("alpha", 0.0, 1.0),
     )
+    recipe = {"epochs": 2, "temperature": 4.0, "alpha": 0.5}
 
     @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:

@@ -91,6 +91,8 @@ class LowRank(TorchTechnique):
 
     order = 20
     params = (FloatParam("rank_ratio", 0.1, 1.0),)
+    recipe = {"rank_ratio": 0.5}
+    needs_recovery = True
 
     @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:

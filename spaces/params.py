@@ -48,6 +48,9 @@ class FloatParam:
     def describe(self) -> str:
         return f"{self.low:g}" if self.low == self.high else f"[{self.low:g}, {self.high:g}]"
 
+    def nearest(self, value: Any) -> float:
+        return min(max(float(value), self.low), self.high)
+
 
 @dataclass(frozen=True)
 class IntParam:
@@ -72,6 +75,9 @@ class IntParam:
 
     def describe(self) -> str:
         return str(self.low) if self.low == self.high else f"[{self.low}, {self.high}]"
+
+    def nearest(self, value: Any) -> int:
+        return min(max(int(value), self.low), self.high)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,9 @@ class CategoricalParam:
 
     def describe(self) -> str:
         return repr(self.choices[0]) if len(self.choices) == 1 else repr(list(self.choices))
+
+    def nearest(self, value: Any) -> Any:
+        return value if value in self.choices else self.choices[0]
 
 
 Param = FloatParam | IntParam | CategoricalParam

@@ -47,6 +47,8 @@ class ChannelPrune(TorchTechnique):
         CategoricalParam("importance", ("l1", "l2", "taylor")),
         CategoricalParam("scope", ("uniform", "global")),
     )
+    recipe = {"ratio": 0.5, "importance": "l2", "scope": "uniform"}
+    needs_recovery = True
 
     @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:

@@ -104,6 +104,7 @@ class Quantize(OnnxTechnique):
         CategoricalParam("per_channel", (False, True), when=("mode", ("dynamic", "static"))),
         CategoricalParam("calibration", tuple(CALIBRATIONS), when=("mode", ("static",))),
     )
+    recipe = {"mode": "static", "per_channel": True, "calibration": "minmax"}
 
     @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:

@@ -106,6 +106,29 @@ class Space:
         """Fixed params that switch every searchable technique off (trial 0)."""
         return {t.name: False for t in self.techniques if not t.always}
 
+    def recipes(self) -> list[dict[str, Any]]:
+        """Fixed params of each technique's canonical recipe alone (plus recovery fine-tuning for
+        structural ones), moved into this space's ranges: a warm start for the sampler."""
+        by_name = {t.name: t for t in self.techniques}
+        recovery = by_name.get("distill")
+        out = []
+        for t in self.techniques:
+            cls = TECHNIQUES.get(t.name)
+            if cls.recipe is None or t is recovery:
+                continue
+            chosen = [t] + ([recovery] if cls.needs_recovery and recovery is not None else [])
+            params: dict[str, Any] = {o.name: False for o in self.techniques if not o.always}
+            for tech in chosen:
+                if not tech.always:
+                    params[tech.name] = True
+                values = TECHNIQUES.get(tech.name).recipe or {}
+                params.update({
+                    f"{tech.name}.{p.name}": p.nearest(values[p.name])
+                    for p in tech.params if p.name in values
+                })
+            out.append(params)
+        return out
+
     def sample(self, trial: optuna.Trial, baseline: bool = False) -> Candidate:
         """Define-by-run: each switch, then the parameters of the techniques switched on."""
         steps = []

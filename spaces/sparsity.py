@@ -37,6 +37,8 @@ class MagnitudeSparsity(TorchTechnique):
 
     order = 30
     params = (FloatParam("level", 0.1, 0.95),)
+    recipe = {"level": 0.5}
+    needs_recovery = True
 
     @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:

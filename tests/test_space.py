@@ -89,3 +89,24 @@ def test_fixed_values_validate_against_the_domain():
     assert fixed_values(params, {"mode": "fp16"}) == {"mode": "fp16"}
     with pytest.raises(UserError):
         fixed_values(params, {"mode": "int4"})
+
+
+def test_recipes_are_one_technique_each_and_inside_the_space(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        "techniques:\n  prune: {ratio: [0.6, 0.8], importance: [taylor]}\n"
+        "  distill: {epochs: [3, 4]}\n  quantize: {mode: [fp16, dynamic]}\n"
+    )
+    space = Space.load(str(f))
+    prune, quant = space.recipes()
+    assert prune["prune"] and prune["distill"] and not prune["quantize"]
+    assert prune["prune.ratio"] == 0.6 and prune["prune.importance"] == "taylor"  # moved inside
+    assert prune["distill.epochs"] == 3
+    assert quant["quantize"] and not quant["prune"] and not quant["distill"]
+    assert quant["quantize.mode"] == "fp16"  # the recipe's 'static' is not in this space
+    study = optuna.create_study()
+    for params in space.recipes():
+        study.enqueue_trial(params)
+    labels = [space.sample(study.ask()).label() for _ in range(2)]
+    assert labels[0].startswith("prune(60% taylor") and "distill(3ep" in labels[0]
+    assert labels[1] == "quantize(fp16)"
