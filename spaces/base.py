@@ -92,9 +92,3 @@ class Candidate:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {s.technique: dict(s.params) for s in self.steps}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> Candidate:
-        steps = [Step(name, dict(p)) for name, p in data.items()]
-        steps.sort(key=lambda s: TECHNIQUES.get(s.technique).order)
-        return cls(tuple(steps))

@@ -132,19 +132,3 @@ def suggest_all(
         if _active(p.when, chosen):
             chosen[p.name] = p.suggest(trial, f"{prefix}.{p.name}")
     return chosen
-
-
-def fixed_values(params: tuple[Param, ...], values: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate explicit values against the domains (for direct API use and tests)."""
-    out: dict[str, Any] = {}
-    for p in params:
-        if not _active(p.when, out):
-            continue
-        if p.name not in values:
-            raise UserError(f"missing parameter {p.name!r}")
-        p.narrow(values[p.name], p.name)
-        out[p.name] = values[p.name]
-    unknown = set(values) - {p.name for p in params}
-    if unknown:
-        raise UserError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
-    return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,6 @@ class Latency:
     threads: int
     source: str  # "measured" or "predicted"
     target: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Target(ABC):

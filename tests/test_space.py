@@ -5,7 +5,6 @@ import pytest
 
 from search.errors import UserError
 from spaces import PRESETS, TECHNIQUES, Space
-from spaces.params import fixed_values
 
 
 def test_presets_load_and_list_every_technique_in_order():
@@ -82,13 +81,6 @@ def test_baseline_switches_everything_off():
     trial = study.ask()
     assert space.sample(trial, baseline=True).steps == ()
     assert trial.params == {n: False for n in ("prune", "lowrank", "sparsity", "distill", "quantize")}
-
-
-def test_fixed_values_validate_against_the_domain():
-    params = TECHNIQUES.get("quantize").params
-    assert fixed_values(params, {"mode": "fp16"}) == {"mode": "fp16"}
-    with pytest.raises(UserError):
-        fixed_values(params, {"mode": "int4"})
 
 
 def test_recipes_are_one_technique_each_and_inside_the_space(tmp_path):
