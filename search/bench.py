@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from search.config import RunConfig
 from search.engine import run_search
-from search.objective import BASELINE_ATTR, is_feasible
+from search.objective import baseline_trial, is_feasible
 from search.pareto import hypervolume
 from search.progress import Progress
 
@@ -33,8 +33,7 @@ class Curve:
 
 def normalised_points(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[float, float, float]]:
     """Per trial (in order; None for failed/infeasible ones): drop, latency ratio, size ratio."""
-    base = next(t for t in trials if t.user_attrs.get(BASELINE_ATTR) and t.state == TrialState.COMPLETE)
-    b = base.user_attrs
+    b = baseline_trial(trials).user_attrs
     points = []
     for t in trials:
         a = t.user_attrs

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from search.atomic import write_json
 from search.config import RunConfig
@@ -48,6 +49,16 @@ def budget_constraints(
     if cfg.max_size_mb is not None:
         out["max_size_mb"] = metrics.size_mb - cfg.max_size_mb
     return out
+
+
+def baseline_trial(
+    trials: list[optuna.trial.FrozenTrial],
+) -> optuna.trial.FrozenTrial | None:
+    """The completed uncompressed baseline (trial 0 unless it was interrupted and re-run)."""
+    return next(
+        (t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(BASELINE_ATTR)),
+        None,
+    )
 
 
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:

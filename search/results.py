@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.atomic import write_json, write_with
 from search.config import OBJECTIVES, RunConfig
 from search.errors import UserError
-from search.objective import BASELINE_ATTR, is_feasible
+from search.objective import BASELINE_ATTR, baseline_trial, is_feasible
 from search.pareto import pareto_front
 from search.pipeline import INPUT_NAME, onnx_accuracy
 from search.progress import Progress
@@ -91,11 +91,7 @@ def finalize(
 ) -> Report:
     trials = trials_frame(study)
     write_with(run_dir / "trials.csv", lambda tmp: trials.to_csv(tmp, index=False))
-    baseline = next(
-        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-         if t.user_attrs.get(BASELINE_ATTR)),
-        None,
-    )
+    baseline = baseline_trial(study.get_trials(deepcopy=False))
     if baseline is None:
         raise UserError(f"run {cfg.name} has no completed baseline trial yet; resume it")
     front = front_trials(study, cfg.objectives)
@@ -110,8 +106,8 @@ def finalize(
         a = t.user_attrs
         rows.append({
             "trial": t.number,
-            "role": ("baseline" if t is baseline else "pareto")
-            + ("+pareto" if t is baseline and t.number in front_numbers else ""),
+            "role": "pareto" if t is not baseline
+            else "baseline+pareto" if t.number in front_numbers else "baseline",
             "techniques": a["techniques"],
             "test_accuracy": acc,
             "val_accuracy": a["accuracy"],
@@ -130,7 +126,7 @@ def finalize(
     pareto["speedup"] = base["latency_ms"] / pareto["latency_ms"]
     pareto["compression"] = base["size_mb"] / pareto["size_mb"]
     write_with(run_dir / "pareto.csv", lambda tmp: pareto.to_csv(tmp, index=False))
-    summary = _summary(cfg, task, target, study, trials, pareto)
+    summary = _summary(cfg, task, target, trials, pareto)
     write_json(run_dir / "summary.json", summary)
     return Report(run_dir, pareto, trials, summary)
 
@@ -179,8 +175,7 @@ def load_report(run_dir: Path) -> Report:
 
 
 def _summary(
-    cfg: RunConfig, task: Task, target: Target, study: optuna.Study, trials: pd.DataFrame,
-    pareto: pd.DataFrame,
+    cfg: RunConfig, task: Task, target: Target, trials: pd.DataFrame, pareto: pd.DataFrame,
 ) -> dict[str, Any]:
     states = trials["state"].value_counts().to_dict()
     failures = trials.loc[trials["state"] == "FAIL", "fail_reason"].value_counts().head(10).to_dict()

@@ -33,8 +33,8 @@ def wait_mid_trial(run: Path, completed: int, proc: subprocess.Popen, limit: flo
     """Wait until ``completed`` trials have metrics and another one is being built."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        done = {p.parent for p in run.glob("trials/*/metrics.json")}
         started = {p.parent for p in run.glob("trials/*/params.json")}
+        done = {p.parent for p in run.glob("trials/*/metrics.json")}  # read second: no race
         if len(done) >= completed and started - done:
             return
         assert proc.poll() is None, proc.communicate()[1]
