@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from search.config import RunConfig
-from search.engine import run_search
+from search.engine import Run, run_search
 from search.objective import baseline_trial, is_feasible
 from search.pareto import hypervolume
 from search.progress import Progress
@@ -68,9 +69,9 @@ def bench_search(
                 name=f"bench-{stamp}-{sampler}-s{seed}", runs_dir=runs_dir, trials=trials,
                 sampler=sampler, sampler_seed=seed, warm_start=sampler == "tpe", **extra,
             )
-            report = run_search(cfg, Progress(cfg.objectives, cfg.directions, quiet=True))
+            run_search(cfg, Progress(cfg.objectives, cfg.directions, quiet=True))
             study = optuna.load_study(
-                study_name=cfg.name, storage=f"sqlite:///{report.run_dir / 'study.db'}"
+                study_name=cfg.name, storage=Run(cfg.name, Path(runs_dir)).storage_url(cfg)
             )
             curve = Curve(sampler, seed, hv_curve(normalised_points(study.get_trials())))
             curves.append(curve)

@@ -31,6 +31,7 @@ from targets import Target, create_target
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
+
 def _seed(cfg: RunConfig) -> int:
     return cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed
 

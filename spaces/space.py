@@ -109,15 +109,14 @@ class Space:
     def recipes(self) -> list[dict[str, Any]]:
         """Fixed params of each technique's canonical recipe alone (plus recovery fine-tuning for
         structural ones), moved into this space's ranges: a warm start for the sampler."""
-        by_name = {t.name: t for t in self.techniques}
-        recovery = by_name.get("distill")
+        recovery = next((t for t in self.techniques if t.name == "distill"), None)
         out = []
         for t in self.techniques:
             cls = TECHNIQUES.get(t.name)
             if cls.recipe is None or t is recovery:
                 continue
             chosen = [t] + ([recovery] if cls.needs_recovery and recovery is not None else [])
-            params: dict[str, Any] = {o.name: False for o in self.techniques if not o.always}
+            params: dict[str, Any] = self.baseline_params()
             for tech in chosen:
                 if not tech.always:
                     params[tech.name] = True
