@@ -46,13 +46,24 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def _models(text: str) -> str | tuple[str, ...]:
+    names = _csv(text)
+    return names[0] if len(names) == 1 else names
+
+
 # flag -> (RunConfig field, type, help). One table for every search option.
 SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--name": ("name", str, "run name (default: search-DATE-TIME); runs are never overwritten"),
-    "--model": ("model", str, "timm model name (default resnet18)"),
+    "--model": (
+        "model", _models, "timm model name, or a comma list searched together (default resnet18)"
+    ),
     "--checkpoint": ("checkpoint", str, "state_dict or whole saved model to start from"),
+    "--teacher": (
+        "teacher", str, "distillation teacher: base (default), a timm model name, or a checkpoint"
+    ),
     "--data": ("data", str, "'digits' (embedded default) or an ImageFolder path"),
     "--img-size": ("img_size", int, "input size in pixels (default 32)"),
+    "--patch-size": ("patch_size", int, "ViT patch size (default: a grid of at least 8x8 patches)"),
     "--epochs": ("epochs", int, "baseline training epochs when no checkpoint (default 15)"),
     "--batch-size": ("batch_size", int, "training batch size (default 64)"),
     "--lr": ("lr", float, "baseline learning rate (default 3e-3)"),
@@ -60,7 +71,10 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--val-fraction": ("val_fraction", float, "validation share of the data (default 0.2)"),
     "--test-fraction": ("test_fraction", float, "test share of the data (default 0.2)"),
     "--seed": ("seed", int, "seed for splits, training and the sampler (default 0)"),
-    "--space": ("space", str, "space preset (default, cnn, quant-only) or YAML file"),
+    "--space": (
+        "space", str, "auto (default: vit for ViTs, else default), a preset (default, cnn, vit, "
+        "quant-only) or a YAML file"
+    ),
     "--objectives": ("objectives", _csv, "comma list of accuracy,latency,size (default all)"),
     "--sampler": ("sampler", str, "tpe (default), random or nsga2"),
     "--warm-start": ("warm_start", _on_off, "on (default): try each technique's recipe first"),

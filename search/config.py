@@ -21,10 +21,12 @@ class RunConfig:
 
     name: str | None = None
     runs_dir: str = "runs"
-    model: str = "resnet18"
+    model: str | tuple[str, ...] = "resnet18"  # several: the model becomes a searched choice
     checkpoint: str | None = None
+    teacher: str = "base"  # distillation teacher: base, a timm model name, or a checkpoint file
     data: str = "digits"
     img_size: int = 32
+    patch_size: int | None = None  # ViTs only; None: chosen from img_size (see models.patch_size_for)
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 0
@@ -32,7 +34,7 @@ class RunConfig:
     batch_size: int = 64
     lr: float = 3e-3
     finetune_lr: float = 2e-3
-    space: str = "default"
+    space: str = "auto"  # auto: the vit preset for ViTs, default otherwise
     objectives: tuple[str, ...] = ("accuracy", "latency", "size")
     sampler: str = "tpe"
     sampler_seed: int | None = None  # None: the run's seed
@@ -50,7 +52,15 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
+        if isinstance(self.model, (list, tuple)):
+            names = tuple(str(m) for m in self.model)
+            object.__setattr__(self, "model", names[0] if len(names) == 1 else names)
         self.validate()
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The base model(s) searched; the first is the reference for speed-ups and drops."""
+        return self.model if isinstance(self.model, tuple) else (self.model,)
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first bad setting."""
@@ -60,6 +70,16 @@ class RunConfig:
             )
         _at_least("trials", self.trials, 1)
         _at_least("img-size", self.img_size, 8)
+        if self.patch_size is not None:
+            _at_least("patch-size", self.patch_size, 1)
+            if self.img_size % self.patch_size:
+                raise UserError(f"--patch-size {self.patch_size} does not divide --img-size {self.img_size}")
+        if not self.models or not all(isinstance(m, str) and m for m in self.models):
+            raise UserError("--model needs at least one timm model name")
+        if len(set(self.models)) != len(self.models):
+            raise UserError("--model lists a model twice")
+        if self.checkpoint is not None and len(self.models) > 1:
+            raise UserError("--checkpoint needs a single --model")
         _at_least("epochs", self.epochs, 0)
         _at_least("batch-size", self.batch_size, 1)
         _at_least("threads", self.threads, 1)
@@ -100,6 +120,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["objectives"] = list(self.objectives)
+        if isinstance(self.model, tuple):
+            out["model"] = list(self.model)
         return out
 
     @classmethod

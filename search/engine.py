@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +25,9 @@ from search.errors import UserError
 from search.objective import BASELINE_ATTR, Objective, is_feasible, trial_dir
 from search.progress import Progress
 from search.results import Report, finalize
-from search.task import prepare
+from search.task import Task, check_names, prepare_all
 from spaces import Space
+from spaces.space import AUTO, JointSpace, resolve
 from targets import Target, create_target
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -74,12 +75,15 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
             f"run {name!r} already exists in {run.root}; continue it with --resume {name} "
             "or choose another --name"
         )
-    space = Space.load(cfg.space)
+    if cfg.space != AUTO:
+        Space.load(cfg.space)  # a bad space fails before any training
     target = _target(cfg)
     storage = open_storage(cfg.storage) if cfg.storage else None
     if storage is not None and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
-    task = prepare(cfg, run.root, progress.log, progress.warn)
+    check_names(cfg)
+    tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
+    space = space_for(cfg.space, tasks)
     run.dir.mkdir(parents=True)
     write_text(run.dir / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_text(run.dir / "space.yaml", yaml.safe_dump(space.to_mapping(), sort_keys=False))
@@ -88,14 +92,33 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
         sampler=SAMPLERS[cfg.sampler](cfg),
     )
     study.set_metric_names(list(cfg.objectives))
-    study.enqueue_trial(space.baseline_params(), user_attrs={BASELINE_ATTR: True})
+    for model in space.models:
+        study.enqueue_trial(space.baseline_params(model), user_attrs={BASELINE_ATTR: True})
     if cfg.warm_start:
         for params in space.recipes():
             study.enqueue_trial(params, user_attrs={"recipe": True})
     progress.log(f"run {name}: {run.dir}")
-    progress.log(f"space {space.name}:\n  " + space.describe().replace("\n", "\n  "))
+    progress.log("space " + space.describe())
     progress.log(f"target {target.describe()}")
-    return _execute(cfg, run, study, task, space, target, progress)
+    return _execute(cfg, run, study, tasks, space, target, progress)
+
+
+def space_for(spec: str, tasks: Mapping[str, Task]) -> JointSpace:
+    """Each base model's space (``auto``: by architecture), checked against the model."""
+    spaces = []
+    for name, task in tasks.items():
+        space = Space.load(resolve(spec, task.base))
+        space.check(task.base, name)
+        spaces.append((name, space))
+    return JointSpace(tuple(spaces))
+
+
+def load_space(run: Run, cfg: RunConfig) -> JointSpace:
+    """The resolved space saved beside a run (``space.yaml``)."""
+    data = yaml.safe_load((run.dir / "space.yaml").read_text())
+    if isinstance(data, Mapping) and "models" in data:
+        return JointSpace.from_mapping(data, where=run.name)
+    return JointSpace(((cfg.models[0], Space.from_mapping(data, where=run.name)),))
 
 
 def resume_search(
@@ -109,9 +132,9 @@ def resume_search(
     cfg = cfg.replace(**changes)
     _check_runs_root(run.root)
     progress = progress or Progress(cfg.objectives, cfg.directions, quiet=quiet)
-    space = Space.from_mapping(yaml.safe_load((run.dir / "space.yaml").read_text()), where=name)
+    space = load_space(run, cfg)
     target = _target(cfg)
-    task = prepare(cfg, run.root, progress.log, progress.warn)
+    tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
     try:
         study = optuna.load_study(
             study_name=name, storage=open_storage(run.storage_url(cfg)),
@@ -123,7 +146,7 @@ def resume_search(
     if recovered:
         progress.log(f"resume: re-queued interrupted trial(s) {', '.join(map(str, recovered))}")
     progress.log(f"resume {name}: {finished_count(study)} of {cfg.trials} trials done")
-    return _execute(cfg, run, study, task, space, target, progress)
+    return _execute(cfg, run, study, tasks, space, target, progress)
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -168,10 +191,10 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 
 def _execute(
-    cfg: RunConfig, run: Run, study: optuna.Study, task, space: Space, target: Target,
-    progress: Progress,
+    cfg: RunConfig, run: Run, study: optuna.Study, tasks: Mapping[str, Task], space: JointSpace,
+    target: Target, progress: Progress,
 ) -> Report:
-    objective = Objective(cfg, task, space, target, run.dir, progress)
+    objective = Objective(cfg, tasks, space, target, run.dir, progress)
     start = time.monotonic()
     while (done := finished_count(study)) < cfg.trials:
         if cfg.timeout is not None and time.monotonic() - start >= cfg.timeout:
@@ -198,7 +221,7 @@ def _execute(
             f"{frozen.user_attrs['techniques']}" + ("" if feasible else " (over budget)"),
             values, feasible,
         )
-    return finalize(study, cfg, task, target, run.dir, progress)
+    return finalize(study, cfg, tasks, target, run.dir, progress)
 
 
 def _target(cfg: RunConfig) -> Target:

@@ -31,13 +31,48 @@ def data_config(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean), tuple(std)
 
 
-def create(name: str, num_classes: int, img_size: int) -> nn.Module:
-    """A timm model with random weights (``pretrained=False``: nothing is downloaded)."""
+#: A ViT's token grid is kept at least this many patches per side when the patch size is automatic.
+MIN_GRID = 8
+
+
+def patch_size_for(img_size: int, native: int) -> int:
+    """The model's own patch size, or a smaller one dividing ``img_size`` into a grid of at least
+    ``MIN_GRID`` x ``MIN_GRID`` (32 px: patch 4, 8 x 8 tokens; 224 px: the native 16)."""
+    if img_size // native >= MIN_GRID:
+        return native
+    return next(p for p in range(max(1, img_size // MIN_GRID), 0, -1) if img_size % p == 0)
+
+
+def create(
+    name: str, num_classes: int, img_size: int, patch_size: int | None = None
+) -> nn.Module:
+    """A timm model with random weights (``pretrained=False``: nothing is downloaded).
+
+    Models with a patch embedding (ViT, DeiT) are built for ``img_size`` with ``patch_size``
+    (None: ``patch_size_for``); other architectures ignore both sizes' arguments.
+    """
     check_model_name(name)
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size)
     except TypeError:  # architectures without an img_size argument (most CNNs)
+        if patch_size is not None:
+            raise UserError(f"--patch-size applies to ViT-style models, not {name}") from None
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    native = _patch_size(model)
+    if native is None:
+        return model
+    wanted = patch_size or patch_size_for(img_size, native)
+    if wanted == native:
+        return model
+    return timm.create_model(
+        name, pretrained=False, num_classes=num_classes, img_size=img_size, patch_size=wanted
+    )
+
+
+def _patch_size(model: nn.Module) -> int | None:
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "patch_size", None)
+    return int(size[0]) if isinstance(size, (tuple, list)) else None
 
 
 def load_checkpoint(model: nn.Module, path: str) -> nn.Module:

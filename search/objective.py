@@ -6,6 +6,7 @@ engine turns that into a FAIL trial with the reason. The Ray backend can reuse i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,17 @@ from search.config import RunConfig
 from search.pipeline import Metrics, build, evaluate
 from search.progress import Progress
 from search.task import Task
-from spaces import Context, Space
+from spaces import Context
+from spaces.space import JointSpace
 from targets import Target
 
 BASELINE_ATTR = "baseline"
-BASELINE_ACCURACY_ATTR = "baseline_accuracy"
+MODEL_ATTR = "model"
+
+
+def baseline_accuracy_key(model: str) -> str:
+    """The study attribute holding a base model's validation accuracy (its baseline trial's)."""
+    return f"baseline_accuracy:{model}"
 
 
 def objective_values(metrics: Metrics, objectives: tuple[str, ...]) -> list[float]:
@@ -52,11 +59,16 @@ def budget_constraints(
 
 
 def baseline_trial(
-    trials: list[optuna.trial.FrozenTrial],
+    trials: list[optuna.trial.FrozenTrial], model: str | None = None
 ) -> optuna.trial.FrozenTrial | None:
-    """The completed uncompressed baseline (trial 0 unless it was interrupted and re-run)."""
+    """The completed uncompressed baseline of ``model`` (None: the first one; the first model's is
+    trial 0 unless it was interrupted and re-run)."""
     return next(
-        (t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(BASELINE_ATTR)),
+        (
+            t for t in trials
+            if t.state == TrialState.COMPLETE and t.user_attrs.get(BASELINE_ATTR)
+            and (model is None or t.user_attrs.get(MODEL_ATTR) == model)
+        ),
         None,
     )
 
@@ -72,45 +84,48 @@ def trial_dir(run_dir: Path, number: int) -> Path:
 
 @dataclass(frozen=True)
 class Objective:
-    """Callable objective over one task, space and target."""
+    """Callable objective over the base models' tasks, the run's space and a target."""
 
     cfg: RunConfig
-    task: Task
-    space: Space
+    tasks: Mapping[str, Task]
+    space: JointSpace
     target: Target
     run_dir: Path
     progress: Progress
 
-    def context(self) -> Context:
-        data = self.task.data
+    def context(self, task: Task) -> Context:
+        data = task.data
         return Context(
-            train_x=data.train.x, train_y=data.train.y, teacher=self.task.base,
+            train_x=data.train.x, train_y=data.train.y,
+            teacher=task.base if task.teacher is None else task.teacher,
             seed=self.cfg.seed, batch_size=self.cfg.batch_size, lr=self.cfg.finetune_lr,
             on_progress=self.progress.stage,
         )
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
-        candidate = self.space.sample(trial, baseline=baseline)
+        model_name, candidate = self.space.sample(trial, baseline=baseline)
+        task = self.tasks[model_name]
         out = trial_dir(self.run_dir, trial.number)
         out.mkdir(parents=True)  # trial numbers are never reused, so this never overwrites
         record: dict[str, Any] = {
-            "trial": trial.number, "techniques": candidate.label(),
+            "trial": trial.number, "model": model_name, "techniques": candidate.label(),
             "candidate": candidate.to_dict(), "optuna_params": trial.params,
         }
         write_json(out / "params.json", record)
+        trial.set_user_attr(MODEL_ATTR, model_name)
         trial.set_user_attr("techniques", candidate.label())
         trial.set_user_attr("candidate", candidate.to_dict())
-        path, model = build(candidate, self.task, out, self.context(), self.progress.stage)
-        metrics = evaluate(path, model, self.task, self.task.data.val, self.target, self.progress.stage)
+        path, model = build(candidate, task, out, self.context(task), self.progress.stage)
+        metrics = evaluate(path, model, task, task.data.val, self.target, self.progress.stage)
         for key, value in metrics.to_dict().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
-        baseline_accuracy = trial.study.user_attrs.get(BASELINE_ACCURACY_ATTR)
+        baseline_accuracy = trial.study.user_attrs.get(baseline_accuracy_key(model_name))
         violations = budget_constraints(metrics, self.cfg, baseline_accuracy)
         for key, value in violations.items():
             trial.set_constraint(key, value)
         write_json(out / "metrics.json", {"split": "val", **metrics.to_dict(), "constraints": violations})
         if baseline:
-            trial.study.set_user_attr(BASELINE_ACCURACY_ATTR, metrics.accuracy)
+            trial.study.set_user_attr(baseline_accuracy_key(model_name), metrics.accuracy)
         return objective_values(metrics, self.cfg.objectives)

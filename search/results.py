@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.atomic import write_json, write_with
 from search.config import OBJECTIVES, RunConfig
 from search.errors import UserError
-from search.objective import BASELINE_ATTR, baseline_trial, is_feasible
+from search.objective import BASELINE_ATTR, MODEL_ATTR, baseline_trial, is_feasible
 from search.pareto import pareto_front
 from search.pipeline import INPUT_NAME, onnx_accuracy
 from search.progress import Progress
@@ -55,6 +56,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         rows.append({
             "trial": t.number,
             "state": t.state.name,
+            "model": a.get(MODEL_ATTR, ""),
             "baseline": bool(a.get(BASELINE_ATTR)),
             "techniques": a.get("techniques", ""),
             "val_accuracy": a.get("accuracy"),
@@ -86,27 +88,33 @@ def front_trials(study: optuna.Study, objectives: tuple[str, ...]) -> list[Froze
 
 
 def finalize(
-    study: optuna.Study, cfg: RunConfig, task: Task, target: Target, run_dir: Path,
+    study: optuna.Study, cfg: RunConfig, tasks: Mapping[str, Task], target: Target, run_dir: Path,
     progress: Progress,
 ) -> Report:
+    """Write the tables. Speed-ups and drops are relative to the first model's baseline."""
     trials = trials_frame(study)
     write_with(run_dir / "trials.csv", lambda tmp: trials.to_csv(tmp, index=False))
-    baseline = baseline_trial(study.get_trials(deepcopy=False))
-    if baseline is None:
+    all_trials = study.get_trials(deepcopy=False)
+    reference = next(iter(tasks))
+    baselines = [b for m in tasks if (b := baseline_trial(all_trials, m)) is not None]
+    if not baselines or baselines[0].user_attrs[MODEL_ATTR] != reference:
         raise UserError(f"run {cfg.name} has no completed baseline trial yet; resume it")
     front = front_trials(study, cfg.objectives)
     progress.log(f"pareto front: {len(front)} trial(s); re-evaluating on the test split")
-    chosen = [baseline] + [t for t in front if t.number != baseline.number]
+    baseline_numbers = {b.number for b in baselines}
+    chosen = baselines + [t for t in front if t.number not in baseline_numbers]
+    models = [t.user_attrs[MODEL_ATTR] for t in chosen]
     paths = [run_dir / t.user_attrs["artifact"] for t in chosen]
-    test_acc = [onnx_accuracy(p, task.data.test) for p in paths]
-    latencies = side_by_side(target, paths, task.input_shape)
+    test_acc = [onnx_accuracy(p, tasks[m].data.test) for p, m in zip(paths, models)]
+    latencies = side_by_side(target, paths, tasks[reference].input_shape)
     rows = []
     front_numbers = {t.number for t in front}
-    for t, path, acc, (median, p90) in zip(chosen, paths, test_acc, latencies):
+    for t, model, path, acc, (median, p90) in zip(chosen, models, paths, test_acc, latencies):
         a = t.user_attrs
         rows.append({
             "trial": t.number,
-            "role": "pareto" if t is not baseline
+            "model": model,
+            "role": "pareto" if t.number not in baseline_numbers
             else "baseline+pareto" if t.number in front_numbers else "baseline",
             "techniques": a["techniques"],
             "test_accuracy": acc,
@@ -126,7 +134,7 @@ def finalize(
     pareto["speedup"] = base["latency_ms"] / pareto["latency_ms"]
     pareto["compression"] = base["size_mb"] / pareto["size_mb"]
     write_with(run_dir / "pareto.csv", lambda tmp: pareto.to_csv(tmp, index=False))
-    summary = _summary(cfg, task, target, trials, pareto)
+    summary = _summary(cfg, tasks, target, trials, pareto)
     write_json(run_dir / "summary.json", summary)
     return Report(run_dir, pareto, trials, summary)
 
@@ -175,8 +183,10 @@ def load_report(run_dir: Path) -> Report:
 
 
 def _summary(
-    cfg: RunConfig, task: Task, target: Target, trials: pd.DataFrame, pareto: pd.DataFrame,
+    cfg: RunConfig, tasks: Mapping[str, Task], target: Target, trials: pd.DataFrame,
+    pareto: pd.DataFrame,
 ) -> dict[str, Any]:
+    task = next(iter(tasks.values()))
     states = trials["state"].value_counts().to_dict()
     failures = trials.loc[trials["state"] == "FAIL", "fail_reason"].value_counts().head(10).to_dict()
     return {
@@ -193,6 +203,7 @@ def _summary(
             "layout": "NCHW float32 RGB scaled to [0, 1], then (x - mean) / std",
             "mean": list(task.mean), "std": list(task.std),
             "classes": list(task.data.classes),
+            "by_model": {m: {"mean": list(t.mean), "std": list(t.std)} for m, t in tasks.items()},
         },
         "split_sizes": {
             "train": len(task.data.train), "val": len(task.data.val), "test": len(task.data.test)

@@ -23,70 +23,120 @@ CACHE_DIR = ".cache/baselines"
 
 @dataclass(frozen=True)
 class Task:
-    """What every trial starts from: the uncompressed base model and the data."""
+    """What every trial of one base model starts from: the model, its data, its teacher."""
 
     base: nn.Module
     data: Dataset
     img_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    model_name: str = ""
+    teacher: nn.Module | None = None  # None: the base model teaches
+    teacher_name: str = "base"
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, 3, self.img_size, self.img_size)
 
 
-def prepare(
+def check_names(cfg: RunConfig) -> None:
+    """Fail fast, before any data is read, on an unknown model or teacher name."""
+    for name in cfg.models:
+        models.check_model_name(name)
+    if cfg.teacher != "base" and not Path(cfg.teacher).is_file():
+        if Path(cfg.teacher).suffix in CHECKPOINT_SUFFIXES:
+            raise UserError(f"teacher checkpoint {cfg.teacher} does not exist")
+        models.check_model_name(cfg.teacher)
+
+
+def prepare_all(
     cfg: RunConfig, runs_root: Path, log: Callable[[str], None], warn: Callable[[str], None]
+) -> dict[str, Task]:
+    """One task per base model, in the order given."""
+    check_names(cfg)
+    return {name: prepare(cfg, name, runs_root, log, warn) for name in cfg.models}
+
+
+def prepare(
+    cfg: RunConfig, name: str, runs_root: Path, log: Callable[[str], None],
+    warn: Callable[[str], None],
 ) -> Task:
-    """Validate model and data, then load the checkpoint or the cached (or new) baseline."""
-    models.check_model_name(cfg.model)
-    mean, std = models.data_config(cfg.model)
+    """Validate model and data, load the checkpoint or the cached (or new) baseline, and the teacher."""
+    models.check_model_name(name)
+    mean, std = models.data_config(name)
     data = load_dataset(
         cfg.data, cfg.img_size, mean, std, cfg.seed, cfg.val_fraction, cfg.test_fraction
     )
     if data.skipped:
         warn(f"skipped {data.skipped} unreadable image(s) in {cfg.data}")
     torch.manual_seed(cfg.seed)  # the baseline's initial weights are seeded too
-    model = models.create(cfg.model, data.num_classes, cfg.img_size)
+    model = models.create(name, data.num_classes, cfg.img_size, cfg.patch_size)
     if cfg.checkpoint:
         model = models.load_checkpoint(model, cfg.checkpoint)
         _check_outputs(model, data, cfg.checkpoint)
     else:
-        model = cached_baseline(model, cfg, data, runs_root, log)
-    return Task(model.eval(), data, cfg.img_size, mean, std)
+        model = cached_baseline(model, name, cfg, data, runs_root, log)
+    teacher = load_teacher(cfg, name, data, runs_root, log)
+    return Task(model.eval(), data, cfg.img_size, mean, std, name, teacher, cfg.teacher)
 
 
-def baseline_key(cfg: RunConfig, data: Dataset) -> str:
-    """What decides the trained weights: model, data, and training settings."""
+#: A ``--teacher`` with one of these suffixes is a file, never a model name.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def load_teacher(
+    cfg: RunConfig, student: str, data: Dataset, runs_root: Path, log: Callable[[str], None]
+) -> nn.Module | None:
+    """``base``: None (the uncompressed student teaches). A file: a whole saved model, or a
+    state_dict of the student's architecture. A timm name: that model trained on the same data
+    (cached like a baseline), e.g. a CNN teaching a ViT as in DeiT."""
+    if cfg.teacher == "base":
+        return None
+    if Path(cfg.teacher).is_file():
+        torch.manual_seed(cfg.seed)
+        shell = models.create(student, data.num_classes, cfg.img_size, cfg.patch_size)
+        teacher = models.load_checkpoint(shell, cfg.teacher)
+        _check_outputs(teacher, data, cfg.teacher)
+        log(f"teacher: {cfg.teacher}")
+        return teacher.eval()
+    torch.manual_seed(cfg.seed)
+    teacher = models.create(cfg.teacher, data.num_classes, cfg.img_size)
+    return cached_baseline(teacher, cfg.teacher, cfg, data, runs_root, log, role="teacher")
+
+
+def baseline_key(cfg: RunConfig, name: str, data: Dataset) -> str:
+    """What decides the trained weights: model, data (and its normalisation), training settings."""
     key = {
-        "model": cfg.model, "data": data.fingerprint, "classes": data.num_classes,
+        "model": name, "data": data.fingerprint, "classes": data.num_classes,
         "img_size": cfg.img_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
         "lr": cfg.lr, "seed": cfg.seed, "torch": torch.__version__.split("+")[0],
+        "input": [round(float(data.train.x[:64].mean()), 4), round(float(data.train.x[:64].std()), 4)],
+        "patch_size": cfg.patch_size,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{cfg.model}-{digest}"
+    return f"{name}-{digest}"
 
 
 def cached_baseline(
-    model: nn.Module, cfg: RunConfig, data: Dataset, runs_root: Path, log: Callable[[str], None]
+    model: nn.Module, name: str, cfg: RunConfig, data: Dataset, runs_root: Path,
+    log: Callable[[str], None], role: str = "baseline",
 ) -> nn.Module:
-    folder = runs_root / CACHE_DIR / baseline_key(cfg, data)
+    folder = runs_root / CACHE_DIR / baseline_key(cfg, name, data)
     weights = folder / "model.pt"
     if weights.is_file():
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        log(f"baseline: cached {weights}")
+        log(f"{role}: cached {weights}")
         return model.eval()
-    log(f"baseline: training {cfg.model} for {cfg.epochs} epochs (seed {cfg.seed}); cached after")
+    log(f"{role}: training {name} for {cfg.epochs} epochs (seed {cfg.seed}); cached after")
     fit(
         model, data.train.x, data.train.y, epochs=cfg.epochs, lr=cfg.lr,
         batch_size=cfg.batch_size, seed=cfg.seed,
-        on_epoch=lambda e, loss: log(f"baseline: epoch {e}/{cfg.epochs} loss {loss:.4f}"),
+        on_epoch=lambda e, loss: log(f"{role}: {name} epoch {e}/{cfg.epochs} loss {loss:.4f}"),
     )
     val_acc = float((predict(model, data.val.x) == data.val.y).float().mean())
     write_with(weights, lambda tmp: torch.save(model.state_dict(), tmp))
-    write_json(folder / "meta.json", {"config": cfg.to_dict(), "val_accuracy_torch": val_acc})
-    log(f"baseline: val accuracy (torch) {val_acc:.4f}")
+    write_json(folder / "meta.json", {"model": name, "config": cfg.to_dict(), "val_accuracy_torch": val_acc})
+    log(f"{role}: {name} val accuracy (torch) {val_acc:.4f}")
     return model.eval()
 
 

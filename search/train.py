@@ -33,6 +33,28 @@ def distillation_loss(
     return (1 - alpha) * ce + alpha * kd
 
 
+def student_loss(
+    outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    teacher_logits: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """The loss for a plain classifier, or for a distilled DeiT's ``(cls, dist)`` head pair.
+
+    DeiT (Touvron et al., 2021): the class head learns the labels and the distillation head the
+    teacher, ``(1 - alpha) * CE(cls) + alpha * T^2 * KL(teacher_T || dist_T)``. Without a teacher
+    both heads learn the labels.
+    """
+    if not isinstance(outputs, tuple):
+        return distillation_loss(outputs, teacher_logits, targets, temperature, alpha)
+    cls_logits, dist_logits = outputs
+    if teacher_logits is None or alpha == 0:
+        return (F.cross_entropy(cls_logits, targets) + F.cross_entropy(dist_logits, targets)) / 2
+    kd = distillation_loss(dist_logits, teacher_logits, targets, temperature, alpha=1.0)
+    return (1 - alpha) * F.cross_entropy(cls_logits, targets) + alpha * kd
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -47,9 +69,16 @@ def fit(
     alpha: float = 0.0,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """AdamW with a one-cycle schedule; distils from ``teacher`` when ``alpha > 0``."""
+    """AdamW with a one-cycle schedule; distils from ``teacher`` when ``alpha > 0``.
+
+    Models with a distillation head (timm's distilled DeiT) train both heads (``student_loss``)
+    and average them at inference, as timm does in eval mode.
+    """
     dev = device()
     model.to(dev)
+    two_heads = hasattr(model, "set_distilled_training")
+    if two_heads:
+        model.set_distilled_training(True)
     if teacher is not None:
         teacher.to(dev).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -65,12 +94,12 @@ def fit(
         for i in range(0, len(x), batch_size):
             idx = order[i : i + batch_size]
             xb, yb = x[idx].to(dev), y[idx].to(dev)
-            logits = model(xb)
+            outputs = model(xb)
             teacher_logits = None
             if teacher is not None and alpha > 0:
                 with torch.no_grad():
                     teacher_logits = teacher(xb)
-            loss = distillation_loss(logits, teacher_logits, yb, temperature, alpha)
+            loss = student_loss(outputs, teacher_logits, yb, temperature, alpha)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
@@ -80,6 +109,8 @@ def fit(
             total += loss.item() * len(idx)
         if on_epoch is not None:
             on_epoch(epoch + 1, total / len(x))
+    if two_heads:
+        model.set_distilled_training(False)
     model.to("cpu").eval()
     if teacher is not None:
         teacher.to("cpu")

@@ -46,6 +46,12 @@ class Technique(ABC):
     needs_recovery: ClassVar[bool] = False
 
     @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether this technique applies to ``model`` (a space listing it for another model is a
+        user error, caught before the search starts)."""
+        return True
+
+    @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:
         """A short human-readable description of one configuration."""
         return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.items())

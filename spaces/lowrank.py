@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -69,12 +69,20 @@ def _factorizable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
-def factorize_model(model: nn.Module, ratio: float) -> list[str]:
-    """Replace every layer whose split at ``ratio`` saves MACs; returns the names replaced."""
+def factorize_model(
+    model: nn.Module, ratio: float | Callable[[str], float | None]
+) -> list[str]:
+    """Replace every layer whose split saves MACs; returns the names replaced.
+
+    ``ratio`` is one rank ratio for every layer, or a function of the layer's name giving its
+    ratio (None: leave the layer alone).
+    """
+    ratio_of = ratio if callable(ratio) else (lambda _name: ratio)
     targets = []
     for name, module in model.named_modules():
-        if _factorizable(module):
-            rank = rank_for(module, ratio)
+        layer_ratio = ratio_of(name)
+        if layer_ratio is not None and _factorizable(module):
+            rank = rank_for(module, layer_ratio)
             if macs_per_position(module, rank) < macs_per_position(module):
                 targets.append((name, module, rank))
     for name, module, rank in targets:
@@ -100,4 +108,49 @@ class LowRank(TorchTechnique):
 
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module:
         factorize_model(model, float(cfg["rank_ratio"]))
+        return model
+
+
+#: The linear layers of a transformer block that ``vit_lowrank`` factorises, by name suffix.
+VIT_LAYER_KINDS = ("qkv", "proj", "fc1", "fc2")
+
+
+def vit_ratio_of(cfg: Mapping[str, Any]) -> Callable[[str], float | None]:
+    """Per-kind rank ratios for the ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` layers
+    inside ``blocks``; the patch embedding and the classifier are left alone."""
+
+    def ratio_of(name: str) -> float | None:
+        if not name.startswith("blocks."):
+            return None
+        kind = name.rpartition(".")[2]
+        return float(cfg[kind]) if kind in VIT_LAYER_KINDS else None
+
+    return ratio_of
+
+
+@TECHNIQUES.register("vit_lowrank")
+class VitLowRank(TorchTechnique):
+    """Truncated SVD of a ViT's qkv, proj, fc1 and fc2 layers, with a rank ratio per layer kind.
+
+    A split saves MACs only below a kind's break-even ratio (qkv 0.75, proj 0.5, fc1/fc2 0.8 of
+    the embedding width); above it the layer stays whole, so 1.0 means "leave this kind alone".
+    """
+
+    order = 20
+    params = tuple(FloatParam(kind, 0.1, 1.0) for kind in VIT_LAYER_KINDS)
+    recipe = {"qkv": 0.5, "proj": 1.0, "fc1": 0.5, "fc2": 0.5}
+    needs_recovery = True
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        return isinstance(getattr(model, "blocks", None), nn.Module)
+
+    @staticmethod
+    def label(cfg: Mapping[str, Any]) -> str:
+        return " ".join(f"{k} {cfg[k]:.0%}" for k in VIT_LAYER_KINDS if cfg[k] < 1.0) or "none"
+
+    def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module:
+        if not hasattr(model, "blocks"):
+            raise ValueError(f"vit_lowrank needs a transformer with blocks, got {type(model).__name__}")
+        factorize_model(model, vit_ratio_of(cfg))
         return model

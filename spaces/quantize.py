@@ -62,10 +62,16 @@ def _preprocessed(src: Path, dst: Path) -> Path:
     return out
 
 
+#: ``ops``: which op types are quantized. ``matmul`` keeps convolutions (a ViT's patch embedding,
+#: a CNN's every layer), normalisation and softmax in float: the usual choice for transformers.
+OP_TYPES: dict[str, list[str] | None] = {"all": None, "matmul": ["MatMul", "Gemm"]}
+
+
 def _dynamic(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None:
     quantize_dynamic(
         str(_preprocessed(src, dst)), str(dst),
         per_channel=bool(cfg["per_channel"]), weight_type=QuantType.QInt8,
+        op_types_to_quantize=OP_TYPES[cfg.get("ops", "all")],
     )
 
 
@@ -79,6 +85,7 @@ def _static(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATIONS[cfg["calibration"]],
+            op_types_to_quantize=OP_TYPES[cfg.get("ops", "all")],
         )
 
 
@@ -103,8 +110,9 @@ class Quantize(OnnxTechnique):
         CategoricalParam("mode", tuple(STRATEGIES)),
         CategoricalParam("per_channel", (False, True), when=("mode", ("dynamic", "static"))),
         CategoricalParam("calibration", tuple(CALIBRATIONS), when=("mode", ("static",))),
+        CategoricalParam("ops", tuple(OP_TYPES), when=("mode", ("dynamic", "static"))),
     )
-    recipe = {"mode": "static", "per_channel": True, "calibration": "minmax"}
+    recipe = {"mode": "static", "per_channel": True, "calibration": "minmax", "ops": "all"}
 
     @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:
@@ -113,6 +121,8 @@ class Quantize(OnnxTechnique):
             parts += " per-ch"
         if "calibration" in cfg:
             parts += f" {cfg['calibration']}"
+        if cfg.get("ops", "all") != "all":
+            parts += f" {cfg['ops']}-only"
         return parts
 
     def apply(self, src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None:

@@ -17,18 +17,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
+from torch import nn
 
 from search.errors import UserError
 from spaces.base import TECHNIQUES, Candidate, Step
 from spaces.params import Param, suggest_all
+from spaces.vit import is_vit
 
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+AUTO = "auto"
+MODEL_PARAM = "model"
 ENABLED = ("search", "always")
 
 
@@ -58,6 +63,8 @@ class Space:
     def load(cls, spec: str) -> Space:
         """A preset name or the path of a YAML space file."""
         path = Path(spec)
+        if spec == AUTO:
+            raise UserError("space 'auto' is resolved per model; call spaces.space.resolve first")
         if spec in PRESETS:
             path = PRESET_DIR / f"{spec}.yaml"
         elif not path.is_file():
@@ -102,11 +109,20 @@ class Space:
     def describe(self) -> str:
         return "\n".join(t.describe() for t in self.techniques)
 
-    def baseline_params(self) -> dict[str, bool]:
-        """Fixed params that switch every searchable technique off (trial 0)."""
-        return {t.name: False for t in self.techniques if not t.always}
+    def check(self, model: nn.Module, model_name: str) -> None:
+        """``UserError`` if a listed technique cannot apply to ``model``."""
+        for t in self.techniques:
+            if not TECHNIQUES.get(t.name).supports(model):
+                raise UserError(
+                    f"space {self.name}: technique {t.name} does not apply to {model_name}"
+                    f" ({type(model).__name__}); use --space auto or another preset"
+                )
 
-    def recipes(self) -> list[dict[str, Any]]:
+    def baseline_params(self, prefix: str = "") -> dict[str, bool]:
+        """Fixed params that switch every searchable technique off (trial 0)."""
+        return {prefix + t.name: False for t in self.techniques if not t.always}
+
+    def recipes(self, prefix: str = "") -> list[dict[str, Any]]:
         """Fixed params of each technique's canonical recipe alone (plus recovery fine-tuning for
         structural ones), moved into this space's ranges: a warm start for the sampler."""
         recovery = next((t for t in self.techniques if t.name == "distill"), None)
@@ -116,29 +132,98 @@ class Space:
             if cls.recipe is None or t is recovery:
                 continue
             chosen = [t] + ([recovery] if cls.needs_recovery and recovery is not None else [])
-            params: dict[str, Any] = self.baseline_params()
+            params: dict[str, Any] = self.baseline_params(prefix)
             for tech in chosen:
                 if not tech.always:
-                    params[tech.name] = True
+                    params[prefix + tech.name] = True
                 values = TECHNIQUES.get(tech.name).recipe or {}
                 params.update({
-                    f"{tech.name}.{p.name}": p.nearest(values[p.name])
+                    f"{prefix}{tech.name}.{p.name}": p.nearest(values[p.name])
                     for p in tech.params if p.name in values
                 })
             out.append(params)
         return out
 
-    def sample(self, trial: optuna.Trial, baseline: bool = False) -> Candidate:
+    def sample(self, trial: optuna.Trial, baseline: bool = False, prefix: str = "") -> Candidate:
         """Define-by-run: each switch, then the parameters of the techniques switched on."""
         steps = []
         for t in self.techniques:
+            key = prefix + t.name
             if baseline:
                 if not t.always:
-                    trial.suggest_categorical(t.name, (False, True))
+                    trial.suggest_categorical(key, (False, True))
                 continue
-            if t.always or trial.suggest_categorical(t.name, (False, True)):
-                steps.append(Step(t.name, suggest_all(t.params, trial, t.name)))
+            if t.always or trial.suggest_categorical(key, (False, True)):
+                steps.append(Step(t.name, suggest_all(t.params, trial, key)))
         return Candidate(tuple(steps))
+
+
+def resolve(spec: str, model: nn.Module) -> str:
+    """``auto``: the ``vit`` preset for a timm ViT, ``default`` for everything else."""
+    if spec != AUTO:
+        return spec
+    return "vit" if is_vit(model) else "default"
+
+
+@dataclass(frozen=True)
+class JointSpace:
+    """A run's space: one ``Space`` per base model.
+
+    With one model it is that model's space, parameter names unchanged. With several, ``model`` is
+    a categorical choice sampled first, and each model's parameters are prefixed ``<model>/``, so
+    every architecture has its own conditional subspace in the same study.
+    """
+
+    spaces: tuple[tuple[str, Space], ...]
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(m for m, _ in self.spaces)
+
+    def space(self, model: str) -> Space:
+        return dict(self.spaces)[model]
+
+    def prefix(self, model: str) -> str:
+        return f"{model}/" if len(self.spaces) > 1 else ""
+
+    def _choice(self, model: str) -> dict[str, str]:
+        return {MODEL_PARAM: model} if len(self.spaces) > 1 else {}
+
+    def sample(self, trial: optuna.Trial, baseline: bool = False) -> tuple[str, Candidate]:
+        """The model and its candidate (a baseline trial's model comes from its enqueued params)."""
+        if len(self.spaces) == 1:
+            model = self.models[0]
+        else:
+            model = trial.suggest_categorical(MODEL_PARAM, self.models)
+        return model, self.space(model).sample(trial, baseline=baseline, prefix=self.prefix(model))
+
+    def baseline_params(self, model: str) -> dict[str, Any]:
+        return {**self._choice(model), **self.space(model).baseline_params(self.prefix(model))}
+
+    def recipes(self) -> list[dict[str, Any]]:
+        """Each model's recipes, models interleaved so every architecture is tried early."""
+        per_model = [
+            [{**self._choice(m), **r} for r in s.recipes(self.prefix(m))] for m, s in self.spaces
+        ]
+        return [r for batch in zip_longest(*per_model) for r in batch if r is not None]
+
+    def describe(self) -> str:
+        if len(self.spaces) == 1:
+            return f"{self.spaces[0][1].name}:\n  " + self.spaces[0][1].describe().replace("\n", "\n  ")
+        return "\n".join(
+            f"{m} -> {s.name}:\n  " + s.describe().replace("\n", "\n  ") for m, s in self.spaces
+        )
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {"models": {m: s.to_mapping() for m, s in self.spaces}}
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "space") -> JointSpace:
+        if not isinstance(data, Mapping) or not isinstance(data.get("models"), Mapping):
+            raise UserError(f"{where}: expected a mapping with a 'models' mapping")
+        return cls(tuple(
+            (str(m), Space.from_mapping(spec, where=f"{where}: {m}")) for m, spec in data["models"].items()
+        ))
 
 
 def _technique_space(name: str, spec: Any, where: str) -> TechniqueSpace:
