@@ -32,8 +32,8 @@ class RunConfig:
     seed: int = 0
     epochs: int = 15
     batch_size: int = 64
-    lr: float = 3e-3
-    finetune_lr: float = 2e-3
+    lr: float | None = None  # None: per architecture, see models.learning_rates
+    finetune_lr: float | None = None
     space: str = "auto"  # auto: the vit preset for ViTs, default otherwise
     objectives: tuple[str, ...] = ("accuracy", "latency", "size")
     sampler: str = "tpe"
@@ -88,7 +88,7 @@ class RunConfig:
             if not 0 < getattr(self, key) < 0.5:
                 raise UserError(f"--{key.replace('_', '-')} must lie in (0, 0.5)")
         for key in ("lr", "finetune_lr"):
-            if not 0 < getattr(self, key) <= 1:
+            if getattr(self, key) is not None and not 0 < getattr(self, key) <= 1:
                 raise UserError(f"--{key.replace('_', '-')} must lie in (0, 1]")
         if self.timeout is not None and self.timeout <= 0:
             raise UserError("--timeout must be a positive number of seconds")

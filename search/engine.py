@@ -18,7 +18,9 @@ from pathlib import Path
 import optuna
 import yaml
 from optuna.trial import TrialState
+from torch import nn
 
+from search import models
 from search.atomic import write_json, write_text
 from search.config import RunConfig
 from search.errors import UserError
@@ -82,8 +84,9 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     if storage is not None and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
     check_names(cfg)
+    # resolve and check each model's space on an untrained instance, before any training
+    space = space_for(cfg.space, {m: models.create(m, 2, cfg.img_size, cfg.patch_size) for m in cfg.models})
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
-    space = space_for(cfg.space, tasks)
     run.dir.mkdir(parents=True)
     write_text(run.dir / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_text(run.dir / "space.yaml", yaml.safe_dump(space.to_mapping(), sort_keys=False))
@@ -103,12 +106,12 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     return _execute(cfg, run, study, tasks, space, target, progress)
 
 
-def space_for(spec: str, tasks: Mapping[str, Task]) -> JointSpace:
+def space_for(spec: str, base_models: Mapping[str, nn.Module]) -> JointSpace:
     """Each base model's space (``auto``: by architecture), checked against the model."""
     spaces = []
-    for name, task in tasks.items():
-        space = Space.load(resolve(spec, task.base))
-        space.check(task.base, name)
+    for name, model in base_models.items():
+        space = Space.load(resolve(spec, model))
+        space.check(model, name)
         spaces.append((name, space))
     return JointSpace(tuple(spaces))
 

@@ -98,7 +98,7 @@ class Objective:
         return Context(
             train_x=data.train.x, train_y=data.train.y,
             teacher=task.base if task.teacher is None else task.teacher,
-            seed=self.cfg.seed, batch_size=self.cfg.batch_size, lr=self.cfg.finetune_lr,
+            seed=self.cfg.seed, batch_size=self.cfg.batch_size, lr=task.finetune_lr,
             on_progress=self.progress.stage,
         )
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from search.atomic import write_with
 from search.data import Split
@@ -85,6 +85,15 @@ def onnx_accuracy(path: Path, split: Split, batch_size: int = 128) -> float:
     return correct / len(x)
 
 
+def model_cost(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """(MACs, parameters) of one forward pass, counted by torch's own ``FlopCounterMode`` over the
+    aten ops that ran (convolutions, matmuls, attention), so factorised, pruned and token-merged
+    layers count what they compute."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(example)
+    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
+
+
 def compressed_mb(path: Path) -> float:
     """Size after zlib (level 6): what sparsity and quantization save in storage and download."""
     return len(zlib.compress(path.read_bytes(), 6)) / MB
@@ -132,7 +141,7 @@ def evaluate(
     accuracy = onnx_accuracy(path, split)
     stage("latency")
     latency = target.latency(path, task.input_shape)
-    macs, params = tp.utils.count_ops_and_params(model, task.data.train.x[:1])
+    macs, params = model_cost(model, task.data.train.x[:1])
     return Metrics(
         accuracy=accuracy,
         latency_ms=latency.median_ms,

@@ -33,6 +33,7 @@ class Task:
     model_name: str = ""
     teacher: nn.Module | None = None  # None: the base model teaches
     teacher_name: str = "base"
+    finetune_lr: float = 2e-3
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -77,7 +78,8 @@ def prepare(
     else:
         model = cached_baseline(model, name, cfg, data, runs_root, log)
     teacher = load_teacher(cfg, name, data, runs_root, log)
-    return Task(model.eval(), data, cfg.img_size, mean, std, name, teacher, cfg.teacher)
+    _, finetune_lr = models.learning_rates(model, cfg.lr, cfg.finetune_lr)
+    return Task(model.eval(), data, cfg.img_size, mean, std, name, teacher, cfg.teacher, finetune_lr)
 
 
 #: A ``--teacher`` with one of these suffixes is a file, never a model name.
@@ -104,12 +106,12 @@ def load_teacher(
     return cached_baseline(teacher, cfg.teacher, cfg, data, runs_root, log, role="teacher")
 
 
-def baseline_key(cfg: RunConfig, name: str, data: Dataset) -> str:
+def baseline_key(cfg: RunConfig, name: str, data: Dataset, lr: float) -> str:
     """What decides the trained weights: model, data (and its normalisation), training settings."""
     key = {
         "model": name, "data": data.fingerprint, "classes": data.num_classes,
         "img_size": cfg.img_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-        "lr": cfg.lr, "seed": cfg.seed, "torch": torch.__version__.split("+")[0],
+        "lr": lr, "seed": cfg.seed, "torch": torch.__version__.split("+")[0],
         "input": [round(float(data.train.x[:64].mean()), 4), round(float(data.train.x[:64].std()), 4)],
         "patch_size": cfg.patch_size,
     }
@@ -121,15 +123,16 @@ def cached_baseline(
     model: nn.Module, name: str, cfg: RunConfig, data: Dataset, runs_root: Path,
     log: Callable[[str], None], role: str = "baseline",
 ) -> nn.Module:
-    folder = runs_root / CACHE_DIR / baseline_key(cfg, name, data)
+    lr, _ = models.learning_rates(model, cfg.lr, cfg.finetune_lr)
+    folder = runs_root / CACHE_DIR / baseline_key(cfg, name, data, lr)
     weights = folder / "model.pt"
     if weights.is_file():
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         log(f"{role}: cached {weights}")
         return model.eval()
-    log(f"{role}: training {name} for {cfg.epochs} epochs (seed {cfg.seed}); cached after")
+    log(f"{role}: training {name} for {cfg.epochs} epochs (lr {lr:g}, seed {cfg.seed}); cached after")
     fit(
-        model, data.train.x, data.train.y, epochs=cfg.epochs, lr=cfg.lr,
+        model, data.train.x, data.train.y, epochs=cfg.epochs, lr=lr,
         batch_size=cfg.batch_size, seed=cfg.seed,
         on_epoch=lambda e, loss: log(f"{role}: {name} epoch {e}/{cfg.epochs} loss {loss:.4f}"),
     )

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import timm
 import torch
@@ -39,6 +41,12 @@ def ctx(digits16, tiny_model):
 def shared_runs(tmp_path_factory) -> Path:
     """A runs root shared by the end-to-end tests, so the tiny baseline is trained once."""
     return tmp_path_factory.mktemp("runs")
+
+
+def run_onnx_file(path: Path, x: torch.Tensor) -> np.ndarray:
+    """The first output of ``path`` on ``x`` in a fresh onnxruntime CPU session."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
 
 
 def run_cli(args: list[str], capfd) -> tuple[int, str, str]:

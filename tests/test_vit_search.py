@@ -1,0 +1,106 @@
+"""ViT searches end to end: the vit space chosen automatically, a CNN teacher, several models."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from search.models import create
+from tests.conftest import run_cli
+
+VIT_TINY = ["--model", "test_vit", "--img-size", "16", "--epochs", "2", "--quiet"]
+
+
+def test_vit_search_end_to_end(shared_runs, capfd):
+    args = ["search", "--runs-dir", str(shared_runs), "--name", "vit", "--trials", "6", *VIT_TINY]
+    code, out, err = run_cli(args, capfd)
+    assert code == 0, err
+    run = shared_runs / "vit"
+    space = yaml.safe_load((run / "space.yaml").read_text())
+    assert space["models"]["test_vit"]["name"] == "vit"  # --space auto picked the ViT preset
+    trials = pd.read_csv(run / "trials.csv")
+    # baseline, then the warm-start recipes of the ViT techniques: every one builds, exports, runs
+    assert list(trials["state"]) == ["COMPLETE"] * 6, trials["fail_reason"].tolist()
+    techniques = " ".join(trials["techniques"])
+    for name in ("vit_prune", "vit_embed", "vit_lowrank"):
+        assert name in techniques
+    pruned = trials[trials["techniques"].str.startswith("vit_prune")].iloc[0]
+    baseline = trials.iloc[0]
+    assert pruned["macs"] < baseline["macs"] and pruned["params"] < baseline["params"]
+    pareto = pd.read_csv(run / "pareto.csv")
+    assert pareto.iloc[0]["role"].startswith("baseline") and (pareto["model"] == "test_vit").all()
+
+
+def test_cnn_teacher_distils_a_vit(shared_runs, capfd):
+    space = shared_runs / "distill-only.yaml"
+    space.write_text("techniques:\n  distill: {enabled: always, epochs: 1, alpha: 0.7}\n")
+    args = ["search", "--runs-dir", str(shared_runs), "--name", "vit-teacher", "--trials", "2",
+            "--teacher", "test_resnet", "--space", str(space), *VIT_TINY]
+    args.remove("--quiet")
+    code, _, err = run_cli(args, capfd)
+    assert code == 0, err
+    assert "teacher: training test_resnet" in err or "teacher: cached" in err
+    trials = pd.read_csv(shared_runs / "vit-teacher" / "trials.csv")
+    assert list(trials["state"]) == ["COMPLETE", "COMPLETE"]
+    assert trials.iloc[1]["techniques"].startswith("distill(1ep")
+    run_yaml = yaml.safe_load((shared_runs / "vit-teacher" / "run.yaml").read_text())
+    assert run_yaml["teacher"] == "test_resnet"
+
+
+def test_teacher_from_a_checkpoint_file(shared_runs, tmp_path, capfd):
+    torch.manual_seed(1)
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(create("test_vit", 10, 16).state_dict(), ckpt)
+    space = tmp_path / "space.yaml"
+    space.write_text("techniques:\n  distill: {enabled: always, epochs: 1, alpha: 1.0}\n")
+    args = ["search", "--runs-dir", str(shared_runs), "--name", "vit-ckpt-teacher", "--trials", "2",
+            "--teacher", str(ckpt), "--space", str(space), *VIT_TINY]
+    args.remove("--quiet")
+    code, _, err = run_cli(args, capfd)
+    assert code == 0, err
+    assert f"teacher: {ckpt}" in err
+
+
+def test_several_models_in_one_study(shared_runs, capfd):
+    args = ["search", "--runs-dir", str(shared_runs), "--name", "mixed", "--trials", "6",
+            "--model", "test_resnet,test_vit", "--img-size", "16", "--epochs", "2", "--quiet"]
+    code, out, err = run_cli(args, capfd)
+    assert code == 0, err
+    run = shared_runs / "mixed"
+    trials = pd.read_csv(run / "trials.csv")
+    trials = trials[trials["state"] != "WAITING"]  # recipes enqueued beyond --trials stay waiting
+    assert list(trials["state"]) == ["COMPLETE"] * 6, trials["fail_reason"].tolist()
+    assert list(trials["model"][:2]) == ["test_resnet", "test_vit"] and trials["baseline"][:2].all()
+    params = [json.loads(p) for p in trials["params_json"]]
+    assert all(p["model"] == m for p, m in zip(params, trials["model"]))
+    # each model has its own subspace: CNN pruning for the ResNet, ViT techniques for the ViT
+    assert any(k.startswith("test_resnet/prune") for p in params for k in p)
+    assert any(k.startswith("test_vit/vit_prune") for p in params for k in p)
+    pareto = pd.read_csv(run / "pareto.csv")
+    baselines = pareto[pareto["role"].str.startswith("baseline")]
+    assert list(baselines["model"]) == ["test_resnet", "test_vit"]
+    assert pareto.iloc[0]["speedup"] == 1.0  # relative to the first model's baseline
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["preprocessing"]["by_model"]) == {"test_resnet", "test_vit"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--model", "test_resnet", "--space", "vit"], "vit_prune does not apply to test_resnet"),
+        (["--model", "test_vit", "--teacher", "nosuchnet_b0"], "unknown timm model 'nosuchnet_b0'"),
+        (["--model", "test_vit", "--teacher", "missing.pt"], "teacher checkpoint missing.pt does not exist"),
+        (["--model", "test_vit", "--patch-size", "5"], "does not divide"),
+        (["--model", "test_resnet", "--patch-size", "4"], "applies to ViT-style models"),
+        (["--model", "test_vit,test_vit"], "lists a model twice"),
+    ],
+)
+def test_bad_vit_flags(tmp_path, capfd, flags, needle):
+    args = ["search", "--runs-dir", str(tmp_path / "runs"), "--img-size", "16", "--epochs", "1",
+            "--trials", "1", "--quiet", *flags]
+    code, _, err = run_cli(args, capfd)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("search-*"))
