@@ -7,8 +7,10 @@ weighted by how many patches each token already stands for (its size). Attention
 (class, distillation, registers) are never merged.
 
 ``r`` is fixed per block from the model's known token count, so the exported ONNX graph has static token
-shapes and only the batch axis is dynamic. Merging uses gathers and a ``scatter_add`` of size-weighted
-values and sizes (ONNX ScatterElements with reduction ``add``); no shape depends on the data.
+shapes and only the batch axis is dynamic. The A/B sets are constant masks; the matching is a max, two
+TopK and a few elementwise ops; the merge is a one-hot matrix product of the size-weighted tokens and of
+their sizes. No shape depends on the data, and no scatter is needed. The similarity and merge products
+are Einsum ops, which int8 quantization (MatMul/Gemm) leaves in float.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from torch import Tensor, nn
 from spaces.base import TECHNIQUES, Context, TorchTechnique
 from spaces.params import FloatParam
 
+#: Similarity tie-break per token index, so that equal tokens (a flat background) are matched in the same
+#: order by torch and by onnxruntime, whose TopK puts equal values lowest index first.
+TIE = 1e-6
 #: Pools that read only the prefix tokens; under any other pool the merged tokens are spread back to
 #: their patches after the last block, so that an average (or attention pool) stays size-weighted.
 PREFIX_POOLS = ("token",)
@@ -54,8 +59,8 @@ def roles(n: int, prefix: int, r: int, like: Tensor) -> tuple[Tensor, Tensor, Te
     """Static layout of one merge of ``r`` out of ``n`` tokens, the patch tokens alternating A, B, A, ...
 
     Returns ``is_a`` (n,), ``slot`` (n,): where each prefix or B token goes (prefix first, then the
-    kept A tokens, then B), and ``bias`` (n, n), of ``like``'s dtype and device: 0 where an A token may
-    pair with a B token, else -inf.
+    kept A tokens, then B), and ``bias`` (n, n), of ``like``'s dtype and device: -inf where A token ``i``
+    may not pair with token ``j``, else a tie-break ``-TIE * i``.
     """
     i = torch.arange(n, device=like.device)
     j = i - prefix
@@ -63,7 +68,8 @@ def roles(n: int, prefix: int, r: int, like: Tensor) -> tuple[Tensor, Tensor, Te
     is_b = (j >= 0) & (j % 2 == 1)
     kept = (n - prefix + 1) // 2 - r
     slot = torch.where(is_b, prefix + kept + j.div(2, rounding_mode="floor"), i)
-    bias = like.new_zeros(n, n).masked_fill(~(is_a[:, None] & is_b[None, :]), float("-inf"))
+    ties = (-TIE * i.to(like.dtype))[:, None].expand(n, n)
+    bias = ties.masked_fill(~(is_a[:, None] & is_b[None, :]), float("-inf"))
     return is_a, slot, bias
 
 
@@ -93,7 +99,7 @@ def match(metric: Tensor, n: int, r: int, prefix: int) -> Tensor:
     """
     is_a, slot, bias = roles(n, prefix, r, metric)
     m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    best, partner = (m @ m.transpose(-1, -2) + bias).max(dim=-1)  # -inf on all rows but A's
+    best, partner = (torch.einsum("bid,bjd->bij", m, m) + bias).max(dim=-1)  # -inf on all rows but A's
     order = best.topk(n, dim=-1).indices  # A tokens first, most similar first
     rank = order.topk(n, dim=-1, largest=False).indices  # inverse permutation: each token's place
     moved = torch.where(rank < r, slot[partner], prefix + rank - r)
@@ -107,8 +113,8 @@ def merge(x: Tensor, size: Tensor, dest: Tensor, n: int, r: int) -> tuple[Tensor
     """
     slots = torch.arange(n - r, device=x.device)[:, None]
     onehot = (dest[:, None, :] == slots).to(x.dtype)
-    total = onehot @ size
-    return (onehot @ (x * size)) / total, total
+    total = torch.einsum("boi,bic->boc", onehot, size)
+    return torch.einsum("boi,bic->boc", onehot, x * size) / total, total
 
 
 def spread(x: Tensor, where: Tensor) -> Tensor:
@@ -160,18 +166,19 @@ class MergingBlocks(nn.Sequential):
         return x if where is None else spread(x, where)
 
 
-def check_vit(model: nn.Module) -> None:
-    """Raise ValueError, with a one-line reason, unless token merging can be applied to ``model``."""
+def unsupported(model: nn.Module) -> str | None:
+    """Why token merging cannot be applied to ``model``, in one line (None: it can)."""
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"token merging needs a timm VisionTransformer, not {type(model).__name__}")
+        return f"token merging needs a timm VisionTransformer, not {type(model).__name__}"
     if isinstance(model.blocks, MergingBlocks):
-        raise ValueError("token merging is already applied to this model")
+        return "token merging is already applied to this model"
     if not isinstance(model.patch_drop, nn.Identity):
-        raise ValueError("token merging does not support patch dropout (it changes token counts)")
+        return "token merging does not support patch dropout (it changes token counts)"
     for i, blk in enumerate(model.blocks):
         if type(blk) is not Block or not isinstance(blk.attn, Attention):
             kind = f"{type(blk).__name__} with {type(getattr(blk, 'attn', None)).__name__}"
-            raise ValueError(f"token merging needs timm Block with Attention; block {i} is {kind}")
+            return f"token merging needs timm Block with Attention; block {i} is {kind}"
+    return None
 
 
 def count_tokens(model: VisionTransformer, example: Tensor) -> int:
@@ -188,7 +195,9 @@ def count_tokens(model: VisionTransformer, example: Tensor) -> int:
 
 def merge_tokens(model: VisionTransformer, example: Tensor, ratio: float, start: float) -> MergingBlocks:
     """Replace ``model.blocks`` by ``MergingBlocks`` planned for the token count of ``example``."""
-    check_vit(model)
+    reason = unsupported(model)
+    if reason:
+        raise ValueError(reason)
     tokens = count_tokens(model, example)
     prefix = model.num_prefix_tokens
     schedule = merge_schedule(tokens - prefix, len(model.blocks), ratio, start)
@@ -212,11 +221,14 @@ class TokenMerging(TorchTechnique):
     needs_recovery = True
 
     @staticmethod
+    def supports(model: nn.Module) -> bool:
+        return unsupported(model) is None
+
+    @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:
         return f"merge {cfg['ratio']:.0%}/block from {cfg['start']:.0%} depth"
 
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module:
-        check_vit(model)
         merge_tokens(model, ctx.example_input, float(cfg["ratio"]), float(cfg["start"]))
         with torch.no_grad():
             model(ctx.example_input)  # fail here, not at export
