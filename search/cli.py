@@ -64,7 +64,7 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data", str, "'digits' (embedded default) or an ImageFolder path"),
     "--img-size": ("img_size", int, "input size in pixels (default 32)"),
     "--patch-size": ("patch_size", int, "ViT patch size (default: a grid of at least 8x8 patches)"),
-    "--epochs": ("epochs", int, "baseline training epochs when no checkpoint (default 15)"),
+    "--epochs": ("epochs", int, "baseline training epochs when no checkpoint (default 15, ViTs 30)"),
     "--batch-size": ("batch_size", int, "training batch size (default 64)"),
     "--lr": ("lr", float, "baseline learning rate (default 3e-3, ViTs 1e-3)"),
     "--finetune-lr": ("finetune_lr", float, "recovery fine-tuning learning rate (default 2e-3, ViTs 5e-4)"),

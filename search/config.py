@@ -30,7 +30,7 @@ class RunConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 0
-    epochs: int = 15
+    epochs: int | None = None  # None: per architecture (15 CNNs, 30 ViTs), see models.TRAINING
     batch_size: int = 64
     lr: float | None = None  # None: per architecture, see models.learning_rates
     finetune_lr: float | None = None
@@ -80,7 +80,8 @@ class RunConfig:
             raise UserError("--model lists a model twice")
         if self.checkpoint is not None and len(self.models) > 1:
             raise UserError("--checkpoint needs a single --model")
-        _at_least("epochs", self.epochs, 0)
+        if self.epochs is not None:
+            _at_least("epochs", self.epochs, 0)
         _at_least("batch-size", self.batch_size, 1)
         _at_least("threads", self.threads, 1)
         _at_least("repeats", self.repeats, 5)

@@ -78,8 +78,10 @@ def prepare(
     else:
         model = cached_baseline(model, name, cfg, data, runs_root, log)
     teacher = load_teacher(cfg, name, data, runs_root, log)
-    _, finetune_lr = models.learning_rates(model, cfg.lr, cfg.finetune_lr)
-    return Task(model.eval(), data, cfg.img_size, mean, std, name, teacher, cfg.teacher, finetune_lr)
+    training = models.training_for(model, cfg.epochs, cfg.lr, cfg.finetune_lr)
+    return Task(
+        model.eval(), data, cfg.img_size, mean, std, name, teacher, cfg.teacher, training.finetune_lr
+    )
 
 
 #: A ``--teacher`` with one of these suffixes is a file, never a model name.
@@ -106,12 +108,12 @@ def load_teacher(
     return cached_baseline(teacher, cfg.teacher, cfg, data, runs_root, log, role="teacher")
 
 
-def baseline_key(cfg: RunConfig, name: str, data: Dataset, lr: float) -> str:
+def baseline_key(cfg: RunConfig, name: str, data: Dataset, training: models.Training) -> str:
     """What decides the trained weights: model, data (and its normalisation), training settings."""
     key = {
         "model": name, "data": data.fingerprint, "classes": data.num_classes,
-        "img_size": cfg.img_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-        "lr": lr, "seed": cfg.seed, "torch": torch.__version__.split("+")[0],
+        "img_size": cfg.img_size, "epochs": training.epochs, "batch_size": cfg.batch_size,
+        "lr": training.lr, "seed": cfg.seed, "torch": torch.__version__.split("+")[0],
         "input": [round(float(data.train.x[:64].mean()), 4), round(float(data.train.x[:64].std()), 4)],
         "patch_size": cfg.patch_size,
     }
@@ -123,18 +125,19 @@ def cached_baseline(
     model: nn.Module, name: str, cfg: RunConfig, data: Dataset, runs_root: Path,
     log: Callable[[str], None], role: str = "baseline",
 ) -> nn.Module:
-    lr, _ = models.learning_rates(model, cfg.lr, cfg.finetune_lr)
-    folder = runs_root / CACHE_DIR / baseline_key(cfg, name, data, lr)
+    training = models.training_for(model, cfg.epochs, cfg.lr, cfg.finetune_lr)
+    epochs, lr = training.epochs, training.lr
+    folder = runs_root / CACHE_DIR / baseline_key(cfg, name, data, training)
     weights = folder / "model.pt"
     if weights.is_file():
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         log(f"{role}: cached {weights}")
         return model.eval()
-    log(f"{role}: training {name} for {cfg.epochs} epochs (lr {lr:g}, seed {cfg.seed}); cached after")
+    log(f"{role}: training {name} for {epochs} epochs (lr {lr:g}, seed {cfg.seed}); cached after")
     fit(
-        model, data.train.x, data.train.y, epochs=cfg.epochs, lr=lr,
+        model, data.train.x, data.train.y, epochs=epochs, lr=lr,
         batch_size=cfg.batch_size, seed=cfg.seed,
-        on_epoch=lambda e, loss: log(f"{role}: {name} epoch {e}/{cfg.epochs} loss {loss:.4f}"),
+        on_epoch=lambda e, loss: log(f"{role}: {name} epoch {e}/{epochs} loss {loss:.4f}"),
     )
     val_acc = float((predict(model, data.val.x) == data.val.y).float().mean())
     write_with(weights, lambda tmp: torch.save(model.state_dict(), tmp))
