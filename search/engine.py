@@ -85,7 +85,9 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
         raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
     check_names(cfg)
     # resolve and check each model's space on an untrained instance, before any training
-    space = space_for(cfg.space, {m: models.create(m, 2, cfg.img_size, cfg.patch_size) for m in cfg.models})
+    untrained = {m: models.create(m, 2, cfg.img_size, cfg.patch_size) for m in cfg.models}
+    models.check_patch_size(cfg.patch_size, untrained)
+    space = space_for(cfg.space, untrained)
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
     run.dir.mkdir(parents=True)
     write_text(run.dir / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -78,14 +78,12 @@ def create(
     """A timm model with random weights (``pretrained=False``: nothing is downloaded).
 
     Models with a patch embedding (ViT, DeiT) are built for ``img_size`` with ``patch_size``
-    (None: ``patch_size_for``); other architectures ignore both sizes' arguments.
+    (None: ``patch_size_for``); other architectures ignore both.
     """
     check_model_name(name)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size)
     except TypeError:  # architectures without an img_size argument (most CNNs)
-        if patch_size is not None:
-            raise UserError(f"--patch-size applies to ViT-style models, not {name}") from None
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     native = _patch_size(model)
     if native is None:
@@ -96,6 +94,12 @@ def create(
     return timm.create_model(
         name, pretrained=False, num_classes=num_classes, img_size=img_size, patch_size=wanted
     )
+
+
+def check_patch_size(patch_size: int | None, base_models: dict[str, nn.Module]) -> None:
+    """``--patch-size`` must concern at least one of the models (a mixed run may list CNNs too)."""
+    if patch_size is not None and all(_patch_size(m) is None for m in base_models.values()):
+        raise UserError(f"--patch-size applies to ViT-style models, not {', '.join(base_models)}")
 
 
 def _patch_size(model: nn.Module) -> int | None:

@@ -37,6 +37,13 @@ def classifier_of(model: nn.Module) -> nn.Module | None:
     return linears[-1] if linears else None
 
 
+def taylor_gradients(model: nn.Module, ctx: Context) -> None:
+    """Leave loss gradients on the weights, which Taylor importance reads (4 batches of training data)."""
+    model.zero_grad()
+    n = min(len(ctx.train_x), 4 * ctx.batch_size)
+    F.cross_entropy(model(ctx.train_x[:n]), ctx.train_y[:n]).backward()
+
+
 @TECHNIQUES.register("prune")
 class ChannelPrune(TorchTechnique):
     """Remove whole channels (and the weights that depend on them) from convs and linears."""
@@ -68,9 +75,7 @@ class ChannelPrune(TorchTechnique):
             round_to=ROUND_TO,
         )
         if cfg["importance"] == "taylor":
-            model.zero_grad()
-            n = min(len(ctx.train_x), 4 * ctx.batch_size)
-            F.cross_entropy(model(ctx.train_x[:n]), ctx.train_y[:n]).backward()
+            taylor_gradients(model, ctx)
         pruner.step()
         model.zero_grad(set_to_none=True)
         with torch.no_grad():

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, VisionTransformer
@@ -19,7 +18,7 @@ from torch import nn
 
 from spaces.base import TECHNIQUES, Context, TorchTechnique
 from spaces.params import CategoricalParam, FloatParam
-from spaces.prune import IMPORTANCES, ROUND_TO, classifier_of
+from spaces.prune import IMPORTANCES, ROUND_TO, classifier_of, taylor_gradients
 
 #: Tokens every ViT keeps as learnable parameters, pruned along their last (embedding) axis.
 TOKEN_PARAMS = ("cls_token", "dist_token", "reg_token", "pos_embed")
@@ -63,9 +62,7 @@ def _pruner(model: nn.Module, ctx: Context, importance: str, **kwargs: Any) -> t
 def _step(model: nn.Module, pruner: tp.pruner.MetaPruner, importance: str, ctx: Context) -> None:
     model.eval()
     if importance == "taylor":
-        model.zero_grad()
-        n = min(len(ctx.train_x), 4 * ctx.batch_size)
-        F.cross_entropy(model(ctx.train_x[:n]), ctx.train_y[:n]).backward()
+        taylor_gradients(model, ctx)
     pruner.step()
     model.zero_grad(set_to_none=True)
     sync_heads(model, pruner.num_heads)
