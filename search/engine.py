@@ -27,7 +27,7 @@ from search.errors import UserError
 from search.objective import BASELINE_ATTR, Objective, is_feasible, trial_dir
 from search.progress import Progress
 from search.results import Report, finalize
-from search.task import Task, check_names, prepare_all
+from search.task import Task, prepare_all
 from spaces import Space
 from spaces.space import AUTO, JointSpace, resolve
 from targets import Target, create_target
@@ -83,7 +83,6 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     storage = open_storage(cfg.storage) if cfg.storage else None
     if storage is not None and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
-    check_names(cfg)
     # resolve and check each model's space on an untrained instance, before any training
     untrained = {m: models.create(m, 2, cfg.img_size, cfg.patch_size) for m in cfg.models}
     models.check_patch_size(cfg.patch_size, untrained)
