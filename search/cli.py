@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--runs-dir", default="runs")
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["search"])
+    bench.add_argument("what", choices=["search", "techniques"])
     bench.add_argument("--trials", type=_positive_int, default=20)
     bench.add_argument("--seeds", type=_positive_int, default=3)
     bench.add_argument("--runs-dir", default="runs")
@@ -169,6 +169,14 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "techniques":
+        from search.bench_techniques import bench_techniques, format_techniques
+
+        table = bench_techniques(
+            model=args.model or "vit_tiny_patch16_224", img_size=args.img_size or 32
+        )
+        print(format_techniques(table))
+        return 0
     from search.bench import bench_search
 
     print(bench_search(

@@ -1,4 +1,4 @@
-"""The benchmark's hypervolume curve, on plain numbers."""
+"""The benchmarks: the hypervolume curve on plain numbers, and the ViT techniques table on a tiny ViT."""
 
 import pytest
 
@@ -18,3 +18,18 @@ def test_format_reports_trials_to_reach_random():
     curves = [Curve("tpe", 0, (0.1, 0.5, 0.6, 0.7)), Curve("random", 0, (0.1, 0.2, 0.4, 0.5))]
     text = format_bench(curves, 4)
     assert "random search's mean final hypervolume 0.5000: 2" in text
+
+
+def test_bench_techniques_measures_every_vit_setting_side_by_side():
+    from search.bench_techniques import VIT_SETTINGS, bench_techniques, format_techniques
+
+    table = bench_techniques("test_vit", img_size=16, repeats=5)
+    assert list(table["setting"]) == list(VIT_SETTINGS)
+    rows = table.set_index("setting")
+    base = rows.loc["baseline (fp32)"]
+    assert base["speedup"] == 1.0 and (table["latency_ms"] > 0).all()
+    for name in ("heads 2/3 + MLP 75%", "embedding 25%", "tokens 25%/block from the start"):
+        assert rows.loc[name, "macs_m"] < base["macs_m"], name
+    assert rows.loc["heads 2/3 + MLP 75%", "params_m"] < base["params_m"]
+    assert rows.loc["int8 dynamic, MatMul only", "size_mb"] < 0.5 * base["size_mb"]
+    assert "speedup" in format_techniques(table)

@@ -1,0 +1,81 @@
+"""``edgepareto bench techniques``: each ViT technique alone, measured side by side on one model.
+
+Latency, MACs, parameters and size of every setting, with untrained weights (latency does not depend
+on the weights' values), on the target's onnxruntime session, interleaved so that every setting sees
+the same machine conditions. Accuracy is the search's business, not this table's.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from search import models
+from search.data import load_dataset
+from search.pipeline import build, model_cost
+from search.results import side_by_side
+from search.task import Task
+from spaces import Candidate, Context, Step
+from targets import create_target
+
+_INT8 = {"per_channel": True, "ops": "matmul"}
+#: Setting name -> technique chain. Moderate and strong settings of each ViT family.
+VIT_SETTINGS: dict[str, tuple[Step, ...]] = {
+    "baseline (fp32)": (),
+    "heads 1/3 + MLP 50%": (Step("vit_prune", {"head_ratio": 0.34, "mlp_ratio": 0.5, "importance": "l2"}),),
+    "heads 2/3 + MLP 75%": (Step("vit_prune", {"head_ratio": 0.67, "mlp_ratio": 0.75, "importance": "l2"}),),
+    "embedding 25%": (Step("vit_embed", {"ratio": 0.25, "importance": "l2"}),),
+    "low-rank qkv/fc1/fc2 50%": (
+        Step("vit_lowrank", {"qkv": 0.5, "proj": 1.0, "fc1": 0.5, "fc2": 0.5}),
+    ),
+    "tokens 15%/block from 1/4 depth": (Step("tokens", {"ratio": 0.15, "start": 0.25}),),
+    "tokens 25%/block from the start": (Step("tokens", {"ratio": 0.25, "start": 0.0}),),
+    "int8 dynamic, MatMul only": (Step("quantize", {"mode": "dynamic", **_INT8}),),
+    "int8 dynamic, all ops": (Step("quantize", {"mode": "dynamic", "per_channel": True, "ops": "all"}),),
+    "int8 static QDQ, MatMul only": (
+        Step("quantize", {"mode": "static", "calibration": "minmax", **_INT8}),
+    ),
+    "fp16": (Step("quantize", {"mode": "fp16"}),),
+    "heads 1/3 + MLP 50% + int8 dynamic": (
+        Step("vit_prune", {"head_ratio": 0.34, "mlp_ratio": 0.5, "importance": "l2"}),
+        Step("quantize", {"mode": "dynamic", **_INT8}),
+    ),
+}
+
+
+def bench_techniques(
+    model: str = "vit_tiny_patch16_224", img_size: int = 32, threads: int = 1, repeats: int = 50
+) -> pd.DataFrame:
+    """One row per setting of ``VIT_SETTINGS``; speed-up and size ratios against the baseline."""
+    mean, std = models.data_config(model)
+    data = load_dataset("digits", img_size, mean, std, 0, 0.2, 0.2)
+    torch.manual_seed(0)
+    base = models.create(model, data.num_classes, img_size).eval()
+    task = Task(base, data, img_size, mean, std, model)
+    ctx = Context(train_x=data.train.x, train_y=data.train.y, teacher=base)
+    target = create_target("host", threads=threads, repeats=repeats)
+    rows, paths = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-techniques-") as tmp:
+        for i, (name, steps) in enumerate(VIT_SETTINGS.items()):
+            out = Path(tmp) / f"{i:02d}"
+            out.mkdir()
+            path, compressed = build(Candidate(steps), task, out, ctx, lambda _stage: None)
+            macs, params = model_cost(compressed, data.train.x[:1])
+            rows.append({"setting": name, "macs_m": macs / 1e6, "params_m": params / 1e6,
+                         "size_mb": path.stat().st_size / 1e6})
+            paths.append(path)
+        latencies = side_by_side(target, paths, task.input_shape)
+    table = pd.DataFrame(rows)
+    table["latency_ms"] = [median for median, _ in latencies]
+    table["speedup"] = table["latency_ms"].iloc[0] / table["latency_ms"]
+    return table
+
+
+def format_techniques(table: pd.DataFrame) -> str:
+    return table.to_string(index=False, formatters={
+        "macs_m": "{:.1f}".format, "params_m": "{:.3f}".format, "size_mb": "{:.2f}".format,
+        "latency_ms": "{:.3f}".format, "speedup": "{:.2f}x".format,
+    })
