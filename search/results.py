@@ -165,6 +165,8 @@ def format_table(pareto: pd.DataFrame) -> str:
         "compression": pareto["compression"].map("{:.1f}x".format),
         "model.onnx": pareto["path"],
     })
+    if "model" in pareto and pareto["model"].nunique() > 1:  # several base models in one study
+        view.insert(1, "model", pareto["model"])
     return view.to_string(index=False)
 
 

@@ -86,6 +86,9 @@ def test_several_models_in_one_study(shared_runs, capfd):
     assert pareto.iloc[0]["speedup"] == 1.0  # relative to the first model's baseline
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["preprocessing"]["by_model"]) == {"test_resnet", "test_vit"}
+    code, shown, _ = run_cli(["show", "mixed", "--runs-dir", str(shared_runs)], capfd)
+    assert code == 0 and "test_vit" in shown and "test_resnet" in shown
+    assert shown.splitlines()[0].split()[:2] == ["trial", "model"]
 
 
 @pytest.mark.parametrize(
