@@ -26,15 +26,18 @@ IMPORTANCES: dict[str, Callable[[], Any]] = {
 }
 
 
-def classifier_of(model: nn.Module) -> nn.Module | None:
-    """The output layer, which must keep its width (timm's ``get_classifier``, else the last Linear)."""
+def classifiers_of(model: nn.Module) -> list[nn.Module]:
+    """The output layers, which must keep their width: timm's ``get_classifier`` (a distilled DeiT
+    has two, ``head`` and ``head_dist``), else the last Linear."""
     get = getattr(model, "get_classifier", None)
     if callable(get):
-        head = get()
-        if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
-            return head
+        heads = get()
+        heads = heads if isinstance(heads, tuple) else (heads,)
+        found = [h for h in heads if isinstance(h, nn.Module) and not isinstance(h, nn.Identity)]
+        if found:
+            return found
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+    return linears[-1:]
 
 
 def taylor_gradients(model: nn.Module, ctx: Context) -> None:
@@ -62,7 +65,6 @@ class ChannelPrune(TorchTechnique):
         return f"{cfg['ratio']:.0%} {cfg['importance']} {cfg['scope']}"
 
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module:
-        head = classifier_of(model)
         model.eval()
         pruner = tp.pruner.MetaPruner(
             model,
@@ -71,7 +73,7 @@ class ChannelPrune(TorchTechnique):
             pruning_ratio=float(cfg["ratio"]),
             global_pruning=cfg["scope"] == "global",
             max_pruning_ratio=MAX_LAYER_RATIO,
-            ignored_layers=[head] if head is not None else [],
+            ignored_layers=classifiers_of(model),
             round_to=ROUND_TO,
         )
         if cfg["importance"] == "taylor":

@@ -208,8 +208,6 @@ class JointSpace:
         return [r for batch in zip_longest(*per_model) for r in batch if r is not None]
 
     def describe(self) -> str:
-        if len(self.spaces) == 1:
-            return f"{self.spaces[0][1].name}:\n  " + self.spaces[0][1].describe().replace("\n", "\n  ")
         return "\n".join(
             f"{m} -> {s.name}:\n  " + s.describe().replace("\n", "\n  ") for m, s in self.spaces
         )

@@ -18,7 +18,7 @@ from torch import nn
 
 from spaces.base import TECHNIQUES, Context, TorchTechnique
 from spaces.params import CategoricalParam, FloatParam
-from spaces.prune import IMPORTANCES, ROUND_TO, classifier_of, taylor_gradients
+from spaces.prune import IMPORTANCES, ROUND_TO, classifiers_of, taylor_gradients
 
 #: Tokens every ViT keeps as learnable parameters, pruned along their last (embedding) axis.
 TOKEN_PARAMS = ("cls_token", "dist_token", "reg_token", "pos_embed")
@@ -86,10 +86,9 @@ def prune_heads_and_mlp(
     if not ratios:
         return model
     embed_producers = [model.patch_embed.proj] + [a.proj for a in attns] + [m.fc2 for m in mlps]
-    head = classifier_of(model)
     pruner = _pruner(
         model, ctx, importance, pruning_ratio=0.0, pruning_ratio_dict=ratios,
-        ignored_layers=embed_producers + ([head] if head is not None else []),
+        ignored_layers=embed_producers + classifiers_of(model),
         prune_num_heads=True, prune_head_dims=False, head_pruning_ratio_dict=head_ratios,
     )
     _step(model, pruner, importance, ctx)
@@ -99,12 +98,11 @@ def prune_heads_and_mlp(
 def prune_embedding(model: nn.Module, ratio: float, importance: str, ctx: Context) -> nn.Module:
     """Narrow the embedding dimension shared by the patch embedding, every block and the head."""
     attns = _attentions(model)
-    head = classifier_of(model)
     ignored = [a.qkv for a in attns] + [m.fc1 for m in model.modules() if isinstance(m, Mlp)]
     pruner = _pruner(
         model, ctx, importance, pruning_ratio=0.0,
         pruning_ratio_dict={model.patch_embed.proj: ratio},
-        ignored_layers=ignored + ([head] if head is not None else []),
+        ignored_layers=ignored + classifiers_of(model),
     )
     _step(model, pruner, importance, ctx)
     width = model.patch_embed.proj.out_channels

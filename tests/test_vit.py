@@ -13,6 +13,7 @@ from search.pipeline import export_onnx, model_cost
 from search.train import fit, student_loss
 from spaces import TECHNIQUES, Context
 from spaces.lowrank import factorize_linear
+from spaces.prune import classifiers_of
 from spaces.space import Space, resolve
 from spaces.vit import head_count, is_vit
 from tests.conftest import run_onnx_file
@@ -198,3 +199,12 @@ def test_auto_space_and_technique_support():
     Space.load("vit").check(small_vit(), VIT)
     with pytest.raises(Exception, match="vit_prune does not apply to test_resnet"):
         Space.load("vit").check(resnet, "test_resnet")
+
+
+def test_both_deit_heads_keep_their_width():
+    model = small_vit(DEIT)
+    assert classifiers_of(model) == [model.head, model.head_dist]
+    vit = small_vit()
+    assert classifiers_of(vit) == [vit.head]
+    resnet = timm.create_model("test_resnet", pretrained=False, num_classes=10)
+    assert classifiers_of(resnet) == [resnet.fc]
