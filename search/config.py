@@ -32,7 +32,7 @@ class RunConfig:
     seed: int = 0
     epochs: int | None = None  # None: per architecture (15 CNNs, 30 ViTs), see models.TRAINING
     batch_size: int = 64
-    lr: float | None = None  # None: per architecture, see models.learning_rates
+    lr: float | None = None  # None: per architecture, see models.TRAINING
     finetune_lr: float | None = None
     space: str = "auto"  # auto: the vit preset for ViTs, default otherwise
     objectives: tuple[str, ...] = ("accuracy", "latency", "size")
