@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("name")
     show.add_argument("--runs-dir", default="runs")
 
+    analyze = sub.add_parser("analyze", help="ONNX graph analysis: MACs, bytes, shapes per node")
+    analyze.add_argument("onnx_file")
+    analyze.add_argument("--batch", type=_positive_int, default=1)
+    analyze.add_argument("--nodes", action="store_true", help="one line per node, not per op type")
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("what", choices=["search", "techniques"])
     bench.add_argument("--trials", type=_positive_int, default=20)
@@ -186,7 +191,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": _search, "show": _show, "bench": _bench}
+def _analyze(args: argparse.Namespace) -> int:
+    from targets.graph import analyze, format_cost
+
+    path = Path(args.onnx_file)
+    if not path.is_file():
+        raise UserError(f"no ONNX file at {path}")
+    try:
+        cost = analyze(path, batch=args.batch)
+    except Exception as exc:
+        raise UserError(f"cannot analyse {path}: {' '.join(str(exc).split())[:300]}") from None
+    print(format_cost(cost, per_node=args.nodes))
+    return 0
+
+
+COMMANDS = {"search": _search, "show": _show, "bench": _bench, "analyze": _analyze}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
