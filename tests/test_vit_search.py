@@ -90,6 +90,16 @@ def test_several_models_in_one_study(shared_runs, capfd):
     assert code == 0 and "test_vit" in shown and "test_resnet" in shown
     assert shown.splitlines()[0].split()[:2] == ["trial", "model"]
 
+    # resume reads the joint space back and keeps sampling per-model subspaces
+    code, _, err = run_cli(["search", "--resume", "mixed", "--runs-dir", str(shared_runs), "--trials", "8",
+                            "--quiet"], capfd)
+    assert code == 0, err
+    trials = pd.read_csv(run / "trials.csv")
+    done = trials[trials["state"] == "COMPLETE"]
+    assert len(done) == 8 and set(done["model"]) == {"test_resnet", "test_vit"}
+    for p, m in zip(done["params_json"].map(json.loads), done["model"]):
+        assert p["model"] == m and all(k == "model" or k.startswith(f"{m}/") for k in p)
+
 
 @pytest.mark.parametrize(
     ("flags", "needle"),
