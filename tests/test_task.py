@@ -20,3 +20,23 @@ def test_baseline_is_reproducible_and_cached(tmp_path):
     other = prepare(cfg.replace(seed=1), cfg.model, tmp_path / "a", logs.append, logs.append)
     assert len(list((tmp_path / "a" / CACHE_DIR).glob("*/model.pt"))) == 2
     assert not torch.equal(next(iter(other.base.parameters())), next(iter(a.base.parameters())))
+
+
+def test_named_teacher_is_trained_cached_and_handed_to_distillation(tmp_path):
+    from search.objective import Objective
+    from search.progress import Progress
+
+    cfg = RunConfig(model="test_vit", img_size=16, patch_size=4, epochs=1, teacher="test_resnet")
+    logs: list[str] = []
+    task = prepare(cfg, cfg.model, tmp_path, logs.append, logs.append)
+    assert type(task.teacher).__name__ == "ResNet" and task.teacher_name == "test_resnet"
+    assert any(m.startswith("teacher: training test_resnet") for m in logs)
+    progress = Progress(cfg.objectives, cfg.directions, quiet=True)
+    ctx = Objective(cfg, {cfg.model: task}, None, None, tmp_path, progress).context(task)
+    assert ctx.teacher is task.teacher and ctx.lr == 5e-4  # the ViT fine-tuning default
+    logs.clear()
+    prepare(cfg, cfg.model, tmp_path, logs.append, logs.append)
+    assert any(m.startswith("teacher: cached") for m in logs)
+    base_taught = prepare(cfg.replace(teacher="base"), cfg.model, tmp_path, logs.append, logs.append)
+    ctx = Objective(cfg, {cfg.model: base_taught}, None, None, tmp_path, progress).context(base_taught)
+    assert ctx.teacher is base_taught.base
