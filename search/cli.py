@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("name")
     show.add_argument("--runs-dir", default="runs")
 
+    sub.add_parser("targets", help="list the latency targets: host and the device profiles")
+
     analyze = sub.add_parser("analyze", help="ONNX graph analysis: MACs, bytes, shapes per node")
     analyze.add_argument("onnx_file")
     analyze.add_argument("--batch", type=_positive_int, default=1)
@@ -205,7 +207,16 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": _search, "show": _show, "bench": _bench, "analyze": _analyze}
+def _targets(args: argparse.Namespace) -> int:
+    from targets.profile import format_targets
+
+    print(format_targets())
+    return 0
+
+
+COMMANDS = {
+    "search": _search, "show": _show, "bench": _bench, "analyze": _analyze, "targets": _targets,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

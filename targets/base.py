@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from search.registry import Registry
 
-TARGETS: Registry[type[Target]] = Registry("target")
+#: Target name -> class or factory, called with keyword settings (threads, repeats).
+TARGETS: Registry[Callable[..., Target]] = Registry("target")
 
 
 @dataclass(frozen=True)
