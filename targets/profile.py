@@ -67,7 +67,8 @@ class Profile:
             if key not in data:
                 raise UserError(f"profile {where}: missing key {key}")
             value = data[key]
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            if float in kinds and isinstance(value, int) and not isinstance(value, bool):
                 value = data[key] = float(value)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise UserError(f"profile {where}: {key} has the wrong type ({type(value).__name__})")
@@ -141,6 +142,7 @@ class ProfileTarget(Target):
     """A device predicted from its profile by the analytic prior (uncalibrated)."""
 
     def __init__(self, profile: Profile, threads: int = 1, repeats: int = 0) -> None:
+        # ``repeats`` is accepted like every target's settings; a prediction is not repeated
         self.profile = profile
         self.name = profile.name
         self.threads = threads

@@ -79,3 +79,11 @@ def test_targets_command_lists_host_and_profiles(capfd):
     assert code == 0 and out.startswith("host")
     for name in SHIPPED:
         assert f"\n{name} " in out
+
+
+def test_integer_constants_are_read_as_numbers(tmp_path):
+    data = yaml.safe_load((PROFILE_DIR / "cortex-m7.yaml").read_text())
+    data.update(flash_bytes=2_000_000, ram_bytes=1_000_000)
+    path = tmp_path / "m7.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert Profile.load(path).flash_bytes == 2e6
