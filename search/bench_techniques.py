@@ -22,10 +22,11 @@ from spaces import Candidate, Context, Step
 from targets import create_target
 
 _INT8 = {"per_channel": True, "ops": "matmul"}
+_HEADS_THIRD = Step("vit_prune", {"head_ratio": 0.34, "mlp_ratio": 0.5, "importance": "l2"})
 #: Setting name -> technique chain. Moderate and strong settings of each ViT family.
 VIT_SETTINGS: dict[str, tuple[Step, ...]] = {
     "baseline (fp32)": (),
-    "heads 1/3 + MLP 50%": (Step("vit_prune", {"head_ratio": 0.34, "mlp_ratio": 0.5, "importance": "l2"}),),
+    "heads 1/3 + MLP 50%": (_HEADS_THIRD,),
     "heads 2/3 + MLP 75%": (Step("vit_prune", {"head_ratio": 0.67, "mlp_ratio": 0.75, "importance": "l2"}),),
     "embedding 25%": (Step("vit_embed", {"ratio": 0.25, "importance": "l2"}),),
     "low-rank qkv/fc1/fc2 50%": (
@@ -39,10 +40,7 @@ VIT_SETTINGS: dict[str, tuple[Step, ...]] = {
         Step("quantize", {"mode": "static", "calibration": "minmax", **_INT8}),
     ),
     "fp16": (Step("quantize", {"mode": "fp16"}),),
-    "heads 1/3 + MLP 50% + int8 dynamic": (
-        Step("vit_prune", {"head_ratio": 0.34, "mlp_ratio": 0.5, "importance": "l2"}),
-        Step("quantize", {"mode": "dynamic", **_INT8}),
-    ),
+    "heads 1/3 + MLP 50% + int8 dynamic": (_HEADS_THIRD, Step("quantize", {"mode": "dynamic", **_INT8})),
 }
 
 

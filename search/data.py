@@ -64,7 +64,8 @@ def load_dataset(
     x = _normalise(_resize(images, img_size), mean, std)
     y = torch.as_tensor(labels, dtype=torch.long)
     train, val, test = _split(x, y, seed, val_fraction, test_fraction)
-    fingerprint = f"{fingerprint}-s{img_size}-seed{seed}-v{val_fraction}-t{test_fraction}"
+    norm = ",".join(f"{v:g}" for v in (*mean, *std))
+    fingerprint = f"{fingerprint}-s{img_size}-seed{seed}-v{val_fraction}-t{test_fraction}-n{norm}"
     return Dataset(train, val, test, classes, fingerprint, skipped)
 
 
