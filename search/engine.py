@@ -24,6 +24,7 @@ from search import models
 from search.atomic import write_json, write_text
 from search.config import RunConfig
 from search.errors import UserError
+from search.interrupt import Interrupts
 from search.objective import BASELINE_ATTR, Objective, is_feasible, trial_dir
 from search.progress import Progress
 from search.results import Report, finalize
@@ -199,6 +200,17 @@ def _execute(
     target: Target, progress: Progress,
 ) -> Report:
     objective = Objective(cfg, tasks, space, target, run.dir, progress)
+    with Interrupts() as interrupts:
+        _loop(cfg, run, study, objective, progress, interrupts)
+    return finalize(study, cfg, tasks, target, run.dir, progress)
+
+
+def _loop(
+    cfg: RunConfig, run: Run, study: optuna.Study, objective: Objective, progress: Progress,
+    interrupts: Interrupts,
+) -> None:
+    """Ask, evaluate, tell until ``cfg.trials`` count. A trial cut short by Ctrl-C is never told:
+    it stays RUNNING, and ``resume`` re-queues it."""
     start = time.monotonic()
     while (done := finished_count(study)) < cfg.trials:
         if cfg.timeout is not None and time.monotonic() - start >= cfg.timeout:
@@ -209,6 +221,7 @@ def _execute(
         try:
             values = objective(trial)
         except Exception as exc:  # any failure of a candidate is a FAIL trial, never a crash
+            interrupts.check()  # ...unless it was Ctrl-C that some library turned into an error
             reason = _reason(exc)
             trial.set_user_attr("fail_reason", reason)
             study.tell(trial, state=TrialState.FAIL)
@@ -219,13 +232,13 @@ def _execute(
             if trial.user_attrs.get(BASELINE_ATTR):
                 raise UserError(f"the uncompressed baseline failed, nothing to compare: {reason}") from None
             continue
+        interrupts.check()  # a swallowed Ctrl-C may have cut the evaluation short
         frozen = study.tell(trial, values)
         feasible = is_feasible(frozen)
         progress.done(
             f"{frozen.user_attrs['techniques']}" + ("" if feasible else " (over budget)"),
             values, feasible,
         )
-    return finalize(study, cfg, tasks, target, run.dir, progress)
 
 
 def _target(cfg: RunConfig) -> Target:
