@@ -67,7 +67,7 @@ def bench_techniques(
             paths.append(path)
         latencies = side_by_side(target, paths, task.input_shape)
     table = pd.DataFrame(rows)
-    table["latency_ms"] = [median for median, _ in latencies]
+    table["latency_ms"] = [lat.median_ms for lat in latencies]
     table["speedup"] = table["latency_ms"].iloc[0] / table["latency_ms"]
     return table
 

@@ -87,7 +87,12 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     ),
     "--max-latency-ms": ("max_latency_ms", float, "budget: latency at most, in ms"),
     "--max-size-mb": ("max_size_mb", float, "budget: model file at most, in MB"),
-    "--target": ("target", str, "latency target (default host)"),
+    "--target": ("target", str, "latency target: host (default), a device profile (edgepareto "
+                 "targets) or remote:http://DEVICE:PORT"),
+    "--latency": (
+        "latency", str, "measure | predict | hybrid (default: measure where the target can be measured)"
+    ),
+    "--agent": ("agent", str, "http://DEVICE:PORT of the agent measuring a device profile's target"),
     "--threads": ("threads", int, "threads on the target (default 1)"),
     "--repeats": ("repeats", int, "timed runs per latency measurement (default 50)"),
 }
@@ -110,19 +115,42 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--runs-dir", default="runs")
 
     sub.add_parser("targets", help="list the latency targets: host and the device profiles")
+    sub.add_parser(
+        "agent", add_help=False,
+        help="serve latency measurements on a device over HTTP (onnxruntime and numpy only; "
+        "edgepareto agent --help)",
+    )
 
     analyze = sub.add_parser("analyze", help="ONNX graph analysis: MACs, bytes, shapes per node")
     analyze.add_argument("onnx_file")
     analyze.add_argument("--batch", type=_positive_int, default=1)
     analyze.add_argument("--nodes", action="store_true", help="one line per node, not per op type")
 
+    calibrate = sub.add_parser(
+        "calibrate", help="measure diverse candidates on a target and fit its latency predictor"
+    )
+    calibrate.add_argument("--target", default="host", help="host, a device profile, or remote:URL")
+    calibrate.add_argument("--agent", help="http://DEVICE:PORT of the agent on a profile's device")
+    calibrate.add_argument("--samples", type=_positive_int, default=80, help="models to measure (80)")
+    calibrate.add_argument("--model", type=_csv, default=None, help="comma list of base models "
+                           "(default resnet18,mobilenetv3_small_100,vit_tiny_patch16_224)")
+    calibrate.add_argument("--img-size", type=_positive_int, default=32)
+    calibrate.add_argument("--threads", type=_positive_int, default=1)
+    calibrate.add_argument("--repeats", type=_positive_int, default=30)
+    calibrate.add_argument("--runs-dir", default="runs")
+    calibrate.add_argument("--seed", type=int, default=0)
+
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["search", "techniques"])
+    bench.add_argument("what", choices=["search", "techniques", "predictor"])
     bench.add_argument("--trials", type=_positive_int, default=20)
     bench.add_argument("--seeds", type=_positive_int, default=3)
     bench.add_argument("--runs-dir", default="runs")
     bench.add_argument("--model", default=None)
     bench.add_argument("--img-size", type=int, default=None)
+    bench.add_argument("--target", default="host", help="predictor: the target to measure on")
+    bench.add_argument("--agent", help="predictor: the agent of a profile's device")
+    bench.add_argument("--train", type=_positive_int, default=90, help="predictor: models fitted on")
+    bench.add_argument("--held-out", type=_positive_int, default=60, help="predictor: models scored")
     return parser
 
 
@@ -175,7 +203,33 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from search.calibrate import DEFAULT_MODELS, calibrate, format_calibration
+
+    calibration, path = calibrate(
+        args.target, agent=args.agent, samples=args.samples, models=args.model or DEFAULT_MODELS,
+        img_size=args.img_size, threads=args.threads, repeats=args.repeats,
+        runs_root=Path(args.runs_dir), seed=args.seed, log=_log,
+    )
+    print(format_calibration(calibration, path))
+    return 0
+
+
+def _log(message: str) -> None:
+    print(f"[edgepareto] {message}", file=sys.stderr, flush=True)
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "predictor":
+        from search.calibrate import DEFAULT_MODELS, bench_predictor, format_bench
+
+        table = bench_predictor(
+            args.target, agent=args.agent, train=args.train, held_out=args.held_out,
+            models=_csv(args.model) if args.model else DEFAULT_MODELS, img_size=args.img_size or 32,
+            log=_log,
+        )
+        print(format_bench(table))
+        return 0
     if args.what == "techniques":
         from search.bench_techniques import bench_techniques, format_techniques
 
@@ -216,10 +270,16 @@ def _targets(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "search": _search, "show": _show, "bench": _bench, "analyze": _analyze, "targets": _targets,
+    "calibrate": _calibrate,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:  # runs on the device: onnxruntime and numpy, never torch or optuna
+        from targets.agent import main as agent_main
+
+        return agent_main(argv[1:])
     warnings.filterwarnings("ignore")
     import optuna
 

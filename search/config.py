@@ -12,6 +12,7 @@ from search.errors import UserError
 
 OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}
 SAMPLERS = ("tpe", "random", "nsga2")
+LATENCY_MODES = ("measure", "predict", "hybrid")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -47,6 +48,8 @@ class RunConfig:
     max_latency_ms: float | None = None
     max_size_mb: float | None = None
     target: str = "host"
+    latency: str | None = None  # measure | predict | hybrid; None: measure where the target can be
+    agent: str | None = None  # http://DEVICE:PORT of the agent measuring a device profile's target
     threads: int = 1
     repeats: int = 50
 
@@ -106,6 +109,8 @@ class RunConfig:
             raise UserError("--min-accuracy is a fraction in [0, 1], e.g. 0.97")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise UserError("--max-accuracy-drop is in accuracy points and cannot be negative")
+        if self.latency is not None and self.latency not in LATENCY_MODES:
+            raise UserError(f"--latency must be one of {', '.join(LATENCY_MODES)}, got {self.latency!r}")
         for key in ("max_latency_ms", "max_size_mb"):
             value = getattr(self, key)
             if value is not None and value <= 0:

@@ -31,7 +31,7 @@ from search.results import Report, finalize
 from search.task import Task, prepare_all
 from spaces import Space
 from spaces.space import AUTO, JointSpace, resolve
-from targets import Target, create_target
+from targets.latency import LatencyPlan, plan_latency
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
@@ -80,7 +80,7 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
         )
     if cfg.space != AUTO:
         Space.load(cfg.space)  # a bad space fails before any training
-    target = _target(cfg)
+    plan = _plan(cfg, run.root)
     storage = open_storage(cfg.storage) if cfg.storage else None
     if storage is not None and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
@@ -104,8 +104,8 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
             study.enqueue_trial(params, user_attrs={"recipe": True})
     progress.log(f"run {name}: {run.dir}")
     progress.log("space " + space.describe())
-    progress.log(f"target {target.describe()}")
-    return _execute(cfg, run, study, tasks, space, target, progress)
+    progress.log(plan.describe())
+    return _execute(cfg, run, study, tasks, space, plan, progress)
 
 
 def space_for(spec: str, base_models: Mapping[str, nn.Module]) -> JointSpace:
@@ -138,7 +138,7 @@ def resume_search(
     _check_runs_root(run.root)
     progress = progress or Progress(cfg.objectives, cfg.directions, quiet=quiet)
     space = load_space(run, cfg)
-    target = _target(cfg)
+    plan = _plan(cfg, run.root)
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
     try:
         study = optuna.load_study(
@@ -151,7 +151,7 @@ def resume_search(
     if recovered:
         progress.log(f"resume: re-queued interrupted trial(s) {', '.join(map(str, recovered))}")
     progress.log(f"resume {name}: {finished_count(study)} of {cfg.trials} trials done")
-    return _execute(cfg, run, study, tasks, space, target, progress)
+    return _execute(cfg, run, study, tasks, space, plan, progress)
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -197,12 +197,12 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 def _execute(
     cfg: RunConfig, run: Run, study: optuna.Study, tasks: Mapping[str, Task], space: JointSpace,
-    target: Target, progress: Progress,
+    plan: LatencyPlan, progress: Progress,
 ) -> Report:
-    objective = Objective(cfg, tasks, space, target, run.dir, progress)
+    objective = Objective(cfg, tasks, space, plan, run.dir, progress)
     with Interrupts() as interrupts:
         _loop(cfg, run, study, objective, progress, interrupts)
-    return finalize(study, cfg, tasks, target, run.dir, progress)
+    return finalize(study, cfg, tasks, plan, run.dir, progress)
 
 
 def _loop(
@@ -220,6 +220,8 @@ def _loop(
         progress.trial(done + 1, cfg.trials, trial.number)
         try:
             values = objective(trial)
+        except UserError:  # the run itself cannot go on (the device's agent went away): stop, resumable
+            raise
         except Exception as exc:  # any failure of a candidate is a FAIL trial, never a crash
             interrupts.check()  # ...unless it was Ctrl-C that some library turned into an error
             reason = _reason(exc)
@@ -241,8 +243,13 @@ def _loop(
         )
 
 
-def _target(cfg: RunConfig) -> Target:
-    return create_target(cfg.target, threads=cfg.threads, repeats=cfg.repeats)
+def _plan(cfg: RunConfig, runs_root: Path) -> LatencyPlan:
+    """The run's latency plan; a remote device is checked to be reachable before any training."""
+    plan = plan_latency(cfg.target, cfg.latency, cfg.agent, cfg.threads, cfg.repeats, runs_root)
+    check = getattr(plan.measurer, "check", None)
+    if callable(check) and plan.mode != "predict":
+        check()
+    return plan
 
 
 def _reason(exc: BaseException) -> str:

@@ -6,8 +6,9 @@ engine turns that into a FAIL trial with the reason. The Ray backend can reuse i
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,15 @@ from optuna.trial import TrialState
 
 from search.atomic import write_json
 from search.config import RunConfig
+from search.pareto import is_dominated
 from search.pipeline import Metrics, build, evaluate
 from search.progress import Progress
 from search.task import Task
 from spaces import Context
 from spaces.space import JointSpace
-from targets import Target
+from targets.deploy import deployability
+from targets.graph import analyze
+from targets.latency import HYBRID_SAMPLE, LatencyPlan
 
 BASELINE_ATTR = "baseline"
 MODEL_ATTR = "model"
@@ -89,7 +93,7 @@ class Objective:
     cfg: RunConfig
     tasks: Mapping[str, Task]
     space: JointSpace
-    target: Target
+    plan: LatencyPlan
     run_dir: Path
     progress: Progress
 
@@ -117,15 +121,39 @@ class Objective:
         trial.set_user_attr("techniques", candidate.label())
         trial.set_user_attr("candidate", candidate.to_dict())
         path, model = build(candidate, task, out, self.context(task), self.progress.stage)
-        metrics = evaluate(path, model, task, task.data.val, self.target, self.progress.stage)
+        metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.progress.stage)
+        if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
+            self.progress.stage("latency (measured)")
+            measured = self.plan.measurer.latency(path, task.input_shape)
+            trial.set_user_attr("latency_predicted_ms", metrics.latency_ms)
+            metrics = replace(
+                metrics, latency_ms=measured.median_ms, latency_p90_ms=measured.p90_ms,
+                latency_source=measured.source, latency_error_pct=None,
+            )
         for key, value in metrics.to_dict().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
         baseline_accuracy = trial.study.user_attrs.get(baseline_accuracy_key(model_name))
         violations = budget_constraints(metrics, self.cfg, baseline_accuracy)
+        if self.plan.profile is not None:
+            verdict = deployability(analyze(path, batch=task.input_shape[0]), self.plan.profile)
+            violations["deployable"] = verdict.violation
+            if verdict.reasons:
+                trial.set_user_attr("infeasible_reason", "; ".join(verdict.reasons))
         for key, value in violations.items():
             trial.set_constraint(key, value)
         write_json(out / "metrics.json", {"split": "val", **metrics.to_dict(), "constraints": violations})
         if baseline:
             trial.study.set_user_attr(baseline_accuracy_key(model_name), metrics.accuracy)
         return objective_values(metrics, self.cfg.objectives)
+
+    def worth_measuring(self, trial: optuna.Trial, metrics: Metrics) -> bool:
+        """Hybrid: measure a candidate that no finished trial dominates on its predicted values, a
+        baseline, and a seeded random share of the rest (which keeps checking the predictor)."""
+        if trial.user_attrs.get(BASELINE_ATTR):
+            return True
+        if random.Random(self.cfg.seed * 1_000_003 + trial.number).random() < HYBRID_SAMPLE:
+            return True
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        others = [t.values for t in done if is_feasible(t)]
+        return not is_dominated(objective_values(metrics, self.cfg.objectives), others, self.cfg.directions)

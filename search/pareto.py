@@ -36,6 +36,17 @@ def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -
     return front
 
 
+def is_dominated(
+    point: Sequence[float], others: Sequence[Sequence[float]], directions: Sequence[str]
+) -> bool:
+    """Whether any of ``others`` is no worse than ``point`` everywhere and better somewhere."""
+    if len(others) == 0:
+        return False
+    arr = to_minimisation(others, directions)
+    p = to_minimisation([point], directions)[0]
+    return bool(np.any(np.all(arr <= p, axis=1) & np.any(arr < p, axis=1)))
+
+
 def hypervolume(
     points: Sequence[Sequence[float]], directions: Sequence[str], reference: Sequence[float]
 ) -> float:

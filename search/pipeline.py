@@ -46,6 +46,7 @@ class Metrics:
     latency_ms: float
     latency_p90_ms: float
     latency_source: str
+    latency_error_pct: float | None  # a prediction's expected error; None when measured
     size_mb: float
     compressed_mb: float
     params: int
@@ -147,6 +148,7 @@ def evaluate(
         latency_ms=latency.median_ms,
         latency_p90_ms=latency.p90_ms,
         latency_source=latency.source,
+        latency_error_pct=latency.error_pct,
         size_mb=path.stat().st_size / MB,
         compressed_mb=compressed_mb(path),
         params=int(params),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from search.pareto import pareto_front
 from search.pipeline import INPUT_NAME, onnx_accuracy
 from search.progress import Progress
 from search.task import Task
-from targets import Target
+from targets import Latency, Target
+from targets.latency import LatencyPlan
 
 #: Final latencies: this many interleaved passes over baseline and front, median of their medians.
 PASSES = 3
@@ -63,6 +64,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "latency_ms": a.get("latency_ms"),
             "latency_p90_ms": a.get("latency_p90_ms"),
             "latency_source": a.get("latency_source"),
+            "latency_error_pct": a.get("latency_error_pct"),
+            "latency_predicted_ms": a.get("latency_predicted_ms"),
+            "infeasible_reason": a.get("infeasible_reason", ""),
             "size_mb": a.get("size_mb"),
             "compressed_mb": a.get("compressed_mb"),
             "params": a.get("params"),
@@ -88,7 +92,7 @@ def front_trials(study: optuna.Study, objectives: tuple[str, ...]) -> list[Froze
 
 
 def finalize(
-    study: optuna.Study, cfg: RunConfig, tasks: Mapping[str, Task], target: Target, run_dir: Path,
+    study: optuna.Study, cfg: RunConfig, tasks: Mapping[str, Task], plan: LatencyPlan, run_dir: Path,
     progress: Progress,
 ) -> Report:
     """Write the tables. Speed-ups and drops are relative to the first model's baseline."""
@@ -106,10 +110,10 @@ def finalize(
     models = [t.user_attrs[MODEL_ATTR] for t in chosen]
     paths = [run_dir / t.user_attrs["artifact"] for t in chosen]
     test_acc = [onnx_accuracy(p, tasks[m].data.test) for p, m in zip(paths, models)]
-    latencies = side_by_side(target, paths, tasks[reference].input_shape)
+    latencies = side_by_side(plan.final, paths, tasks[reference].input_shape)
     rows = []
     front_numbers = {t.number for t in front}
-    for t, model, path, acc, (median, p90) in zip(chosen, models, paths, test_acc, latencies):
+    for t, model, path, acc, latency in zip(chosen, models, paths, test_acc, latencies):
         a = t.user_attrs
         rows.append({
             "trial": t.number,
@@ -119,9 +123,10 @@ def finalize(
             "techniques": a["techniques"],
             "test_accuracy": acc,
             "val_accuracy": a["accuracy"],
-            "latency_ms": median,
-            "latency_p90_ms": p90,
-            "latency_source": a["latency_source"],
+            "latency_ms": latency.median_ms,
+            "latency_p90_ms": latency.p90_ms,
+            "latency_source": latency.source,
+            "latency_error_pct": latency.error_pct,
             "size_mb": a["size_mb"],
             "compressed_mb": a["compressed_mb"],
             "params": a["params"],
@@ -134,19 +139,23 @@ def finalize(
     pareto["speedup"] = base["latency_ms"] / pareto["latency_ms"]
     pareto["compression"] = base["size_mb"] / pareto["size_mb"]
     write_with(run_dir / "pareto.csv", lambda tmp: pareto.to_csv(tmp, index=False))
-    summary = _summary(cfg, tasks, target, trials, pareto)
+    summary = _summary(cfg, tasks, plan, trials, pareto)
     write_json(run_dir / "summary.json", summary)
     return Report(run_dir, pareto, trials, summary)
 
 
-def side_by_side(
-    target: Target, paths: list[Path], input_shape: tuple[int, ...]
-) -> list[tuple[float, float]]:
-    """Latency of every file under the same machine conditions: interleaved passes, then medians."""
-    passes = [[target.latency(p, input_shape) for p in paths] for _ in range(PASSES)]
+def side_by_side(target: Target, paths: list[Path], input_shape: tuple[int, ...]) -> list[Latency]:
+    """Latency of every file under the same machine conditions: interleaved passes, then medians
+    (a predicting target gives the same answer every pass, so it makes one)."""
+    passes = [[target.latency(p, input_shape) for p in paths]]
+    if not all(lat.source.startswith("predicted") for lat in passes[0]):
+        passes += [[target.latency(p, input_shape) for p in paths] for _ in range(PASSES - 1)]
     return [
-        (float(np.median([run[i].median_ms for run in passes])),
-         float(np.median([run[i].p90_ms for run in passes])))
+        replace(
+            passes[0][i],
+            median_ms=float(np.median([run[i].median_ms for run in passes])),
+            p90_ms=float(np.median([run[i].p90_ms for run in passes])),
+        )
         for i in range(len(paths))
     ]
 
@@ -185,7 +194,7 @@ def load_report(run_dir: Path) -> Report:
 
 
 def _summary(
-    cfg: RunConfig, tasks: Mapping[str, Task], target: Target, trials: pd.DataFrame,
+    cfg: RunConfig, tasks: Mapping[str, Task], plan: LatencyPlan, trials: pd.DataFrame,
     pareto: pd.DataFrame,
 ) -> dict[str, Any]:
     task = next(iter(tasks.values()))
@@ -195,7 +204,8 @@ def _summary(
         "run": cfg.name,
         "config": cfg.to_dict(),
         "objectives": dict(zip(cfg.objectives, cfg.directions)),
-        "target": target.describe(),
+        "target": plan.final.describe(),
+        "latency": plan.describe(),
         "trials": {"total": len(trials), **{k.lower(): int(v) for k, v in states.items()}},
         "failure_reasons": failures,
         "pareto": json.loads(pareto.to_json(orient="records")),

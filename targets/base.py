@@ -22,8 +22,9 @@ class Latency:
     p90_ms: float
     repeats: int
     threads: int
-    source: str  # "measured" or "predicted"
+    source: str  # "measured", "measured:remote", "predicted:analytic" or "predicted:calibrated"
     target: str
+    error_pct: float | None = None  # a prediction's expected error (cross-validated MAPE)
 
 
 class Target(ABC):
@@ -39,5 +40,9 @@ class Target(ABC):
 
 
 def create_target(name: str, **kwargs: Any) -> Target:
-    """Look a target up by name and build it with explicit keyword settings."""
+    """Look a target up by name and build it with explicit keyword settings.
+
+    ``remote:URL`` is built by the factory registered as ``remote``, with ``url=URL``."""
+    if name.startswith("remote:"):
+        return TARGETS.get("remote")(url=name[len("remote:"):], **kwargs)
     return TARGETS.get(name)(**kwargs)

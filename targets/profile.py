@@ -112,6 +112,19 @@ def shipped_profiles() -> dict[str, Profile]:
     return out
 
 
+def find_profile(target: str) -> Profile | None:
+    """A shipped profile by name, or a user's profile file (``--target ./myboard.yaml``)."""
+    shipped = shipped_profiles()
+    if target in shipped:
+        return shipped[target]
+    if target.endswith((".yaml", ".yml")):
+        path = Path(target)
+        if not path.is_file():
+            raise UserError(f"no profile file at {path}")
+        return Profile.load(path)
+    return None
+
+
 def compute_dtype(node: NodeCost) -> str:
     """The element type a node's multiply-accumulates run in."""
     if node.op_type in INT8_OPS:
@@ -163,7 +176,11 @@ class ProfileTarget(Target):
 
 def format_targets() -> str:
     """``edgepareto targets``: host, then each shipped profile with its constants."""
-    lines = ["host                  this machine's CPU, measured with onnxruntime (--threads N)"]
+    lines = [
+        "host                  this machine's CPU, measured with onnxruntime (--threads N)",
+        "remote:URL            a device running 'edgepareto agent', measured there over HTTP "
+        "(token: EDGEPARETO_AGENT_TOKEN or EDGEPARETO_AGENT_TOKEN_FILE)",
+    ]
     for name, p in shipped_profiles().items():
         rates = ", ".join(
             f"{d} {r / 1e9:g}" if r else f"{d} -" for d, r in p.macs_per_s.items()
@@ -174,6 +191,10 @@ def format_targets() -> str:
             f"GMAC/s per core: {rates}; {p.memory_bandwidth_bytes_per_s / 1e9:g} GB/s; "
             f"RAM {p.ram_bytes / 1e6:g} MB{flash}; sources in targets/profiles/{name}.yaml"
         )
+    lines.append(
+        "PATH.yaml             your own device profile (same keys as targets/profiles/*.yaml)\n"
+        "Each target predicts with its newest calibration (edgepareto calibrate) when one exists."
+    )
     return "\n".join(lines)
 
 

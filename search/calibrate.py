@@ -1,0 +1,189 @@
+"""``edgepareto calibrate`` and ``edgepareto bench predictor``: fit and check a latency predictor.
+
+Both sample diverse candidates (``search.candidates``), time them on the device side by side
+(interleaved passes, so a slow spell of a shared machine hits every model alike), and analyse their
+graphs. ``calibrate`` cross-validates the predictor models, fits the chosen one on every sample and
+stores it under ``runs/targets/<target>/``; ``bench predictor`` fits on one set of candidates and
+scores a held-out set, next to the FLOPs-proportional baseline and the uncalibrated prior.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from search.atomic import write_with
+from search.candidates import CandidateFile, sample_candidates
+from search.errors import UserError
+from targets.base import Target, create_target
+from targets.graph import analyze
+from targets.latency import new_calibration_path
+from targets.predictor import (
+    FEATURES,
+    MODELS,
+    Calibration,
+    Score,
+    features,
+    fit_calibration,
+    score,
+    stack,
+)
+from targets.profile import Profile, find_profile, predict_seconds, shipped_profiles
+
+#: Base models sampled by default: a CNN, a depthwise-separable CNN and a ViT.
+DEFAULT_MODELS = ("resnet18", "mobilenetv3_small_100", "vit_tiny_patch16_224")
+PASSES = 3
+#: The analytic prior needs a profile; ``host`` and bare remotes use this one (a generic Arm core).
+FALLBACK_PROFILE = "arm-a53-1core"
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Measured candidates: features, analytic prior, measured seconds, and labels."""
+
+    x: np.ndarray
+    prior: np.ndarray
+    y: np.ndarray
+    frame: pd.DataFrame
+
+
+def measuring_target(target: str, agent: str | None, threads: int, repeats: int) -> Target:
+    """What times the candidates: the target itself, or the agent on a profile's device."""
+    if find_profile(target) is not None:
+        if not agent:
+            raise UserError(
+                f"calibrating {target} needs measurements on the device: run 'edgepareto agent' there "
+                "and pass --agent http://DEVICE:8765"
+            )
+        return create_target(f"remote:{agent}", threads=threads, repeats=repeats)
+    if agent:
+        raise UserError(f"--agent names the device of a profile target; {target} is measured directly")
+    return create_target(target, threads=threads, repeats=repeats)
+
+
+def measure_samples(
+    files: Sequence[CandidateFile], measurer: Target, profile: Profile, passes: int = PASSES,
+    log: Callable[[str], None] = lambda _m: None,
+) -> Samples:
+    """Analyse every file, then time them all in ``passes`` interleaved passes (median of medians)."""
+    costs = [analyze(f.path, batch=f.input_shape[0]) for f in files]
+    times = np.empty((passes, len(files)))
+    for p in range(passes):
+        log(f"timing pass {p + 1}/{passes} over {len(files)} models")
+        for i, f in enumerate(files):
+            times[p, i] = measurer.latency(f.path, f.input_shape).median_ms / 1e3
+    y = np.median(times, axis=0)
+    prior = np.array([predict_seconds(c, profile) for c in costs])
+    frame = pd.DataFrame({
+        "model": [f.model for f in files], "techniques": [f.techniques for f in files],
+        "measured_ms": y * 1e3, "spread": (times.max(0) - times.min(0)) / y,
+        "macs": [c.macs for c in costs], "prior_ms": prior * 1e3,
+    })
+    x = stack([features(c) for c in costs])
+    return Samples(x, prior, y, pd.concat([frame, pd.DataFrame(x, columns=FEATURES)], axis=1))
+
+
+def collect(
+    target: str, agent: str | None, count: int, models: Sequence[str], img_size: int, threads: int,
+    repeats: int, seed: int, log: Callable[[str], None],
+) -> Samples:
+    measurer = measuring_target(target, agent, threads, repeats)
+    profile = find_profile(target) or shipped_profiles()[FALLBACK_PROFILE]
+    with tempfile.TemporaryDirectory(prefix="edgepareto-calibrate-") as tmp:
+        files = []
+        for f in sample_candidates(models, img_size, count, Path(tmp), seed=seed, log=log):
+            files.append(f)
+            if len(files) % 10 == 0:
+                log(f"built {len(files)}/{count} candidates")
+        return measure_samples(files, measurer, profile, log=log)
+
+
+def calibrate(
+    target: str, agent: str | None = None, samples: int = 80, models: Sequence[str] = DEFAULT_MODELS,
+    img_size: int = 32, threads: int = 1, repeats: int = 30, runs_root: Path = Path("runs"), seed: int = 0,
+    log: Callable[[str], None] = lambda _m: None,
+) -> tuple[Calibration, Path]:
+    """Sample, measure, cross-validate, fit, store. Returns the calibration and where it was written."""
+    data = collect(target, agent, samples, models, img_size, threads, repeats, seed, log)
+    calibration = fit_calibration(
+        data.x, data.prior, data.y, target=target, threads=threads,
+        created=dt.datetime.now().isoformat(timespec="seconds"), device=_device(target, agent),
+    )
+    path = new_calibration_path(runs_root, target, threads)
+    calibration.save(path)
+    write_with(path.with_suffix(".samples.csv"), lambda tmp: data.frame.to_csv(tmp, index=False))
+    return calibration, path
+
+
+def format_calibration(calibration: Calibration, path: Path) -> str:
+    lines = [
+        f"calibration of {calibration.target} ({calibration.threads} thread(s)) on "
+        f"{calibration.samples} measured models, 5-fold cross-validation:",
+    ]
+    for name, s in calibration.cv.items():
+        mark = "  <- chosen" if name == calibration.model else ""
+        lines.append(f"  {name:<8} {Score(**s)}{mark}")
+    lines.append(f"written to {path} (the newest calibration of a target is the one used)")
+    return "\n".join(lines)
+
+
+def bench_predictor(
+    target: str = "host", agent: str | None = None, train: int = 90, held_out: int = 60,
+    models: Sequence[str] = DEFAULT_MODELS, img_size: int = 32, threads: int = 1, repeats: int = 30,
+    log: Callable[[str], None] = lambda _m: None,
+) -> pd.DataFrame:
+    """Fit every predictor model on ``train`` candidates, score it on ``held_out`` other ones
+    (sampled with another seed), all timed in the same interleaved passes."""
+    data = collect(target, agent, train + held_out, models, img_size, threads, repeats, 0, log)
+    order = np.random.default_rng(1).permutation(len(data.y))
+    fit_idx, test_idx = order[:train], order[train:]
+    rows = []
+    for name, fit in MODELS.items():
+        predict = fit(data.x[fit_idx], data.prior[fit_idx], data.y[fit_idx])
+        s = score(predict(data.x[test_idx], data.prior[test_idx]), data.y[test_idx])
+        rows.append({"predictor": name, "within_10pct": s.within, "mape_pct": s.mape, "held_out": s.count})
+    s = score(data.prior[test_idx], data.y[test_idx])
+    rows.append({"predictor": "prior (uncalibrated)", "within_10pct": s.within, "mape_pct": s.mape,
+                 "held_out": s.count})
+    table = pd.DataFrame(rows)
+    held = data.frame.iloc[test_idx]
+    table.attrs["mix"] = _mix(held)
+    table.attrs["spread"] = float(np.median(held["spread"]))
+    return table
+
+
+def _mix(frame: pd.DataFrame) -> str:
+    t = frame["techniques"]
+    parts = {
+        "CNN": int((~frame["model"].str.startswith(("vit", "deit"))).sum()),
+        "ViT": int(frame["model"].str.startswith(("vit", "deit")).sum()),
+        "int8": int(t.str.contains("int8").sum()),
+        "fp16": int(t.str.contains("fp16").sum()),
+        "pruned": int(t.str.contains("prune").sum()),
+        "low-rank": int(t.str.contains("lowrank").sum()),
+        "token-merged": int(t.str.contains("tokens").sum()),
+    }
+    return ", ".join(f"{k} {v}" for k, v in parts.items())
+
+
+def format_bench(table: pd.DataFrame) -> str:
+    text = table.to_string(index=False, formatters={
+        "within_10pct": "{:.1%}".format, "mape_pct": "{:.1f}%".format,
+    })
+    return (
+        f"{text}\nheld-out mix: {table.attrs.get('mix', '')}\n"
+        f"median spread of a model's three timing passes: {table.attrs.get('spread', 0):.1%}"
+    )
+
+
+def _device(target: str, agent: str | None) -> str:
+    if agent or target.startswith("remote:"):
+        return agent or target
+    return f"{platform.node()} {platform.machine()} {platform.processor()}".strip()
