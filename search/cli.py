@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default resnet18,mobilenetv3_small_100,vit_tiny_patch16_224)")
     calibrate.add_argument("--img-size", type=_positive_int, default=32)
     calibrate.add_argument("--threads", type=_positive_int, default=1)
-    calibrate.add_argument("--repeats", type=_positive_int, default=30)
+    calibrate.add_argument("--repeats", type=_positive_int, default=10, help="timed runs per pass (10)")
     calibrate.add_argument("--runs-dir", default="runs")
     calibrate.add_argument("--seed", type=int, default=0)
 
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--img-size", type=int, default=None)
     bench.add_argument("--target", default="host", help="predictor: the target to measure on")
     bench.add_argument("--agent", help="predictor: the agent of a profile's device")
-    bench.add_argument("--train", type=_positive_int, default=90, help="predictor: models fitted on")
+    bench.add_argument("--train", type=_positive_int, default=150, help="predictor: models fitted on")
     bench.add_argument("--held-out", type=_positive_int, default=60, help="predictor: models scored")
     return parser
 

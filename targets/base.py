@@ -25,6 +25,7 @@ class Latency:
     source: str  # "measured", "measured:remote", "predicted:analytic" or "predicted:calibrated"
     target: str
     error_pct: float | None = None  # a prediction's expected error (cross-validated MAPE)
+    min_ms: float | None = None  # fastest timed run: the least disturbed by a busy machine
 
 
 class Target(ABC):

@@ -19,10 +19,14 @@ import onnx
 from onnx import helper, shape_inference
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-CONV_OPS = ("Conv", "ConvInteger", "QLinearConv")
-MATMUL_OPS = ("MatMul", "MatMulInteger", "QLinearMatMul")
+CONV_OPS = ("Conv", "ConvInteger", "QLinearConv", "FusedConv")
+MATMUL_OPS = (
+    "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+)
+GEMM_OPS = ("Gemm", "FusedGemm", "QGemm")
 #: Where the data operand(s) sit among a node's inputs (QLinear ops interleave scales and zero points).
-DATA_INPUTS = {"QLinearConv": (0, 3), "QLinearMatMul": (0, 3)}
+DATA_INPUTS = {"QLinearConv": (0, 3), "QLinearMatMul": (0, 3), "QGemm": (0, 3)}
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,18 @@ class GraphCost:
 def analyze(model: onnx.ModelProto | str | Path, batch: int = 1) -> GraphCost:
     """Analyse an ONNX model (or file) at the given batch size."""
     proto = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
-    graph = infer_shapes(_fixed_batch(proto, batch)).graph
+    fixed = _fixed_batch(proto, batch)
+    graph = infer_shapes(fixed).graph
     inits = {t.name: t for t in graph.initializer}
     info = {v.name: v.type.tensor_type for v in [*graph.input, *graph.value_info, *graph.output]}
     shapes = {name: _shape(t) for name, t in info.items()}
     elem = {name: t.elem_type for name, t in info.items()}
     for name, t in inits.items():
         shapes[name], elem[name] = tuple(t.dims), t.data_type
+    missing = [x for node in graph.node for x in node.output if x and shapes.get(x) is None]
+    if missing:  # shape inference gave up somewhere (an op it does not know): run the graph once
+        for name, (shape, elem_type) in runtime_shapes(fixed, missing).items():
+            shapes[name], elem[name] = shape, elem_type
 
     constant = set(inits)  # initializers, and what nodes compute from them alone (QDQ weights)
     for node in graph.node:
@@ -120,7 +129,7 @@ def node_macs(
         return math.prod(out) * math.prod(b[1:])
     if op in MATMUL_OPS and a is not None and out is not None:
         return math.prod(out) * a[-1]
-    if op == "Gemm" and a is not None and out is not None:
+    if op in GEMM_OPS and a is not None and out is not None:
         trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
         return math.prod(out) * (a[0] if trans_a else a[-1])
     if op == "Einsum":
@@ -157,6 +166,57 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception:  # an op it does not know: the plain inference still gives most shapes
         return shape_inference.infer_shapes(model, data_prop=True)
+
+
+def runtime_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Shapes and element types of ``names`` from one onnxruntime run on random inputs (every
+    tensor exposed as an output, graph optimizations off so that each one still exists)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    graph = probe.graph
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.ValueInfoProto(name=n) for n in names)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # cannot run (a custom op): keep what inference found
+        return {}
+    rng = np.random.default_rng(0)
+    initializers = {t.name for t in graph.initializer}
+    feed = {}
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        shape = _shape(value.type.tensor_type) or ()
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feed[value.name] = rng.standard_normal(shape).astype(dtype)
+    arrays = session.run(names, feed)
+    return {
+        n: (tuple(a.shape), helper.np_dtype_to_tensor_dtype(a.dtype)) for n, a in zip(names, arrays)
+    }
+
+
+def optimized(model: str | Path, batch: int = 1) -> onnx.ModelProto:
+    """The graph onnxruntime actually runs: its portable fusions applied (``ORT_ENABLE_EXTENDED``:
+    Conv+activation, MatMul+Add, GELU, LayerNorm, QDQ pairs into integer kernels, fp16 casts), but
+    none of the layout changes specific to this CPU, so it stands for the graph on any device."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    fixed = _fixed_batch(onnx.load(str(model)), batch)
+    with tempfile.TemporaryDirectory(prefix="edgepareto-opt-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(out)
+        opts.log_severity_level = 3
+        ort.InferenceSession(fixed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(str(out))
 
 
 def _fixed_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:

@@ -60,6 +60,7 @@ class HostTarget(Target):
             threads=self.threads,
             source="measured",
             target=self.name,
+            min_ms=float(times.min() * 1e3),
         )
 
     def describe(self) -> str:

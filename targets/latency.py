@@ -22,7 +22,6 @@ from pathlib import Path
 
 from search.errors import UserError
 from targets.base import Latency, Target, create_target
-from targets.graph import analyze
 from targets.predictor import Calibration
 from targets.profile import Profile, ProfileTarget, find_profile
 
@@ -62,7 +61,7 @@ class CalibratedTarget(Target):
         self.name = calibration.target
 
     def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency:
-        seconds = self.calibration.predict_seconds(analyze(onnx_path, batch=input_shape[0]))
+        seconds = self.calibration.predict_seconds(onnx_path, batch=input_shape[0])
         return Latency(
             median_ms=seconds * 1e3, p90_ms=seconds * 1e3, repeats=0, threads=self.calibration.threads,
             source="predicted:calibrated", target=self.name, error_pct=self.calibration.error_pct,

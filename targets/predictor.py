@@ -19,18 +19,41 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
 
 from search.errors import UserError
-from targets.graph import GraphCost, NodeCost
+from targets.graph import GraphCost, NodeCost, analyze, optimized
 
 TOLERANCE = 0.10  # "within ±10%"
-CONV_KINDS = ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose")
+CONV_KINDS = ("Conv", "ConvInteger", "QLinearConv", "FusedConv", "ConvTranspose")
+MATMUL_KINDS = (
+    "MatMul", "Gemm", "FusedMatMul", "FusedGemm", "QGemm", "MatMulInteger", "QLinearMatMul",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "Einsum",
+)
+#: Integer kernels fed by a runtime quantization of their input (dynamic int8) ...
+DYNAMIC_INT8_KINDS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+#: ... and the fused QDQ ones with fixed scales (static int8): they cost differently per MAC.
+STATIC_INT8_KINDS = ("QLinearConv", "QLinearMatMul", "QGemm")
+QUANT_KINDS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+NORM_KINDS = (
+    "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+    "BatchNormalization", "Softmax", "QLinearSoftmax", "ReduceMean", "ReduceSum", "ReduceMax",
+    "ReduceL2", "Gelu", "BiasGelu", "FastGelu", "Erf", "Sqrt", "Exp", "Log", "GlobalAveragePool",
+    "QLinearGlobalAveragePool", "AveragePool", "MaxPool", "Tanh", "Sigmoid", "HardSigmoid",
+    "HardSwish", "TopK", "ArgMax",
+)
+MOVE_KINDS = (
+    "Reshape", "Transpose", "Concat", "QLinearConcat", "Gather", "Slice", "Split", "Squeeze",
+    "Unsqueeze", "Flatten", "Expand", "Identity", "Pad", "Tile", "Shape", "ConstantOfShape", "Range",
+    "Where", "Equal", "Less", "GatherElements", "ScatterND", "Resize",
+)
+KINDS = ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose")
 MATMUL_KINDS = ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Einsum", "FusedMatMul")
 INT8_KINDS = ("ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul")
-QUANT_KINDS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast")
+QUANT_KINDS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 NORM_KINDS = (
     "LayerNormalization", "BatchNormalization", "Softmax", "ReduceMean", "ReduceSum", "Erf", "Sqrt",
     "Pow", "Div", "GlobalAveragePool", "AveragePool", "MaxPool", "Tanh", "Sigmoid", "HardSigmoid",
@@ -41,8 +64,9 @@ MOVE_KINDS = (
     "Expand", "Identity", "Pad", "Tile", "Shape", "ConstantOfShape", "Range", "Where", "Equal",
     "GatherElements", "ScatterND", "Resize",
 )
-KINDS = ("conv", "dwconv", "matmul", "norm", "quant", "move", "elementwise")
-DTYPES = ("fp32", "int8", "fp16")
+KINDS = ("conv", "pwconv", "dwconv", "matmul", "bmm", "norm", "quant", "cast", "move", "elementwise")
+DTYPES = ("fp32", "int8", "int8dyn", "fp16")
+MAC_KINDS = ("conv", "pwconv", "dwconv", "matmul", "bmm")
 MEASURES = ("work", "bytes", "nodes")
 FEATURES = tuple(f"{k}.{d}.{m}" for k in KINDS for d in DTYPES for m in MEASURES)
 #: Scale of each measure, so the solver sees numbers near 1 (MACs in millions, bytes in MB).
@@ -56,22 +80,32 @@ def _is_depthwise(node: NodeCost) -> bool:
     return bool(weight and data and len(weight) > 1 and weight[1] == 1 and data[1] > 1)
 
 
-def node_class(node: NodeCost, qdq: bool) -> tuple[str, str]:
-    """(kind, dtype) of one node. In a QDQ graph onnxruntime fuses the MAC ops into int8 kernels."""
+def _is_pointwise(node: NodeCost) -> bool:
+    index = 3 if node.op_type == "QLinearConv" else 1
+    weight = node.input_shapes[index] if len(node.input_shapes) > index else None
+    return bool(weight and len(weight) > 2 and all(k == 1 for k in weight[2:]))
+
+
+def node_class(node: NodeCost) -> tuple[str, str]:
+    """(kind, dtype) of one node of an optimized graph."""
     op = node.op_type
     if op in CONV_KINDS:
-        kind = "dwconv" if _is_depthwise(node) else "conv"
+        kind = "dwconv" if _is_depthwise(node) else "pwconv" if _is_pointwise(node) else "conv"
     elif op in MATMUL_KINDS:
-        kind = "matmul"
+        kind = "matmul" if node.param_bytes else "bmm"  # bmm: activations by activations (attention)
     elif op in QUANT_KINDS:
         kind = "quant"
+    elif op == "Cast":
+        kind = "cast"
     elif op in NORM_KINDS:
         kind = "norm"
     elif op in MOVE_KINDS:
         kind = "move"
     else:
         kind = "elementwise"
-    if op in INT8_KINDS or (qdq and kind in ("conv", "dwconv", "matmul")):
+    if op in DYNAMIC_INT8_KINDS:
+        dtype = "int8dyn"
+    elif op in STATIC_INT8_KINDS or op.startswith("QLinear"):
         dtype = "int8"
     elif node.dtype == "float16":
         dtype = "fp16"
@@ -81,22 +115,30 @@ def node_class(node: NodeCost, qdq: bool) -> tuple[str, str]:
 
 
 def features(cost: GraphCost) -> np.ndarray:
-    """The feature vector (``FEATURES`` order) of one analysed graph. Nodes computed from weights
-    alone are folded away by onnxruntime, so they are not counted."""
-    qdq = "QuantizeLinear" in cost.op_counts and "DequantizeLinear" in cost.op_counts
+    """The feature vector (``FEATURES`` order) of an analysed optimized graph (``graph_features``).
+    Every node counts: what onnxruntime could fold it already has, and what is left runs on every
+    call (an fp16 model's weights cast to fp32 on a CPU without fp16 kernels, for one)."""
     index = {name: i for i, name in enumerate(FEATURES)}
     x = np.zeros(len(FEATURES))
     for node in cost.nodes:
-        if node.activation_bytes == 0:
-            continue
-        kind, dtype = node_class(node, qdq)
-        if qdq and kind == "quant" and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            continue  # fused into the int8 kernels
-        key = f"{kind}.{dtype}"
+        key = ".".join(node_class(node))
+        written = node.elements * _itemsize(node.dtype)
         x[index[f"{key}.work"]] += (node.macs or node.elements) * SCALE["work"]
-        x[index[f"{key}.bytes"]] += (node.param_bytes + node.activation_bytes) * SCALE["bytes"]
+        x[index[f"{key}.bytes"]] += (node.param_bytes + written) * SCALE["bytes"]
         x[index[f"{key}.nodes"]] += 1
     return x
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        return 4
+
+
+def graph_features(path: Path, batch: int = 1) -> np.ndarray:
+    """Features of the graph onnxruntime runs for this file (its portable fusions applied)."""
+    return features(analyze(optimized(path, batch), batch))
 
 
 @dataclass(frozen=True)
@@ -133,22 +175,83 @@ def fit_prior(x: np.ndarray, prior: np.ndarray, y: np.ndarray) -> Fitted:
     return lambda _x2, p2: np.column_stack([p2, np.ones_like(p2)]) @ coef
 
 
-def fit_kernels(x: np.ndarray, prior: np.ndarray, y: np.ndarray) -> Fitted:
-    """The additive kernel-class model: non-negative per-class costs plus a constant."""
-    design = np.column_stack([x, np.ones(len(x))])
-    coef = _nnls_relative(design, y)
-    return lambda x2, _p: np.column_stack([x2, np.ones(len(x2))]) @ coef
+def kernel_params(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The additive kernel-class model: non-negative per-class costs plus a constant per call."""
+    return {"coef": _nnls_relative(np.column_stack([x, np.ones(len(x))]), y).tolist()}
+
+
+def boosted_params(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The kernel-class model times a learned correction: gradient-boosted trees (depth 2) on the
+    log of the ratio measured / kernel model, from the log features. The additive model carries
+    the extrapolation; the trees learn where the per-class costs interact (an fp16 graph whose
+    weights are cast on every call, a dynamic int8 conv that is slow at one shape and not at
+    another)."""
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    params = kernel_params(x, y)
+    base = np.maximum(predict_params(params, x), 1e-9)
+    trees = GradientBoostingRegressor(
+        n_estimators=200, max_depth=2, learning_rate=0.05, subsample=0.8, random_state=0
+    ).fit(np.log1p(x), np.log(y / base))
+    params["trees"] = {
+        "init": float(trees.init_.constant_.ravel()[0]), "rate": trees.learning_rate,
+        "trees": [_export_tree(est[0].tree_) for est in trees.estimators_],
+    }
+    return params
+
+
+def _export_tree(tree: Any) -> dict[str, list]:
+    return {
+        "left": tree.children_left.tolist(), "right": tree.children_right.tolist(),
+        "feature": tree.feature.tolist(), "threshold": tree.threshold.tolist(),
+        "value": tree.value.ravel().tolist(),
+    }
+
+
+def _tree_predict(tree: dict[str, list], x: np.ndarray) -> np.ndarray:
+    out = np.empty(len(x))
+    for i, row in enumerate(x):
+        node = 0
+        while tree["left"][node] != -1:
+            go_left = row[tree["feature"][node]] <= tree["threshold"][node]
+            node = tree["left"][node] if go_left else tree["right"][node]
+        out[i] = tree["value"][node]
+    return out
+
+
+def predict_params(params: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """Seconds predicted for feature rows ``x`` by stored model parameters (plain JSON data)."""
+    x = np.atleast_2d(x)
+    seconds = np.column_stack([x, np.ones(len(x))]) @ np.asarray(params["coef"])
+    boost = params.get("trees")
+    if boost:
+        logs = np.log1p(np.maximum(x, 0))
+        correction = boost["init"] + boost["rate"] * sum(_tree_predict(t, logs) for t in boost["trees"])
+        seconds = np.maximum(seconds, 1e-9) * np.exp(correction)
+    return seconds
+
+
+#: Models a calibration can store, by name: parameters from (features, seconds).
+STORABLE: dict[str, Callable[[np.ndarray, np.ndarray], dict[str, Any]]] = {
+    "kernels": kernel_params, "kernels+trees": boosted_params,
+}
+
+
+def _storable(name: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Fitted]:
+    def fit(x: np.ndarray, _prior: np.ndarray, y: np.ndarray) -> Fitted:
+        params = STORABLE[name](x, y)
+        return lambda x2, _p: predict_params(params, x2)
+
+    return fit
 
 
 MODELS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Fitted]] = {
-    "flops": fit_flops, "prior": fit_prior, "kernels": fit_kernels,
+    "flops": fit_flops, "prior": fit_prior, **{name: _storable(name) for name in STORABLE},
 }
-CHOSEN = "kernels"
 
 
 def _total_macs(x: np.ndarray) -> np.ndarray:
-    cols = [i for i, n in enumerate(FEATURES) if n.split(".")[0] in ("conv", "dwconv", "matmul")
-            and n.endswith(".work")]
+    cols = [i for i, n in enumerate(FEATURES) if n.split(".")[0] in MAC_KINDS and n.endswith(".work")]
     return x[:, cols].sum(axis=1) + 1e-9
 
 
@@ -180,8 +283,8 @@ class Calibration:
     """A fitted predictor for one target, with the evidence behind it."""
 
     target: str
-    model: str
-    coef: tuple[float, ...]
+    model: str  # a name in STORABLE
+    params: dict[str, Any]
     feature_names: tuple[str, ...]
     cv: dict[str, dict[str, float]]  # model name -> Score as a dict
     samples: int
@@ -195,9 +298,8 @@ class Calibration:
         """The chosen model's cross-validated MAPE: the error estimate attached to predictions."""
         return float(self.cv[self.model]["mape"])
 
-    def predict_seconds(self, cost: GraphCost) -> float:
-        x = features(cost)
-        return float(np.dot(np.append(x, 1.0), np.asarray(self.coef)))
+    def predict_seconds(self, path: Path, batch: int = 1) -> float:
+        return float(predict_params(self.params, graph_features(path, batch))[0])
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,12 +310,11 @@ class Calibration:
     def load(cls, path: Path) -> Calibration:
         try:
             data = json.loads(path.read_text())
-            data["coef"] = tuple(data["coef"])
             data["feature_names"] = tuple(data["feature_names"])
             calibration = cls(**data)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise UserError(f"cannot read calibration {path}: {exc}") from None
-        if calibration.feature_names != FEATURES:
+        if calibration.feature_names != FEATURES or calibration.model not in STORABLE:
             raise UserError(f"calibration {path} was made by another version; run edgepareto calibrate again")
         return calibration
 
@@ -222,13 +323,14 @@ def fit_calibration(
     x: np.ndarray, prior: np.ndarray, y: np.ndarray, *, target: str, threads: int, created: str,
     device: str, folds: int = 5,
 ) -> Calibration:
-    """Cross-validate every model, then fit the kernel-class model on all samples."""
+    """Cross-validate every model, then fit the storable one with the best held-out score (the
+    share within ±10%, then the MAPE) on all samples."""
     if len(y) < 2 * folds:
         raise UserError(f"calibration needs at least {2 * folds} measured models, got {len(y)}")
     cv = cross_validate(x, prior, y, folds)
-    coef = _nnls_relative(np.column_stack([x, np.ones(len(x))]), y)
+    chosen = max(STORABLE, key=lambda name: (cv[name].within, -cv[name].mape))
     return Calibration(
-        target=target, model=CHOSEN, coef=tuple(float(c) for c in coef), feature_names=FEATURES,
+        target=target, model=chosen, params=STORABLE[chosen](x, y), feature_names=FEATURES,
         cv={name: asdict(s) for name, s in cv.items()}, samples=len(y), threads=threads,
         created=created, device=device,
     )

@@ -178,6 +178,7 @@ class RemoteTarget(Target):
         return Latency(
             median_ms=median, p90_ms=p90, repeats=repeats, threads=self.threads,
             source="measured:remote", target=self.name,
+            min_ms=float(answer["min_ms"]) if "min_ms" in answer else None,
         )
 
     def describe(self) -> str:

@@ -15,11 +15,14 @@ from targets.graph import analyze
 from targets.latency import CalibratedTarget, latest_calibration, plan_latency
 from targets.predictor import (
     FEATURES,
+    STORABLE,
     Calibration,
+    boosted_params,
     cross_validate,
     features,
     fit_calibration,
-    fit_kernels,
+    kernel_params,
+    predict_params,
     score,
 )
 from targets.profile import PROFILE_DIR, shipped_profiles
@@ -43,7 +46,7 @@ def conv_net(channels: int = 8, size: int = 8, op: str = "Relu"):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         initializer=[w("w1", (c, 3, 3, 3)), w("w2", (c, 1, 3, 3)), w("w3", (c, 10))],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 
 def feature(x: np.ndarray, name: str) -> float:
@@ -83,7 +86,7 @@ def test_kernel_model_recovers_per_class_costs_and_beats_flops():
     assert cv["kernels"].within >= 0.95 and cv["kernels"].mape < 4
     assert cv["flops"].within < cv["kernels"].within  # one rate per MAC cannot tell int8 from fp32
     x2, y2 = synthetic(40, 1)
-    held_out = score(fit_kernels(x, prior, y)(x2, None), y2)
+    held_out = score(predict_params(kernel_params(x, y), x2), y2)
     assert held_out.within >= 0.95
 
 
@@ -92,13 +95,22 @@ def test_calibration_round_trip(tmp_path):
     calibration = fit_calibration(
         x, x[:, 0], y, target="host", threads=1, created="now", device="test", folds=5
     )
-    assert calibration.model == "kernels" and set(calibration.cv) == {"flops", "prior", "kernels"}
-    path = calibration.save(tmp_path / "targets" / "host-1t" / "calibration-1.json")
-    again = Calibration.load(path)
-    assert again == calibration
-    cost = analyze(conv_net())
-    assert again.predict_seconds(cost) == pytest.approx(calibration.predict_seconds(cost))
-    assert again.predict_seconds(analyze(conv_net(channels=32))) > again.predict_seconds(cost) > 0
+    assert set(calibration.cv) == {"flops", "prior", "kernels", "kernels+trees"}
+    best = max(STORABLE, key=lambda m: (calibration.cv[m]["within"], -calibration.cv[m]["mape"]))
+    assert calibration.model == best
+    model = tmp_path / "m.onnx"
+    model.write_bytes(conv_net().SerializeToString())
+    bigger = tmp_path / "big.onnx"
+    bigger.write_bytes(conv_net(channels=32).SerializeToString())
+    for name, fit in STORABLE.items():  # each storable model survives JSON exactly
+        stored = replace(calibration, model=name, params=fit(x, y))
+        path = stored.save(tmp_path / "targets" / "host-1t" / f"calibration-{name}.json")
+        again = Calibration.load(path)
+        assert again == stored
+        assert again.predict_seconds(model) == pytest.approx(stored.predict_seconds(model))
+        assert again.predict_seconds(bigger) > 0 and again.predict_seconds(model) > 0
+    trees = boosted_params(x, y)
+    assert np.allclose(predict_params(trees, x[:5]), predict_params(json.loads(json.dumps(trees)), x[:5]))
     data = json.loads(path.read_text())
     data["feature_names"] = data["feature_names"][:-1]
     path.write_text(json.dumps(data))
