@@ -160,6 +160,19 @@ def side_by_side(target: Target, paths: list[Path], input_shape: tuple[int, ...]
     ]
 
 
+def _errors(pareto: pd.DataFrame) -> list[float | None]:
+    if "latency_error_pct" not in pareto:
+        return [None] * len(pareto)
+    return [None if pd.isna(e) else float(e) for e in pareto["latency_error_pct"]]
+
+
+def _source_label(source: str, error_pct: float | None) -> str:
+    """``measured``, ``measured:remote``, ``predicted:analytic``, ``predicted ±8%``."""
+    if error_pct is not None and str(source).startswith("predicted"):
+        return f"predicted ±{error_pct:.0f}%"
+    return str(source)
+
+
 def format_table(pareto: pd.DataFrame) -> str:
     """The readable table printed at the end of a search and by ``edgepareto show``."""
     view = pd.DataFrame({
@@ -176,6 +189,10 @@ def format_table(pareto: pd.DataFrame) -> str:
     })
     if "model" in pareto and pareto["model"].nunique() > 1:  # several base models in one study
         view.insert(1, "model", pareto["model"])
+    if "latency_source" in pareto and (pareto["latency_source"] != "measured").any():
+        view.insert(view.columns.get_loc("speed-up"), "latency from", [
+            _source_label(src, err) for src, err in zip(pareto["latency_source"], _errors(pareto))
+        ])
     return view.to_string(index=False)
 
 

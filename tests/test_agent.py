@@ -472,3 +472,30 @@ def test_search_against_the_agent(agent, shared_runs, capfd, monkeypatch):
     assert (pareto["latency_source"] == "measured:remote").all() and (pareto["latency_ms"] > 0).all()
     summary = json.loads((runs / "remote" / "summary.json").read_text())
     assert agent.url in json.dumps(summary)
+
+
+def test_profile_target_calibrated_and_searched_through_the_agent(agent, shared_runs, capfd, monkeypatch):
+    """``rpi4`` with ``--agent``: calibrated on the device's measurements, then a hybrid search whose
+    front is measured on the device and whose trials carry the profile's deployability constraint."""
+    monkeypatch.setenv("EDGEPARETO_AGENT_TOKEN", TOKEN)
+    runs = shared_runs
+    code, out, err = run_cli(
+        ["calibrate", "--target", "rpi4", "--agent", agent.url, "--samples", "10", "--model", "test_resnet",
+         "--img-size", "16", "--repeats", "3", "--runs-dir", str(runs)], capfd,
+    )
+    assert code == 0, err
+    assert "calibration of rpi4" in out and (runs / "targets" / "rpi4-1t").is_dir()
+    args = ["search", "--runs-dir", str(runs), "--name", "rpi4-agent", "--trials", "3", "--space",
+            "quant-only", "--target", "rpi4", "--agent", agent.url, "--latency", "hybrid", "--repeats", "5",
+            *TINY]
+    code, out, err = run_cli(args, capfd)
+    assert code == 0, err
+    trials = pd.read_csv(runs / "rpi4-agent" / "trials.csv")
+    assert set(trials["latency_source"]) <= {"measured:remote", "predicted:calibrated"}
+    assert trials["constraints"].str.contains('"deployable"').all() and trials["feasible"].all()
+    pareto = pd.read_csv(runs / "rpi4-agent" / "pareto.csv")
+    assert (pareto["latency_source"] == "measured:remote").all()
+    code, out, err = run_cli(
+        ["calibrate", "--target", "rpi4", "--samples", "10", "--runs-dir", str(runs)], capfd
+    )
+    assert code == 2 and "needs measurements on the device" in err

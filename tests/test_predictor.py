@@ -204,6 +204,8 @@ def test_calibrate_then_predict_and_hybrid_searches(tmp_path, capfd):
     assert (done["latency_source"] == "predicted:calibrated").all() and (done["latency_error_pct"] > 0).all()
     pareto = pd.read_csv(runs / "pred" / "pareto.csv")
     assert (pareto["latency_source"] == "predicted:calibrated").all()
+    code, out, _ = run_cli(["show", "pred", "--runs-dir", str(runs)], capfd)
+    assert code == 0 and "latency from" in out and "predicted ±" in out
 
     code, _, err = run_cli([*base, "--name", "hyb", "--latency", "hybrid"], capfd)
     assert code == 0, err
