@@ -41,6 +41,7 @@ from targets.profile import Profile, find_profile, predict_seconds, shipped_prof
 DEFAULT_MODELS = ("resnet18", "mobilenetv3_small_100", "vit_tiny_patch16_224")
 #: Interleaved timing passes, and timed runs per pass (after the target's warm-up).
 PASSES = 10
+MIN_SAMPLES = 10
 BURST = 10
 #: The analytic prior needs a profile; ``host`` and bare remotes use this one (a generic Arm core).
 FALLBACK_PROFILE = "arm-a53-1core"
@@ -120,6 +121,8 @@ def calibrate(
     log: Callable[[str], None] = lambda _m: None,
 ) -> tuple[Calibration, Path]:
     """Sample, measure, cross-validate, fit, store. Returns the calibration and where it was written."""
+    if samples < MIN_SAMPLES:
+        raise UserError(f"--samples must be at least {MIN_SAMPLES} (5-fold cross-validation)")
     data = collect(target, agent, samples, models, img_size, threads, repeats, seed, log)
     calibration = fit_calibration(
         data.x, data.prior, data.y, target=target, threads=threads,

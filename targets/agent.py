@@ -73,6 +73,18 @@ class Stop(Exception):
     """SIGTERM: stop serving."""
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """How every latency is measured, here and by ``host``: a fixed intra-op thread count, one
+    inter-op thread, sequential execution, every graph optimization, quiet logs."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
 def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
     """``text`` on one line, at most ``limit`` characters."""
     flat = " ".join(str(text).split()) or "no message"
@@ -204,14 +216,10 @@ class Agent:
     def measure(self, model: bytes, input_shape: tuple[int, ...], warmup: int, repeats: int,
                 threads: int) -> dict[str, Any]:
         """Load and time ``model``; the caller holds the slot. A bad model or shape is a ``400``."""
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                model, session_options(threads), providers=["CPUExecutionProvider"]
+            )
             inputs = session.get_inputs()
         except Exception as exc:
             raise HttpError(400, f"cannot load model: {ort_reason(exc)}") from None

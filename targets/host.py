@@ -9,18 +9,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from targets.agent import session_options
 from targets.base import TARGETS, Latency, Target
 
 
 def cpu_session(onnx_path: Path | str, threads: int) -> ort.InferenceSession:
     """A CPU session with a fixed thread count and full graph optimisation, as deployed."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def time_session(
