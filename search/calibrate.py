@@ -116,7 +116,7 @@ def collect(
 
 
 def calibrate(
-    target: str, agent: str | None = None, samples: int = 80, models: Sequence[str] = DEFAULT_MODELS,
+    target: str, agent: str | None = None, samples: int = 150, models: Sequence[str] = DEFAULT_MODELS,
     img_size: int = 32, threads: int = 1, repeats: int = BURST, runs_root: Path = Path("runs"), seed: int = 0,
     log: Callable[[str], None] = lambda _m: None,
 ) -> tuple[Calibration, Path]:
@@ -149,7 +149,7 @@ def format_calibration(calibration: Calibration, path: Path) -> str:
 def bench_predictor(
     target: str = "host", agent: str | None = None, train: int = 150, held_out: int = 60,
     models: Sequence[str] = DEFAULT_MODELS, img_size: int = 32, threads: int = 1, repeats: int = BURST,
-    log: Callable[[str], None] = lambda _m: None,
+    save_to: Path | None = None, log: Callable[[str], None] = lambda _m: None,
 ) -> pd.DataFrame:
     """Fit every predictor model on ``train`` candidates, score it on ``held_out`` other ones
     (sampled with another seed), all timed in the same interleaved passes."""
@@ -165,6 +165,12 @@ def bench_predictor(
     rows.append({"predictor": "prior (uncalibrated)", "within_10pct": s.within, "mape_pct": s.mape,
                  "held_out": s.count})
     table = pd.DataFrame(rows)
+    if save_to is not None:  # every sample, its split and features: the numbers behind the table
+        frame = data.frame.assign(split="fit")
+        frame.loc[frame.index[test_idx], "split"] = "held-out"
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        write_with(save_to, lambda tmp: frame.to_csv(tmp, index=False))
+        table.attrs["saved"] = str(save_to)
     held = data.frame.iloc[test_idx]
     table.attrs["mix"] = _mix(held)
     table.attrs["spread"] = float(np.median(held["spread"]))
@@ -191,7 +197,8 @@ def format_bench(table: pd.DataFrame) -> str:
     })
     return (
         f"{text}\nheld-out mix: {table.attrs.get('mix', '')}\n"
-        f"median spread of a model's three timing passes: {table.attrs.get('spread', 0):.1%}"
+        f"median gap between a model's median pass and its fastest run: {table.attrs.get('spread', 0):.1%}"
+        + (f"\nsamples: {table.attrs['saved']}" if "saved" in table.attrs else "")
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--target", default="host", help="host, a device profile, or remote:URL")
     calibrate.add_argument("--agent", help="http://DEVICE:PORT of the agent on a profile's device")
-    calibrate.add_argument("--samples", type=_positive_int, default=80, help="models to measure (80)")
+    calibrate.add_argument("--samples", type=_positive_int, default=150, help="models to measure (150)")
     calibrate.add_argument("--model", type=_csv, default=None, help="comma list of base models "
                            "(default resnet18,mobilenetv3_small_100,vit_tiny_patch16_224)")
     calibrate.add_argument("--img-size", type=_positive_int, default=32)
@@ -226,6 +227,7 @@ def _bench(args: argparse.Namespace) -> int:
         table = bench_predictor(
             args.target, agent=args.agent, train=args.train, held_out=args.held_out,
             models=_csv(args.model) if args.model else DEFAULT_MODELS, img_size=args.img_size or 32,
+            save_to=Path(args.runs_dir) / "bench" / f"predictor-{time.strftime('%Y%m%d-%H%M%S')}.csv",
             log=_log,
         )
         print(format_bench(table))

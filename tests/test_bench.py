@@ -33,3 +33,21 @@ def test_bench_techniques_measures_every_vit_setting_side_by_side():
     assert rows.loc["heads 2/3 + MLP 75%", "params_m"] < base["params_m"]
     assert rows.loc["int8 dynamic, MatMul only", "size_mb"] < 0.5 * base["size_mb"]
     assert "speedup" in format_techniques(table)
+
+
+def test_bench_predictor_scores_held_out_models_and_saves_them(tmp_path, capfd):
+    import pandas as pd
+
+    from tests.conftest import run_cli
+
+    code, out, err = run_cli(
+        ["bench", "predictor", "--model", "test_resnet,test_vit", "--img-size", "16", "--train", "12",
+         "--held-out", "6", "--runs-dir", str(tmp_path)], capfd,
+    )
+    assert code == 0, err
+    for name in ("flops", "prior", "kernels", "kernels+trees", "held-out mix: CNN"):
+        assert name in out
+    (saved,) = (tmp_path / "bench").glob("predictor-*.csv")
+    frame = pd.read_csv(saved)
+    assert (frame["split"] == "held-out").sum() == 6 and (frame["measured_ms"] > 0).all()
+    assert set(frame["model"]) == {"test_resnet", "test_vit"}
