@@ -163,9 +163,22 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxruntime's symbolic shape inference, which follows shape arithmetic (a class token
     expanded to the batch) where ``onnx.shape_inference`` stops; onnx's as the fallback."""
     try:
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        return _symbolic(model)
     except Exception:  # an op it does not know: the plain inference still gives most shapes
         return shape_inference.infer_shapes(model, data_prop=True)
+
+
+def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``SymbolicShapeInference.infer_shapes`` without its side effect: when inference is
+    incomplete, onnxruntime's own function saves ``sym_shape_infer_temp.onnx`` and its external
+    data into the current directory. Here a partial result is returned instead (the missing shapes
+    come from ``runtime_shapes``)."""
+    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+    inference._preprocess(model)
+    while inference.run_:
+        inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_
 
 
 def runtime_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[tuple[int, ...], int]]:

@@ -135,3 +135,24 @@ def test_shapes_come_from_a_runtime_pass_when_inference_gives_up(monkeypatch, tm
     assert all(s is not None for n in cost.nodes for s in n.output_shapes)
     assert cost.macs == expected.macs > 0
     assert cost.peak_activation_bytes == expected.peak_activation_bytes
+
+
+def test_incomplete_symbolic_inference_writes_nothing_to_the_working_directory(monkeypatch, tmp_path):
+    """onnxruntime's ``infer_shapes`` saves ``sym_shape_infer_temp.onnx`` and external data into the
+    current directory when inference is incomplete; analysis must never do that."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    model = timm.create_model("test_resnet", num_classes=10).eval()
+    path = export_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx")
+    real = SymbolicShapeInference._infer_impl
+
+    def incomplete(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        return False  # as when an op's output shape could not be inferred
+
+    monkeypatch.setattr(SymbolicShapeInference, "_infer_impl", incomplete)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cost = analyze(path)
+    assert cost.macs > 0 and list(work.iterdir()) == []
