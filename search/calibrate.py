@@ -22,9 +22,9 @@ import pandas as pd
 from search.atomic import write_with
 from search.candidates import CandidateFile, sample_candidates
 from search.errors import UserError
-from targets.base import Target, create_target
+from targets.base import Target
 from targets.graph import analyze
-from targets.latency import new_calibration_path
+from targets.latency import make_measurer, new_calibration_path
 from targets.predictor import (
     FEATURES,
     MODELS,
@@ -59,16 +59,13 @@ class Samples:
 
 def measuring_target(target: str, agent: str | None, threads: int, repeats: int) -> Target:
     """What times the candidates: the target itself, or the agent on a profile's device."""
-    if find_profile(target) is not None:
-        if not agent:
-            raise UserError(
-                f"calibrating {target} needs measurements on the device: run 'edgepareto agent' there "
-                "and pass --agent http://DEVICE:8765"
-            )
-        return create_target(f"remote:{agent}", threads=threads, repeats=repeats)
-    if agent:
-        raise UserError(f"--agent names the device of a profile target; {target} is measured directly")
-    return create_target(target, threads=threads, repeats=repeats)
+    measurer = make_measurer(target, find_profile(target), agent, threads, repeats)
+    if measurer is None:
+        raise UserError(
+            f"calibrating {target} needs measurements on the device: run 'edgepareto agent' there "
+            "and pass --agent http://DEVICE:8765"
+        )
+    return measurer
 
 
 def measure_samples(
@@ -141,7 +138,7 @@ def format_calibration(calibration: Calibration, path: Path) -> str:
     ]
     for name, s in calibration.cv.items():
         mark = "  <- chosen" if name == calibration.model else ""
-        lines.append(f"  {name:<8} {Score(**s)}{mark}")
+        lines.append(f"  {name:<14} {Score(**s)}{mark}")
     lines.append(f"written to {path} (the newest calibration of a target is the one used)")
     return "\n".join(lines)
 

@@ -108,6 +108,18 @@ class LatencyPlan:
         return "; ".join(parts)
 
 
+def make_measurer(
+    target: str, profile: Profile | None, agent: str | None, threads: int, repeats: int
+) -> Target | None:
+    """What times candidates on ``target``: the target itself, the agent on a profile's device, or
+    nothing (a profile without ``--agent``)."""
+    if profile is not None:
+        return create_target(f"remote:{agent}", threads=threads, repeats=repeats) if agent else None
+    if agent:
+        raise UserError(f"--agent names the device of a profile target; {target} is measured directly")
+    return create_target(target, threads=threads, repeats=repeats)
+
+
 def plan_latency(
     target: str, mode: str | None, agent: str | None, threads: int, repeats: int, runs_root: Path,
 ) -> LatencyPlan:
@@ -115,14 +127,7 @@ def plan_latency(
     if mode is not None and mode not in MODES:
         raise UserError(f"--latency must be one of {', '.join(MODES)}, got {mode!r}")
     profile = find_profile(target)
-    if profile is not None:
-        measurer = (
-            create_target(f"remote:{agent}", threads=threads, repeats=repeats) if agent else None
-        )
-    else:
-        if agent:
-            raise UserError(f"--agent names the device of a profile target; {target} is measured directly")
-        measurer = create_target(target, threads=threads, repeats=repeats)
+    measurer = make_measurer(target, profile, agent, threads, repeats)
     path = latest_calibration(runs_root, target, threads)
     if path is not None:
         predictor: Target | None = CalibratedTarget(Calibration.load(path), path)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
+from search.atomic import write_text
 from search.errors import UserError
 from targets.graph import GraphCost, NodeCost, analyze, optimized
 
@@ -303,7 +304,7 @@ class Calibration:
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_text(path, json.dumps(asdict(self), indent=2) + "\n")
         return path
 
     @classmethod
