@@ -1,16 +1,18 @@
-"""The calibrated latency predictor: an additive kernel-class model fitted on one device's measurements.
+"""The calibrated latency predictor: a kernel-class model fitted on one device's measurements.
 
-Features: every node of the graph analysis falls into a kernel class (convolution, depthwise
-convolution, matrix product, normalisation, quantization, data movement, elementwise), split by the
-element type it computes in (fp32, int8, fp16). Per class the graph contributes its work (MACs, or
-output elements for ops that do not multiply-accumulate), the bytes it moves (weights read plus
-activations written) and its node count. Latency is modelled as a non-negative combination of those
-features plus a constant per call, fitted by non-negative least squares on relative error, so each
-coefficient is a per-class cost (seconds per MAC, per byte, per node) and the model extrapolates the
-way a device does: more work, never less time. ``calibrate`` compares it with a FLOPs-proportional
-model and with the profile's analytic prior scaled to the device, by cross-validation.
+Features come from the graph onnxruntime actually runs (``graph.optimized``: its portable fusions
+applied). Every node falls into a kernel class (convolution, pointwise convolution, depthwise
+convolution, weight matmul, activation-by-activation matmul, normalisation/reduction, quantization,
+cast, data movement, elementwise), split by the element type it computes in (fp32, static int8,
+dynamic int8, fp16). Per class the graph contributes its work (MACs, or output elements for ops
+that do not multiply-accumulate), the bytes it moves (weights read plus outputs written) and its
+node count. Latency is a non-negative combination of those features plus a constant per call,
+fitted by non-negative least squares on relative error, so each coefficient is a per-class cost
+and more work never predicts less time; a boosted-tree correction on top learns the interactions
+a sum cannot express. ``calibrate`` chooses between them, next to a FLOPs-proportional model and
+the profile's analytic prior, by cross-validation.
 
-Needs numpy and scipy only (no torch), like the graph analysis.
+Needs numpy, scipy and scikit-learn (fitting only), never torch.
 """
 
 from __future__ import annotations
@@ -50,20 +52,6 @@ MOVE_KINDS = (
     "Reshape", "Transpose", "Concat", "QLinearConcat", "Gather", "Slice", "Split", "Squeeze",
     "Unsqueeze", "Flatten", "Expand", "Identity", "Pad", "Tile", "Shape", "ConstantOfShape", "Range",
     "Where", "Equal", "Less", "GatherElements", "ScatterND", "Resize",
-)
-KINDS = ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose")
-MATMUL_KINDS = ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Einsum", "FusedMatMul")
-INT8_KINDS = ("ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul")
-QUANT_KINDS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
-NORM_KINDS = (
-    "LayerNormalization", "BatchNormalization", "Softmax", "ReduceMean", "ReduceSum", "Erf", "Sqrt",
-    "Pow", "Div", "GlobalAveragePool", "AveragePool", "MaxPool", "Tanh", "Sigmoid", "HardSigmoid",
-    "HardSwish", "Exp",
-)
-MOVE_KINDS = (
-    "Reshape", "Transpose", "Concat", "Gather", "Slice", "Split", "Squeeze", "Unsqueeze", "Flatten",
-    "Expand", "Identity", "Pad", "Tile", "Shape", "ConstantOfShape", "Range", "Where", "Equal",
-    "GatherElements", "ScatterND", "Resize",
 )
 KINDS = ("conv", "pwconv", "dwconv", "matmul", "bmm", "norm", "quant", "cast", "move", "elementwise")
 DTYPES = ("fp32", "int8", "int8dyn", "fp16")
