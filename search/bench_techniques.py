@@ -11,14 +11,11 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from search import models
-from search.data import load_dataset
+from search.candidates import untrained_task
 from search.pipeline import build, model_cost
 from search.results import side_by_side
-from search.task import Task
-from spaces import Candidate, Context, Step
+from spaces import Candidate, Step
 from targets import create_target
 
 _INT8 = {"per_channel": True, "ops": "matmul"}
@@ -48,12 +45,8 @@ def bench_techniques(
     model: str = "vit_tiny_patch16_224", img_size: int = 32, threads: int = 1, repeats: int = 50
 ) -> pd.DataFrame:
     """One row per setting of ``VIT_SETTINGS``; speed-up and size ratios against the baseline."""
-    mean, std = models.data_config(model)
-    data = load_dataset("digits", img_size, mean, std, 0, 0.2, 0.2)
-    torch.manual_seed(0)
-    base = models.create(model, data.num_classes, img_size).eval()
-    task = Task(base, data, img_size, mean, std, model)
-    ctx = Context(train_x=data.train.x, train_y=data.train.y, teacher=base)
+    task, ctx = untrained_task(model, img_size)
+    data = task.data
     target = create_target("host", threads=threads, repeats=repeats)
     rows, paths = [], []
     with tempfile.TemporaryDirectory(prefix="bench-techniques-") as tmp:

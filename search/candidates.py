@@ -38,14 +38,18 @@ class CandidateFile:
     input_shape: tuple[int, ...]
 
 
-def _task(model: str, img_size: int, seed: int) -> tuple[Task, Context]:
+def untrained_task(
+    model: str, img_size: int, seed: int = 0, context_images: int | None = None
+) -> tuple[Task, Context]:
+    """An untrained base model on the digits data, and the context techniques read data from
+    (its first ``context_images`` training images; None: all of them)."""
     mean, std = models.data_config(model)
     data = load_dataset("digits", img_size, mean, std, seed, 0.2, 0.2)
     torch.manual_seed(seed)
     base = models.create(model, data.num_classes, img_size).eval()
     task = Task(base, data, img_size, mean, std, model)
     ctx = Context(
-        train_x=data.train.x[:CONTEXT_IMAGES], train_y=data.train.y[:CONTEXT_IMAGES], teacher=base,
+        train_x=data.train.x[:context_images], train_y=data.train.y[:context_images], teacher=base,
         seed=seed,
     )
     return task, ctx
@@ -59,7 +63,7 @@ def sample_candidates(
     uncompressed baseline. A candidate that fails to build is skipped (and logged)."""
     setups = {}
     for name in model_names:
-        task, ctx = _task(name, img_size, seed)
+        task, ctx = untrained_task(name, img_size, seed, CONTEXT_IMAGES)
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed * 1000 + len(setups)))
         setups[name] = (task, ctx, Space.load(resolve(space, task.base)), study)
     made, attempt = 0, 0

@@ -10,12 +10,14 @@ Needs only ``onnx``, ``onnxruntime`` and ``numpy``, so it can run beside the dev
 from __future__ import annotations
 
 import math
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, shape_inference
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -184,8 +186,6 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
 def runtime_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[tuple[int, ...], int]]:
     """Shapes and element types of ``names`` from one onnxruntime run on random inputs (every
     tensor exposed as an output, graph optimizations off so that each one still exists)."""
-    import onnxruntime as ort
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     graph = probe.graph
@@ -217,10 +217,6 @@ def optimized(model: str | Path, batch: int = 1) -> onnx.ModelProto:
     """The graph onnxruntime actually runs: its portable fusions applied (``ORT_ENABLE_EXTENDED``:
     Conv+activation, MatMul+Add, GELU, LayerNorm, QDQ pairs into integer kernels, fp16 casts), but
     none of the layout changes specific to this CPU, so it stands for the graph on any device."""
-    import tempfile
-
-    import onnxruntime as ort
-
     fixed = _fixed_batch(onnx.load(str(model)), batch)
     with tempfile.TemporaryDirectory(prefix="edgepareto-opt-") as tmp:
         out = Path(tmp) / "optimized.onnx"
