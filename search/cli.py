@@ -96,6 +96,17 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--agent": ("agent", str, "http://DEVICE:PORT of the agent measuring a device profile's target"),
     "--threads": ("threads", int, "threads on the target (default 1)"),
     "--repeats": ("repeats", int, "timed runs per latency measurement (default 50)"),
+    "--backend": ("backend", str, "optuna (default; add processes with edgepareto worker) or ray"),
+    "--ray-address": (
+        "ray_address", str, "ray: auto, ray://HOST:10001 or HOST:6379 of a cluster (default: a local Ray)"
+    ),
+    "--cpus-per-trial": (
+        "cpus_per_trial", _positive_int,
+        "torch and onnxruntime threads per trial (default: all cores; ray: 1)",
+    ),
+    "--gpus-per-trial": ("gpus_per_trial", float, "ray: GPUs reserved per trial (default 0)"),
+    "--max-concurrent": ("max_concurrent", _positive_int, "ray: trials at once (default: as CPUs allow)"),
+    "--trial-timeout": ("trial_timeout", float, "fail a trial that runs longer than this many seconds"),
 }
 
 
@@ -110,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--runs-dir", default=None, help="where runs are written (default runs)")
     search.add_argument("--resume", metavar="NAME", help="continue the interrupted run NAME")
     search.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    worker = sub.add_parser(
+        "worker", help="join a run as one more process: its trials, through a shared RDB storage"
+    )
+    worker.add_argument("name", help="the run (study) to join")
+    worker.add_argument("--storage", required=True, help="the run's storage, e.g. postgresql://...")
+    worker.add_argument(
+        "--runs-dir", default=None, help="the shared runs root (default: the one the run started with)"
+    )
+    worker.add_argument("--quiet", action="store_true", help="no progress lines")
 
     show = sub.add_parser("show", help="print the Pareto table of a finished run")
     show.add_argument("name")
@@ -162,17 +183,16 @@ def _search(args: argparse.Namespace) -> int:
     overrides = {dest: getattr(args, dest) for dest, _, _ in SEARCH_OPTIONS.values()}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume:
-        allowed = {"trials", "timeout"}
-        extra = sorted(set(overrides) - allowed)
+        from search.engine import RESUMABLE
+
+        extra = sorted(set(overrides) - set(RESUMABLE))
         if extra or args.config:
+            flags = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
             raise UserError(
-                "--resume takes its settings from the run's run.yaml; only --trials and "
-                f"--timeout may change (got {', '.join(extra) or '--config'})"
+                f"--resume takes its settings from the run's run.yaml; only {flags} may change "
+                f"(got {', '.join('--' + k.replace('_', '-') for k in extra) or '--config'})"
             )
-        report = resume_search(
-            args.resume, args.runs_dir or "runs", overrides.get("trials"), overrides.get("timeout"),
-            quiet=args.quiet,
-        )
+        report = resume_search(args.resume, args.runs_dir or "runs", quiet=args.quiet, **overrides)
     else:
         base: dict[str, Any] = {}
         if args.config:
@@ -194,6 +214,13 @@ def _read_yaml(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping of settings")
     return data
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from search.engine import run_worker
+
+    run_worker(args.name, args.storage, args.runs_dir, quiet=args.quiet)
+    return 0
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -272,7 +299,7 @@ def _targets(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "search": _search, "show": _show, "bench": _bench, "analyze": _analyze, "targets": _targets,
-    "calibrate": _calibrate,
+    "calibrate": _calibrate, "worker": _worker,
 }
 
 

@@ -13,6 +13,7 @@ from search.errors import UserError
 OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}
 SAMPLERS = ("tpe", "random", "nsga2")
 LATENCY_MODES = ("measure", "predict", "hybrid")
+BACKENDS = ("optuna", "ray")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -52,6 +53,12 @@ class RunConfig:
     agent: str | None = None  # http://DEVICE:PORT of the agent measuring a device profile's target
     threads: int = 1
     repeats: int = 50
+    backend: str = "optuna"  # optuna: trials in this process (more join with `edgepareto worker`); ray
+    ray_address: str | None = None  # None: a local Ray; auto; ray://HOST:PORT; HOST:PORT
+    cpus_per_trial: int | None = None  # torch and onnxruntime threads of a trial; None: all (ray: 1)
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None  # ray: trials at once; None: as many as the cluster's CPUs allow
+    trial_timeout: float | None = None  # seconds; a longer trial fails with a timeout reason
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -96,6 +103,21 @@ class RunConfig:
                 raise UserError(f"--{key.replace('_', '-')} must lie in (0, 1]")
         if self.timeout is not None and self.timeout <= 0:
             raise UserError("--timeout must be a positive number of seconds")
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend != "ray":
+            for key in ("ray_address", "max_concurrent"):
+                if getattr(self, key) is not None:
+                    raise UserError(f"--{key.replace('_', '-')} needs --backend ray")
+        if self.cpus_per_trial is not None:
+            _at_least("cpus-per-trial", self.cpus_per_trial, 1)
+        if self.max_concurrent is not None:
+            _at_least("max-concurrent", self.max_concurrent, 1)
+        if isinstance(self.gpus_per_trial, bool) or not isinstance(self.gpus_per_trial, (int, float)) \
+                or self.gpus_per_trial < 0:
+            raise UserError(f"--gpus-per-trial must be a number of at least 0, got {self.gpus_per_trial!r}")
+        if self.trial_timeout is not None and self.trial_timeout <= 0:
+            raise UserError("--trial-timeout must be a positive number of seconds")
         if not self.objectives:
             raise UserError("--objectives needs at least one of accuracy, latency, size")
         for obj in self.objectives:

@@ -1,14 +1,17 @@
 """The search engine: an Optuna study driven through ask/tell, with resume and failure handling.
 
 Trial states map explicitly: the objective returns -> COMPLETE; it raises -> FAIL with the reason
-in the trial's ``fail_reason``; the process dies mid-trial -> the trial stays RUNNING in storage, and
-``resume`` marks it FAIL (``interrupted``) and enqueues the same parameters again.
+in the trial's ``fail_reason``; the process dies mid-trial -> the trial stays RUNNING in storage until
+a process notices (``search.cluster``: its owner is dead, or its heartbeat is stale) and marks it FAIL
+(``interrupted``, not counted) and enqueues the same parameters again. The same loop runs in the
+driver and in every ``edgepareto worker``; ``--backend ray`` hands the trials to Ray Tune instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -21,19 +24,25 @@ from optuna.trial import TrialState
 from torch import nn
 
 from search import models
-from search.atomic import write_json, write_text
+from search.atomic import write_text
+from search.cluster import describe, finished_count, open_storage, recover, running_count
 from search.config import RunConfig
 from search.errors import UserError
 from search.interrupt import Interrupts
-from search.objective import BASELINE_ATTR, Objective, is_feasible, trial_dir
+from search.objective import BASELINE_ATTR, Objective, is_feasible
 from search.progress import Progress
 from search.results import Report, finalize
+from search.runner import run_trial
 from search.task import Task, prepare_all
 from spaces import Space
 from spaces.space import AUTO, JointSpace, resolve
 from targets.latency import LatencyPlan, plan_latency
 
-FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+#: Study attributes that let a worker join a run from its storage alone.
+CONFIG_ATTR = "edgepareto:config"
+SPACE_ATTR = "edgepareto:space"
+#: Seconds between looks at the study while the last trials run in other processes.
+WAIT_S = 1.0
 
 
 def _seed(cfg: RunConfig) -> int:
@@ -84,6 +93,10 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     storage = open_storage(cfg.storage) if cfg.storage else None
     if storage is not None and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
+    if cfg.backend == "ray":
+        from search.ray_backend import check_ray
+
+        check_ray()  # installed, before any training
     # resolve and check each model's space on an untrained instance, before any training
     untrained = {m: models.create(m, 2, cfg.img_size, cfg.patch_size) for m in cfg.models}
     models.check_patch_size(cfg.patch_size, untrained)
@@ -93,10 +106,12 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     write_text(run.dir / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_text(run.dir / "space.yaml", yaml.safe_dump(space.to_mapping(), sort_keys=False))
     study = optuna.create_study(
-        study_name=name, storage=storage or run.storage_url(cfg), directions=cfg.directions,
-        sampler=SAMPLERS[cfg.sampler](cfg),
+        study_name=name, storage=storage or open_storage(run.storage_url(cfg)),
+        directions=cfg.directions, sampler=SAMPLERS[cfg.sampler](cfg),
     )
     study.set_metric_names(list(cfg.objectives))
+    study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+    study.set_user_attr(SPACE_ATTR, space.to_mapping())
     for model in space.models:
         study.enqueue_trial(space.baseline_params(model), user_attrs={BASELINE_ATTR: True})
     if cfg.warm_start:
@@ -126,15 +141,21 @@ def load_space(run: Run, cfg: RunConfig) -> JointSpace:
     return JointSpace(((cfg.models[0], Space.from_mapping(data, where=run.name)),))
 
 
+#: Settings ``--resume`` may change: how long and where it runs, never what it searches.
+RESUMABLE = ("trials", "timeout", "trial_timeout", "ray_address", "max_concurrent", "cpus_per_trial")
+
+
 def resume_search(
-    name: str, runs_dir: str = "runs", trials: int | None = None, timeout: float | None = None,
-    progress: Progress | None = None, quiet: bool = False,
+    name: str, runs_dir: str = "runs", progress: Progress | None = None, quiet: bool = False,
+    **changes: object,
 ) -> Report:
-    """Continue an interrupted (or finished) run; ``trials``/``timeout`` may be raised."""
+    """Continue an interrupted (or finished) run; the settings in ``RESUMABLE`` may change."""
     run = Run(name, Path(runs_dir))
     cfg = load_config(run)
-    changes = {k: v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
-    cfg = cfg.replace(**changes)
+    bad = sorted(set(changes) - set(RESUMABLE))
+    if bad:
+        raise UserError(f"--resume cannot change {', '.join(bad)}")
+    cfg = cfg.replace(**{k: v for k, v in changes.items() if v is not None})
     _check_runs_root(run.root)
     progress = progress or Progress(cfg.objectives, cfg.directions, quiet=quiet)
     space = load_space(run, cfg)
@@ -147,19 +168,11 @@ def resume_search(
         )
     except KeyError:
         raise UserError(f"the storage of run {name!r} has no study of that name") from None
-    recovered = recover_interrupted(study)
+    recovered = recover(study, everything=True)
     if recovered:
-        progress.log(f"resume: re-queued interrupted trial(s) {', '.join(map(str, recovered))}")
+        progress.log(f"resume: re-queued interrupted trial(s) {describe(recovered)}")
     progress.log(f"resume {name}: {finished_count(study)} of {cfg.trials} trials done")
     return _execute(cfg, run, study, tasks, space, plan, progress)
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage (SQLite, PostgreSQL, MySQL, ...); a bad URL is a ``UserError``."""
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:
-        raise UserError(f"cannot open storage {url}: {_reason(exc)}") from None
 
 
 def load_config(run: Run) -> RunConfig:
@@ -169,78 +182,102 @@ def load_config(run: Run) -> RunConfig:
     return RunConfig.from_dict(yaml.safe_load(path.read_text()))
 
 
-def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards ``--trials``: finished, and not cut short by an interruption."""
-    return sum(
-        1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-        if not t.user_attrs.get("interrupted")
-    )
-
-
-def recover_interrupted(study: optuna.Study) -> list[int]:
-    """Mark trials left RUNNING by a killed process as FAIL and enqueue their parameters again."""
-    storage = study._storage  # Optuna exposes no public handle; RetryFailedTrialCallback does this
-    study_id = storage.get_study_id_from_name(study.study_name)
-    numbers = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(trial_id, "interrupted", True)
-        storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted: the run stopped mid-trial")
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        attrs = {"retry_of": t.number}
-        if t.user_attrs.get(BASELINE_ATTR):
-            attrs[BASELINE_ATTR] = True
-        study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
-        numbers.append(t.number)
-    return numbers
-
-
 def _execute(
     cfg: RunConfig, run: Run, study: optuna.Study, tasks: Mapping[str, Task], space: JointSpace,
     plan: LatencyPlan, progress: Progress,
 ) -> Report:
     objective = Objective(cfg, tasks, space, plan, run.dir, progress)
     with Interrupts() as interrupts:
-        _loop(cfg, run, study, objective, progress, interrupts)
+        if cfg.backend == "ray":
+            from search.ray_backend import run_ray
+
+            run_ray(cfg, run.dir, run.storage_url(cfg), study, objective, progress)
+        else:
+            _loop(cfg, study, objective, progress, interrupts)
     return finalize(study, cfg, tasks, plan, run.dir, progress)
 
 
 def _loop(
-    cfg: RunConfig, run: Run, study: optuna.Study, objective: Objective, progress: Progress,
-    interrupts: Interrupts,
-) -> None:
-    """Ask, evaluate, tell until ``cfg.trials`` count. A trial cut short by Ctrl-C is never told:
-    it stays RUNNING, and ``resume`` re-queues it."""
+    cfg: RunConfig, study: optuna.Study, objective: Objective, progress: Progress,
+    interrupts: Interrupts, stop_on_baseline_failure: bool = True,
+) -> int:
+    """Ask, evaluate, tell until ``cfg.trials`` count; returns how many trials this process ran.
+
+    Trials of other processes on the same study count too: when the rest are running elsewhere this
+    waits for them (re-queuing and running any whose process died). A trial cut short by Ctrl-C is
+    never told: it stays RUNNING, and ``resume`` re-queues it."""
     start = time.monotonic()
-    while (done := finished_count(study)) < cfg.trials:
+    ran = 0
+    while True:
+        recovered = recover(study)
+        if recovered:
+            progress.log(f"re-queued trial(s) {describe(recovered)}: their worker stopped mid-trial")
+        done = finished_count(study)
+        if done >= cfg.trials:
+            break
         if cfg.timeout is not None and time.monotonic() - start >= cfg.timeout:
             progress.log(f"timeout of {cfg.timeout:g} s reached after {done} trials")
             break
+        if done + running_count(study) >= cfg.trials:  # the last trials run in other processes
+            interrupts.check()
+            time.sleep(WAIT_S)
+            continue
         trial = study.ask()
         progress.trial(done + 1, cfg.trials, trial.number)
-        try:
-            values = objective(trial)
-        except UserError:  # the run itself cannot go on (the device's agent went away): stop, resumable
-            raise
-        except Exception as exc:  # any failure of a candidate is a FAIL trial, never a crash
-            interrupts.check()  # ...unless it was Ctrl-C that some library turned into an error
-            reason = _reason(exc)
-            trial.set_user_attr("fail_reason", reason)
+        outcome = run_trial(trial, objective, interrupts)
+        ran += 1
+        if outcome.state == TrialState.FAIL:
             study.tell(trial, state=TrialState.FAIL)
-            out = trial_dir(run.dir, trial.number)
-            if out.is_dir():
-                write_json(out / "metrics.json", {"state": "FAIL", "fail_reason": reason})
-            progress.done(f"FAIL {reason}", None)
-            if trial.user_attrs.get(BASELINE_ATTR):
-                raise UserError(f"the uncompressed baseline failed, nothing to compare: {reason}") from None
+            progress.done(f"FAIL {outcome.reason}", None)
+            if trial.user_attrs.get(BASELINE_ATTR) and stop_on_baseline_failure:
+                raise UserError(f"the uncompressed baseline failed, nothing to compare: {outcome.reason}")
             continue
         interrupts.check()  # a swallowed Ctrl-C may have cut the evaluation short
-        frozen = study.tell(trial, values)
+        frozen = study.tell(trial, list(outcome.values))
         feasible = is_feasible(frozen)
         progress.done(
             f"{frozen.user_attrs['techniques']}" + ("" if feasible else " (over budget)"),
-            values, feasible,
+            outcome.values, feasible,
         )
+    return ran
+
+
+def run_worker(
+    name: str, storage: str, runs_dir: str | None = None, quiet: bool = False,
+) -> int:
+    """Join the run ``name`` in ``storage`` as one more worker (``edgepareto worker``): run its
+    trials until the run has ``trials`` of them; artifacts go to the run's folder in ``runs_dir``
+    (default: the driver's runs root, which must be shared). Returns the trials this worker ran."""
+    study_storage = open_storage(storage)
+    try:
+        attrs = optuna.load_study(study_name=name, storage=study_storage).user_attrs
+    except KeyError:
+        raise UserError(f"storage {storage} has no study named {name!r}") from None
+    if CONFIG_ATTR not in attrs:
+        raise UserError(f"study {name!r} in {storage} was not created by edgepareto search")
+    cfg = RunConfig.from_dict(attrs[CONFIG_ATTR])
+    if runs_dir is not None:
+        cfg = cfg.replace(runs_dir=runs_dir)
+    run = Run(name, Path(cfg.runs_dir))
+    _check_runs_root(run.root)
+    if cfg.backend == "ray":
+        raise UserError(f"run {name!r} uses --backend ray; add nodes to its Ray cluster instead")
+    progress = Progress(cfg.objectives, cfg.directions, quiet=quiet)
+    space = JointSpace.from_mapping(attrs[SPACE_ATTR], where=name)
+    plan = _plan(cfg, run.root)
+    tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
+    # each worker samples with its own seed: equal seeds would propose the same candidates
+    sampler_cfg = cfg.replace(sampler_seed=random.SystemRandom().randrange(2**31))
+    study = optuna.load_study(
+        study_name=name, storage=study_storage, sampler=SAMPLERS[cfg.sampler](sampler_cfg)
+    )
+    run.dir.mkdir(parents=True, exist_ok=True)
+    progress.log(f"worker on run {name}: {finished_count(study)} of {cfg.trials} trials done")
+    objective = Objective(cfg, tasks, space, plan, run.dir, progress)
+    with Interrupts() as interrupts:
+        ran = _loop(cfg, study, objective, progress, interrupts, stop_on_baseline_failure=False)
+    progress.log(f"worker done: ran {ran} trial(s); the run has {finished_count(study)} of {cfg.trials}")
+    return ran
 
 
 def _plan(cfg: RunConfig, runs_root: Path) -> LatencyPlan:
@@ -250,11 +287,6 @@ def _plan(cfg: RunConfig, runs_root: Path) -> LatencyPlan:
     if callable(check) and plan.mode != "predict":
         check()
     return plan
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or "no message"
-    return f"{type(exc).__name__}: {text[:400]}"
 
 
 def _check_runs_root(root: Path) -> None:

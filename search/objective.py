@@ -7,6 +7,7 @@ engine turns that into a FAIL trial with the reason. The Ray backend can reuse i
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.atomic import write_json
+from search.cluster import BASELINE_ATTR
 from search.config import RunConfig
 from search.pareto import is_dominated
 from search.pipeline import Metrics, build, evaluate
@@ -27,8 +29,8 @@ from targets.deploy import deployability
 from targets.graph import analyze
 from targets.latency import HYBRID_SAMPLE, LatencyPlan
 
-BASELINE_ATTR = "baseline"
 MODEL_ATTR = "model"
+BASELINE_POLL_S = 1.0
 
 
 def baseline_accuracy_key(model: str) -> str:
@@ -133,7 +135,7 @@ class Objective:
         for key, value in metrics.to_dict().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
-        baseline_accuracy = trial.study.user_attrs.get(baseline_accuracy_key(model_name))
+        baseline_accuracy = None if baseline else self.baseline_accuracy(trial, model_name)
         violations = budget_constraints(metrics, self.cfg, baseline_accuracy)
         if self.plan.profile is not None:
             verdict = deployability(analyze(path, batch=task.input_shape[0]), self.plan.profile)
@@ -146,6 +148,22 @@ class Objective:
         if baseline:
             trial.study.set_user_attr(baseline_accuracy_key(model_name), metrics.accuracy)
         return objective_values(metrics, self.cfg.objectives)
+
+    def baseline_accuracy(self, trial: optuna.Trial, model: str) -> float | None:
+        """The base model's validation accuracy; while another process is still running that
+        baseline (parallel workers, Ray), wait for it rather than judge the budget without it."""
+        while True:
+            value = trial.study.user_attrs.get(baseline_accuracy_key(model))
+            if value is not None:
+                return value
+            running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not any(
+                t.user_attrs.get(BASELINE_ATTR) and t.user_attrs.get(MODEL_ATTR) == model
+                and t.number != trial.number for t in running
+            ):
+                return None
+            self.progress.stage(f"waiting for the {model} baseline running elsewhere")
+            time.sleep(BASELINE_POLL_S)
 
     def worth_measuring(self, trial: optuna.Trial, metrics: Metrics) -> bool:
         """Hybrid: measure a candidate that no finished trial dominates on its predicted values, a

@@ -73,8 +73,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
 
 
 def onnx_accuracy(path: Path, split: Split, batch_size: int = 128) -> float:
-    """Top-1 accuracy of the ONNX file in a fresh onnxruntime session."""
-    session = cpu_session(path, threads=os.cpu_count() or 1)
+    """Top-1 accuracy of the ONNX file in a fresh onnxruntime session, with torch's thread count
+    (``--cpus-per-trial``; by default every core)."""
+    session = cpu_session(path, threads=torch.get_num_threads())
     name = session.get_inputs()[0].name
     x = split.x.numpy()
     correct = 0

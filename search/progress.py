@@ -26,6 +26,14 @@ class Progress:
         self.best: dict[str, float] = {}
         self.position = ""
 
+    def __getstate__(self) -> dict:
+        """Picklable (a Ray trial gets a copy): the stream is reattached to stderr."""
+        return {k: v for k, v in self.__dict__.items() if k != "stream"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.stream = sys.stderr
+
     def log(self, message: str) -> None:
         if self.quiet:
             return

@@ -147,9 +147,10 @@ def finalize(
 def side_by_side(target: Target, paths: list[Path], input_shape: tuple[int, ...]) -> list[Latency]:
     """Latency of every file under the same machine conditions: interleaved passes, then medians
     (a predicting target gives the same answer every pass, so it makes one)."""
-    passes = [[target.latency(p, input_shape) for p in paths]]
-    if not all(lat.source.startswith("predicted") for lat in passes[0]):
-        passes += [[target.latency(p, input_shape) for p in paths] for _ in range(PASSES - 1)]
+    with target.exclusive():  # one hold for all passes: nothing else runs on the device meanwhile
+        passes = [[target.latency(p, input_shape) for p in paths]]
+        if not all(lat.source.startswith("predicted") for lat in passes[0]):
+            passes += [[target.latency(p, input_shape) for p in paths] for _ in range(PASSES - 1)]
     return [
         replace(
             passes[0][i],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class Target(ABC):
 
     @abstractmethod
     def describe(self) -> str: ...
+
+    def exclusive(self) -> contextlib.AbstractContextManager:
+        """Hold the device for a series of measurements (this machine's CPU: its slot; a remote
+        agent serializes its own measurements; a prediction needs nothing)."""
+        return contextlib.nullcontext()
 
 
 def create_target(name: str, **kwargs: Any) -> Target:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from pathlib import Path
@@ -11,6 +12,10 @@ import onnxruntime as ort
 
 from targets.agent import session_options
 from targets.base import TARGETS, Latency, Target
+from targets.slot import slot_for
+
+#: The device slot of this machine's CPU (see ``targets.slot``).
+HOST_DEVICE = "host"
 
 
 def cpu_session(onnx_path: Path | str, threads: int) -> ort.InferenceSession:
@@ -47,7 +52,9 @@ class HostTarget(Target):
         self.repeats = repeats
 
     def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency:
-        times = time_session(cpu_session(onnx_path, self.threads), input_shape, self.warmup, self.repeats)
+        session = cpu_session(onnx_path, self.threads)
+        with self.exclusive():  # no other trial's work runs on this CPU meanwhile
+            times = time_session(session, input_shape, self.warmup, self.repeats)
         return Latency(
             median_ms=float(np.median(times) * 1e3),
             p90_ms=float(np.percentile(times, 90) * 1e3),
@@ -57,6 +64,9 @@ class HostTarget(Target):
             target=self.name,
             min_ms=float(times.min() * 1e3),
         )
+
+    def exclusive(self) -> contextlib.AbstractContextManager:
+        return slot_for(HOST_DEVICE).measure()
 
     def describe(self) -> str:
         return (

@@ -94,6 +94,14 @@ class LatencyPlan:
         """What the final front is timed with: measured wherever the device is reachable."""
         return self.predictor if self.mode == "predict" else self.measurer  # type: ignore[return-value]
 
+    @property
+    def local_device(self) -> str | None:
+        """The device slot of this machine when candidates are measured here, else None (a remote
+        device or a prediction is not disturbed by work on this machine)."""
+        from targets.host import HOST_DEVICE, HostTarget
+
+        return HOST_DEVICE if isinstance(self.measurer, HostTarget) and self.mode != "predict" else None
+
     def describe(self) -> str:
         parts = [f"latency {self.mode} on {self.target}"]
         if self.measurer is not None and self.mode != "predict":
