@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=int, default=0)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["search", "techniques", "predictor"])
+    bench.add_argument("what", choices=["search", "techniques", "predictor", "scaling"])
     bench.add_argument("--trials", type=_positive_int, default=20)
     bench.add_argument("--seeds", type=_positive_int, default=3)
     bench.add_argument("--runs-dir", default="runs")
@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--agent", help="predictor: the agent of a profile's device")
     bench.add_argument("--train", type=_positive_int, default=150, help="predictor: models fitted on")
     bench.add_argument("--held-out", type=_positive_int, default=60, help="predictor: models scored")
+    bench.add_argument("--epochs", type=int, default=None, help="scaling: baseline training epochs")
+    bench.add_argument(
+        "--setups", type=_csv, default=None,
+        help="scaling: comma list of optuna-1, optuna-2, ray-1, ray-2 (default all)",
+    )
     return parser
 
 
@@ -219,7 +224,8 @@ def _read_yaml(path: str) -> dict[str, Any]:
 def _worker(args: argparse.Namespace) -> int:
     from search.engine import run_worker
 
-    run_worker(args.name, args.storage, args.runs_dir, quiet=args.quiet)
+    ran = run_worker(args.name, args.storage, args.runs_dir, quiet=args.quiet)
+    print(f"worker {args.name}: ran {ran} trial(s)")
     return 0
 
 
@@ -258,6 +264,19 @@ def _bench(args: argparse.Namespace) -> int:
             log=_log,
         )
         print(format_bench(table))
+        return 0
+    if args.what == "scaling":
+        from search.bench_scaling import SETUPS, bench_scaling, format_scaling
+
+        setups = tuple(args.setups or SETUPS)
+        unknown = [s for s in setups if s not in SETUPS]
+        if unknown:
+            raise UserError(f"unknown setup(s) {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
+        results = bench_scaling(
+            trials=args.trials, runs_dir=args.runs_dir, model=args.model or "resnet18",
+            img_size=args.img_size or 16, epochs=args.epochs, setups=setups, log=_log,
+        )
+        print(format_scaling(results))
         return 0
     if args.what == "techniques":
         from search.bench_techniques import bench_techniques, format_techniques

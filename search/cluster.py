@@ -124,9 +124,28 @@ def recover(study: optuna.Study, everything: bool = False) -> list[int]:
     return [t.number for t, reason in orphans if requeue(study, t, reason)]
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> bool:
-    """Mark a RUNNING trial FAIL (interrupted) and enqueue its parameters again. False when another
-    process got there first."""
+def surplus(study: optuna.Study, number: int, trials: int) -> bool:
+    """Whether the just-asked trial ``number`` is beyond ``trials``: two processes saw one trial
+    left and both asked. The lowest-numbered running trials keep the remaining places."""
+    places = trials - finished_count(study)
+    running = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return number not in running[: max(places, 0)]
+
+
+def give_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Withdraw a surplus trial before it runs: FAIL, not counted; an enqueued one (a baseline, a
+    recipe, a retry) goes back to the queue."""
+    trial.set_user_attr(OWNER_ATTR, owner())
+    frozen = study._storage.get_trial(trial._trial_id)
+    reason = "not run: another process took the run's last place at the same moment"
+    requeue(study, frozen, reason, again="fixed_params" in frozen.system_attrs)
+
+
+def requeue(
+    study: optuna.Study, trial: FrozenTrial, reason: str | None = None, again: bool = True
+) -> bool:
+    """Mark a RUNNING trial FAIL (interrupted, not counted) and, if ``again``, enqueue its parameters
+    again. False when another process got there first."""
     storage = study._storage
     try:
         storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
@@ -137,6 +156,8 @@ def requeue(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) 
             return False
     except UpdateFinishedTrialError:
         return False
+    if not again:
+        return True
     attrs = {"retry_of": trial.number}
     if trial.user_attrs.get(BASELINE_ATTR):
         attrs[BASELINE_ATTR] = True

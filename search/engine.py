@@ -25,7 +25,15 @@ from torch import nn
 
 from search import models
 from search.atomic import write_text
-from search.cluster import describe, finished_count, open_storage, recover, running_count
+from search.cluster import (
+    describe,
+    finished_count,
+    give_back,
+    open_storage,
+    recover,
+    running_count,
+    surplus,
+)
 from search.config import RunConfig
 from search.errors import UserError
 from search.interrupt import Interrupts
@@ -93,10 +101,7 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     storage = open_storage(cfg.storage) if cfg.storage else None
     if storage is not None and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
-    if cfg.backend == "ray":
-        from search.ray_backend import check_ray
-
-        check_ray()  # installed, before any training
+    _start_backend(cfg)
     # resolve and check each model's space on an untrained instance, before any training
     untrained = {m: models.create(m, 2, cfg.img_size, cfg.patch_size) for m in cfg.models}
     models.check_patch_size(cfg.patch_size, untrained)
@@ -160,6 +165,7 @@ def resume_search(
     progress = progress or Progress(cfg.objectives, cfg.directions, quiet=quiet)
     space = load_space(run, cfg)
     plan = _plan(cfg, run.root)
+    _start_backend(cfg)
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
     try:
         study = optuna.load_study(
@@ -223,6 +229,9 @@ def _loop(
             time.sleep(WAIT_S)
             continue
         trial = study.ask()
+        if surplus(study, trial.number, cfg.trials):
+            give_back(study, trial)
+            continue
         progress.trial(done + 1, cfg.trials, trial.number)
         outcome = run_trial(trial, objective, interrupts)
         ran += 1
@@ -276,8 +285,16 @@ def run_worker(
     objective = Objective(cfg, tasks, space, plan, run.dir, progress)
     with Interrupts() as interrupts:
         ran = _loop(cfg, study, objective, progress, interrupts, stop_on_baseline_failure=False)
-    progress.log(f"worker done: ran {ran} trial(s); the run has {finished_count(study)} of {cfg.trials}")
+    progress.log(f"worker done: the run has {finished_count(study)} of {cfg.trials} trials")
     return ran
+
+
+def _start_backend(cfg: RunConfig) -> None:
+    """Ray: installed and its cluster reachable, checked before any training."""
+    if cfg.backend == "ray":
+        from search.ray_backend import connect
+
+        connect(cfg.ray_address)
 
 
 def _plan(cfg: RunConfig, runs_root: Path) -> LatencyPlan:

@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import math
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from search.runner import Outcome, run_trial
 
 #: The Ray trial's config key holding the Optuna trial it evaluates.
 TRIAL_KEY = "edgepareto_trial_id"
+#: The Ray node a trial ran on.
+NODE_ATTR = "ray_node"
 NO_RESULT = "the Ray trial ended without a result: its worker process died or raised"
 
 
@@ -47,10 +50,12 @@ def check_ray() -> None:
 def connect(address: str | None) -> None:
     """Join the cluster at ``address`` (``auto``, ``ray://HOST:10001``, ``HOST:6379``), or start a
     local Ray when None."""
+    check_ray()
     import ray
 
     if ray.is_initialized():
         return
+    _reachable(address)
     try:
         ray.init(
             address=address, include_dashboard=False, logging_level=logging.WARNING,
@@ -59,6 +64,19 @@ def connect(address: str | None) -> None:
     except Exception as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise UserError(f"cannot start {where}: {' '.join(str(exc).split())[:300]}") from None
+
+
+def _reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A HOST:PORT address must accept a TCP connection; Ray itself retries for minutes."""
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        raise UserError(f"--ray-address {address}: expected auto, ray://HOST:PORT or HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def result_of(outcome: Outcome, objectives: tuple[str, ...]) -> dict[str, Any]:
@@ -74,6 +92,7 @@ def _trainable(
     config: dict[str, Any], *, objective: Objective, storage_url: str,
 ) -> None:
     """One Ray trial: the stored Optuna trial, evaluated by the shared runner."""
+    import ray
     from ray import tune
 
     warnings.filterwarnings("ignore")
@@ -83,6 +102,7 @@ def _trainable(
         study_name=cfg.name, storage=open_storage(storage_url), sampler=optuna.samplers.RandomSampler(),
     )
     trial = optuna.Trial(study, config[TRIAL_KEY])
+    trial.set_user_attr(NODE_ATTR, ray.get_runtime_context().get_node_id())
     tune.report(result_of(run_trial(trial, objective), cfg.objectives))
 
 
@@ -125,7 +145,7 @@ def _searcher(cfg: RunConfig, study: optuna.Study, objective: Objective, progres
                 progress.done(frozen.user_attrs.get("techniques", ""), values)
                 return
             reason = (result or {}).get("fail_reason") or NO_RESULT
-            if TrialState.RUNNING == study._storage.get_trial(asked._trial_id).state:
+            if study._storage.get_trial(asked._trial_id).state == TrialState.RUNNING:
                 if "fail_reason" not in asked.user_attrs:
                     asked.set_user_attr("fail_reason", reason)
                 self._ot_study.tell(asked, state=TrialState.FAIL)

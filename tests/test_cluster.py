@@ -1,0 +1,133 @@
+"""Several processes on one study in a real PostgreSQL: ``edgepareto worker`` joins a driver's run,
+trial counts add up, a worker killed mid-trial loses nothing, and ``--trial-timeout`` stops a trial."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.cluster import OWNER_ATTR, finished_count
+from tests.conftest import ROOT, TINY, run_cli
+from tests.postgres import fresh_database, postgres_url  # noqa: F401
+from tests.test_resume import slow_space
+
+TRIALS = 8
+
+
+def popen(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", *args], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+
+
+def start_run(runs: Path, name: str, storage: str, space: Path, trials: int = TRIALS) -> subprocess.Popen:
+    return popen(
+        "search", "--runs-dir", str(runs), "--name", name, "--trials", str(trials), "--storage", storage,
+        "--space", str(space), *TINY,
+    )
+
+
+def wait_for(condition, procs: list[subprocess.Popen], limit: float = 240, what: str = "") -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for proc in procs:
+            assert proc.poll() is None, f"exited early: {proc.communicate()[1][-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def study_of(storage: str, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out + err
+
+
+def owners(study: optuna.Study) -> Counter:
+    return Counter(t.user_attrs.get(OWNER_ATTR, "").rpartition(":")[2] for t in study.get_trials())
+
+
+def check_nothing_lost(study: optuna.Study, run: Path) -> None:
+    trials = study.get_trials(deepcopy=False)
+    assert [t.number for t in trials] == list(range(len(trials)))  # no number used twice
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert finished_count(study) == TRIALS  # exactly the requested number counted
+    for t in trials:
+        assert (run / "trials" / f"{t.number:04d}" / "params.json").is_file()
+        if t.state == TrialState.COMPLETE:
+            assert (run / "trials" / f"{t.number:04d}" / "model.onnx").is_file()
+    recipes = [t for t in trials if t.user_attrs.get("recipe") and not t.user_attrs.get("interrupted")]
+    assert len({tuple(sorted(t.params.items())) for t in recipes}) == len(recipes)  # each ran once
+
+
+def test_two_workers_share_a_postgres_study(tmp_path, fresh_database, capfd):  # noqa: F811
+    runs, name, storage = tmp_path / "runs", "shared", fresh_database
+    driver = start_run(runs, name, storage, slow_space(tmp_path))
+    wait_for(lambda: study_of(storage, name) is not None, [driver], what="the study")
+    worker = popen("worker", name, "--storage", storage, "--quiet")
+    worker_log, driver_log = finish(worker), finish(driver)
+    study = study_of(storage, name)
+    by_pid = owners(study)
+    assert set(by_pid) == {str(driver.pid), str(worker.pid)}, by_pid  # both ran trials, nobody else
+    assert sum(by_pid.values()) == len(study.trials)  # every trial ran in exactly one process
+    assert f"ran {by_pid[str(worker.pid)]} trial(s)" in worker_log
+    check_nothing_lost(study, runs / name)
+    assert "pareto" in driver_log
+    code, out, err = run_cli(["show", name, "--runs-dir", str(runs)], capfd)  # the driver's summary
+    assert code == 0 and "baseline" in out, err
+
+
+def test_killed_worker_trial_is_requeued(tmp_path, fresh_database):  # noqa: F811
+    runs, name, storage = tmp_path / "runs", "killed-worker", fresh_database
+    driver = start_run(runs, name, storage, slow_space(tmp_path))
+    wait_for(lambda: study_of(storage, name) is not None, [driver], what="the study")
+    worker = popen("worker", name, "--storage", storage, "--quiet")
+
+    def worker_mid_trial() -> bool:
+        running = study_of(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return any(t.user_attrs.get(OWNER_ATTR, "").endswith(f":{worker.pid}") for t in running)
+
+    wait_for(worker_mid_trial, [driver, worker], what="a trial of the worker")
+    worker.kill()  # SIGKILL: no cleanup, the trial stays RUNNING in the storage
+    worker.wait()
+    finish(driver)  # the driver notices the dead worker, re-queues its trial and runs it
+    study = study_of(storage, name)
+    killed = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert len(killed) == 1 and killed[0].state == TrialState.FAIL
+    assert killed[0].user_attrs[OWNER_ATTR].endswith(f":{worker.pid}")
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == killed[0].number]
+    assert len(retries) == 1 and retries[0].params == killed[0].params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.FAIL)
+    check_nothing_lost(study, runs / name)
+
+
+def test_trial_timeout_fails_the_trial_and_the_run_goes_on(tmp_path, capfd):
+    space = tmp_path / "space.yaml"  # 10 epochs of distillation at 64 px take far longer than 5 s
+    space.write_text("techniques:\n  distill: {enabled: always, epochs: 10}\n")
+    args = ["search", "--runs-dir", str(tmp_path / "runs"), "--name", "t", "--trials", "3",
+            "--space", str(space), "--trial-timeout", "5", "--warm-start", "off", *TINY,
+            "--img-size", "64"]
+    code, _, err = run_cli(args, capfd)
+    assert code == 0, err
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'runs' / 't' / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]  # the baseline is quick
+    for t in study.trials[1:]:
+        assert t.user_attrs["fail_reason"].startswith("timeout: the trial ran longer than --trial-timeout 5 s")
+        assert t.datetime_complete - t.datetime_start < dt.timedelta(seconds=30)

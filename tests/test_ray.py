@@ -1,0 +1,71 @@
+"""``--backend ray`` on a real local multi-node Ray cluster (``ray.cluster_utils.Cluster``)."""
+
+from __future__ import annotations
+
+import os
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cluster import finished_count
+from search.ray_backend import NODE_ATTR
+from tests.conftest import TINY, run_cli, run_module
+
+cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install ray[tune]")
+
+TRIALS = 5
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head and a worker node, one CPU each, on loopback."""
+    os.environ.setdefault("RAY_local_fs_capacity_threshold", "0.999")
+    cluster = cluster_utils.Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster.address
+    cluster.shutdown()
+
+
+def study_of(run) -> optuna.Study:
+    return optuna.load_study(study_name=run.name, storage=f"sqlite:///{run / 'study.db'}")
+
+
+def test_search_on_a_two_node_ray_cluster(tmp_path, ray_cluster, capfd):
+    runs = tmp_path / "runs"
+    args = ["search", "--runs-dir", str(runs), "--name", "ray", "--trials", str(TRIALS), "--backend", "ray",
+            "--ray-address", ray_cluster, "--max-concurrent", "2", *TINY]
+    proc = run_module(args, tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = runs / "ray"
+    study = study_of(run)
+    trials = study.get_trials()
+    assert len(trials) == TRIALS and finished_count(study) == TRIALS  # nothing lost, nothing extra
+    assert trials[0].user_attrs["baseline"] and trials[0].state == TrialState.COMPLETE
+    assert len({t.user_attrs[NODE_ATTR] for t in trials}) == 2  # trials ran on both nodes
+    for t in trials:  # the same records as the Optuna backend: attributes, artifacts, constraints
+        assert t.state in (TrialState.COMPLETE, TrialState.FAIL)
+        if t.state == TrialState.COMPLETE:
+            assert (run / t.user_attrs["artifact"]).is_file()
+            assert "max_accuracy_drop" in t.constraints and t.user_attrs["latency_source"] == "measured"
+        else:
+            assert t.user_attrs["fail_reason"]
+    assert (run / "pareto.csv").is_file()
+    code, out, err = run_cli(["show", "ray", "--runs-dir", str(runs)], capfd)
+    assert code == 0 and "baseline" in out, err
+    # --resume goes through the same study: more trials on the same cluster
+    proc = run_module(["search", "--runs-dir", str(runs), "--resume", "ray", "--trials", str(TRIALS + 1),
+                       "--quiet"], tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert finished_count(study_of(run)) == TRIALS + 1
+
+
+def test_unreachable_cluster_is_one_line_error(tmp_path, capfd):
+    args = ["search", "--runs-dir", str(tmp_path), "--backend", "ray", "--ray-address", "127.0.0.1:1",
+            "--trials", "2", *TINY]
+    code, _, err = run_cli(args, capfd)
+    assert code == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in err
+    assert len(err.strip().splitlines()) == 1
