@@ -14,12 +14,14 @@ import datetime as dt
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 
+from search.atomic import write_with
 from search.cluster import OWNER_ATTR
 from search.errors import UserError
 
@@ -37,7 +39,7 @@ class Throughput:
     """One setup's measurements."""
 
     setup: str
-    trials: int  # trials finished in the steady-state window
+    trials: float  # trials done in the steady-state window (partly inside: counted pro rata)
     window_s: float
     mean_trial_s: float  # ask -> tell, as the study recorded it
     startup_s: float  # command start -> first trial start (imports, data, ray.init)
@@ -48,18 +50,18 @@ class Throughput:
 
 
 def measure(trials: list[optuna.trial.FrozenTrial], started: float, setup: str) -> Throughput:
-    """Throughput over the window in which every process that ran trials was running them."""
+    """Throughput over the window in which every process that ran trials was running them: each
+    trial counts with the share of its duration that lies inside the window."""
     done = [t for t in trials if t.datetime_complete is not None and t.datetime_start is not None]
+    spans = [(t.datetime_start.timestamp(), t.datetime_complete.timestamp()) for t in done]
     firsts: dict[str, float] = {}
-    for t in done:
+    for t, (start, _) in zip(done, spans):
         who = t.user_attrs.get(OWNER_ATTR, "")
-        firsts[who] = min(firsts.get(who, np.inf), t.datetime_start.timestamp())
-    t0 = max(firsts.values())
-    end = max(t.datetime_complete.timestamp() for t in done)
-    inside = [t for t in done if t.datetime_complete.timestamp() > t0]
-    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+        firsts[who] = min(firsts.get(who, np.inf), start)
+    t0, end = max(firsts.values()), max(stop for _, stop in spans)
+    inside = sum((min(stop, end) - max(start, t0)) / (stop - start) for start, stop in spans if stop > t0)
     return Throughput(
-        setup, len(inside), end - t0, float(np.mean(durations)), min(firsts.values()) - started
+        setup, inside, end - t0, float(np.mean([b - a for a, b in spans])), min(firsts.values()) - started
     )
 
 
@@ -116,8 +118,12 @@ def bench_scaling(
     out = []
     for setup in setups:
         result = run_setup(setup, runs, space, trials, model, img_size, epochs)
-        log(f"{setup}: {result.per_hour:.0f} trials/h ({result.trials} in {result.window_s:.1f} s)")
+        log(f"{setup}: {result.per_hour:.0f} trials/h ({result.trials:.1f} in {result.window_s:.1f} s)")
         out.append(result)
+    table = pd.DataFrame([{**asdict(r), "per_hour": r.per_hour} for r in out])
+    path = runs / "bench" / f"scaling-{dt.datetime.now():%Y%m%d-%H%M%S}.csv"
+    write_with(path, lambda tmp: table.to_csv(tmp, index=False))
+    log(f"saved {path}")
     return out
 
 
@@ -132,7 +138,7 @@ def format_scaling(results: list[Throughput]) -> str:
         ratio = f"{r.per_hour / ref.per_hour:.2f}x" if ref else "-"
         lines.append(
             f"{r.setup:<10} {SETUPS[r.setup][2]:<34} {r.per_hour:>9.0f} {ratio:>6} {r.mean_trial_s:>8.2f} "
-            f"{r.startup_s:>11.1f} {r.trials:>3} in {r.window_s:>6.1f} s"
+            f"{r.startup_s:>11.1f} {r.trials:>5.1f} in {r.window_s:>6.1f} s"
         )
     one, two, ray1 = by.get("optuna-1"), by.get("optuna-2"), by.get("ray-1")
     if one and ray1:

@@ -231,8 +231,11 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from search.results import load_report
+    from search.runs_root import open_root
 
-    report = load_report(Path(args.runs_dir) / args.name)
+    root = open_root(args.runs_dir)
+    root.pull(args.name, recursive=False)
+    report = load_report(root.local / args.name)
     print(report.table())
     return 0
 

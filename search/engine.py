@@ -41,10 +41,11 @@ from search.objective import BASELINE_ATTR, Objective, is_feasible
 from search.progress import Progress
 from search.results import Report, finalize
 from search.runner import run_trial
-from search.task import Task, prepare_all
+from search.runs_root import RunsRoot, open_root
+from search.task import CACHE_DIR, Task, prepare_all
 from spaces import Space
 from spaces.space import AUTO, JointSpace, resolve
-from targets.latency import LatencyPlan, plan_latency
+from targets.latency import CALIBRATIONS, LatencyPlan, plan_latency
 
 #: Study attributes that let a worker join a run from its storage alone.
 CONFIG_ATTR = "edgepareto:config"
@@ -70,14 +71,30 @@ SAMPLERS: dict[str, Callable[[RunConfig], optuna.samplers.BaseSampler]] = {
 
 @dataclass(frozen=True)
 class Run:
-    """Where a run lives."""
+    """Where a run lives: ``root`` is this process's (local) runs root; ``shared`` mirrors it to an
+    fsspec URL when ``--runs-dir`` is one (see ``search.runs_root``)."""
 
     name: str
     root: Path
+    shared: RunsRoot | None = None
+
+    @classmethod
+    def at(cls, name: str, runs_dir: str | Path) -> Run:
+        root = open_root(runs_dir)
+        return cls(name, root.local, root if root.shared else None)
 
     @property
     def dir(self) -> Path:
         return self.root / self.name
+
+    @property
+    def mirror(self) -> RunsRoot:
+        return self.shared or RunsRoot(self.root)
+
+    def pull_common(self) -> None:
+        """Trained baselines and calibrations other machines made (a shared root only)."""
+        self.mirror.pull(CACHE_DIR)
+        self.mirror.pull(CALIBRATIONS)
 
     def storage_url(self, cfg: RunConfig) -> str:
         return cfg.storage or f"sqlite:///{(self.dir / 'study.db').resolve()}"
@@ -88,15 +105,21 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     progress = progress or Progress(cfg.objectives, cfg.directions)
     name = cfg.name or dt.datetime.now().strftime("search-%Y%m%d-%H%M%S")
     cfg = cfg.replace(name=name)
-    run = Run(name, Path(cfg.runs_dir))
+    run = Run.at(name, cfg.runs_dir)
     _check_runs_root(run.root)
-    if run.dir.exists():
+    if run.shared is not None and (cfg.storage is None or cfg.storage.startswith("sqlite")):
+        raise UserError(
+            f"--runs-dir {cfg.runs_dir} is shared through fsspec: the study needs a database server "
+            "every machine reaches, e.g. --storage postgresql://USER@HOST/DB"
+        )
+    if run.dir.exists() or run.mirror.exists(name):
         raise UserError(
             f"run {name!r} already exists in {run.root}; continue it with --resume {name} "
             "or choose another --name"
         )
     if cfg.space != AUTO:
         Space.load(cfg.space)  # a bad space fails before any training
+    run.pull_common()
     plan = _plan(cfg, run.root)
     storage = open_storage(cfg.storage) if cfg.storage else None
     if storage is not None and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
@@ -107,9 +130,11 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     models.check_patch_size(cfg.patch_size, untrained)
     space = space_for(cfg.space, untrained)
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
+    run.mirror.push(CACHE_DIR)
     run.dir.mkdir(parents=True)
     write_text(run.dir / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_text(run.dir / "space.yaml", yaml.safe_dump(space.to_mapping(), sort_keys=False))
+    run.mirror.push(name)
     study = optuna.create_study(
         study_name=name, storage=storage or open_storage(run.storage_url(cfg)),
         directions=cfg.directions, sampler=SAMPLERS[cfg.sampler](cfg),
@@ -155,7 +180,8 @@ def resume_search(
     **changes: object,
 ) -> Report:
     """Continue an interrupted (or finished) run; the settings in ``RESUMABLE`` may change."""
-    run = Run(name, Path(runs_dir))
+    run = Run.at(name, runs_dir)
+    run.mirror.pull(name, recursive=False)
     cfg = load_config(run)
     bad = sorted(set(changes) - set(RESUMABLE))
     if bad:
@@ -164,6 +190,7 @@ def resume_search(
     _check_runs_root(run.root)
     progress = progress or Progress(cfg.objectives, cfg.directions, quiet=quiet)
     space = load_space(run, cfg)
+    run.pull_common()
     plan = _plan(cfg, run.root)
     _start_backend(cfg)
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
@@ -192,7 +219,7 @@ def _execute(
     cfg: RunConfig, run: Run, study: optuna.Study, tasks: Mapping[str, Task], space: JointSpace,
     plan: LatencyPlan, progress: Progress,
 ) -> Report:
-    objective = Objective(cfg, tasks, space, plan, run.dir, progress)
+    objective = Objective(cfg, tasks, space, plan, run.dir, progress, run.shared)
     with Interrupts() as interrupts:
         if cfg.backend == "ray":
             from search.ray_backend import run_ray
@@ -200,7 +227,10 @@ def _execute(
             run_ray(cfg, run.dir, run.storage_url(cfg), study, objective, progress)
         else:
             _loop(cfg, study, objective, progress, interrupts)
-    return finalize(study, cfg, tasks, plan, run.dir, progress)
+    run.mirror.pull(f"{run.name}/trials")  # the trials other machines ran
+    report = finalize(study, cfg, tasks, plan, run.dir, progress)
+    run.mirror.push(run.name, recursive=False)
+    return report
 
 
 def _loop(
@@ -267,8 +297,9 @@ def run_worker(
     cfg = RunConfig.from_dict(attrs[CONFIG_ATTR])
     if runs_dir is not None:
         cfg = cfg.replace(runs_dir=runs_dir)
-    run = Run(name, Path(cfg.runs_dir))
+    run = Run.at(name, cfg.runs_dir)
     _check_runs_root(run.root)
+    run.pull_common()
     if cfg.backend == "ray":
         raise UserError(f"run {name!r} uses --backend ray; add nodes to its Ray cluster instead")
     progress = Progress(cfg.objectives, cfg.directions, quiet=quiet)
@@ -282,7 +313,7 @@ def run_worker(
     )
     run.dir.mkdir(parents=True, exist_ok=True)
     progress.log(f"worker on run {name}: {finished_count(study)} of {cfg.trials} trials done")
-    objective = Objective(cfg, tasks, space, plan, run.dir, progress)
+    objective = Objective(cfg, tasks, space, plan, run.dir, progress, run.shared)
     with Interrupts() as interrupts:
         ran = _loop(cfg, study, objective, progress, interrupts, stop_on_baseline_failure=False)
     progress.log(f"worker done: the run has {finished_count(study)} of {cfg.trials} trials")

@@ -6,6 +6,7 @@ engine turns that into a FAIL trial with the reason. The Ray backend can reuse i
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Mapping
@@ -22,12 +23,14 @@ from search.config import RunConfig
 from search.pareto import is_dominated
 from search.pipeline import Metrics, build, evaluate
 from search.progress import Progress
+from search.runs_root import RunsRoot
 from search.task import Task
 from spaces import Context
 from spaces.space import JointSpace
 from targets.deploy import deployability
 from targets.graph import analyze
 from targets.latency import HYBRID_SAMPLE, LatencyPlan
+from targets.slot import slot_for
 
 MODEL_ATTR = "model"
 BASELINE_POLL_S = 1.0
@@ -98,6 +101,12 @@ class Objective:
     plan: LatencyPlan
     run_dir: Path
     progress: Progress
+    shared: RunsRoot | None = None  # an fsspec runs root each finished trial is copied to
+
+    def publish(self, number: int) -> None:
+        """Copy a finished trial's folder to the shared runs root (if any)."""
+        if self.shared is not None:
+            self.shared.push(trial_dir(self.run_dir, number).relative_to(self.shared.local))
 
     def context(self, task: Task) -> Context:
         data = task.data
@@ -151,19 +160,22 @@ class Objective:
 
     def baseline_accuracy(self, trial: optuna.Trial, model: str) -> float | None:
         """The base model's validation accuracy; while another process is still running that
-        baseline (parallel workers, Ray), wait for it rather than judge the budget without it."""
-        while True:
-            value = trial.study.user_attrs.get(baseline_accuracy_key(model))
-            if value is not None:
-                return value
-            running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if not any(
-                t.user_attrs.get(BASELINE_ATTR) and t.user_attrs.get(MODEL_ATTR) == model
-                and t.number != trial.number for t in running
-            ):
-                return None
-            self.progress.stage(f"waiting for the {model} baseline running elsewhere")
-            time.sleep(BASELINE_POLL_S)
+        baseline (parallel workers, Ray), wait for it rather than judge the budget without it. The
+        wait gives up this trial's hold on the device slot: the baseline may need it to measure."""
+        device = self.plan.local_device
+        with slot_for(device).idle() if device else contextlib.nullcontext():
+            while True:
+                value = trial.study.user_attrs.get(baseline_accuracy_key(model))
+                if value is not None:
+                    return value
+                running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if not any(
+                    t.user_attrs.get(BASELINE_ATTR) and t.user_attrs.get(MODEL_ATTR) == model
+                    and t.number != trial.number for t in running
+                ):
+                    return None
+                self.progress.stage(f"waiting for the {model} baseline running elsewhere")
+                time.sleep(BASELINE_POLL_S)
 
     def worth_measuring(self, trial: optuna.Trial, metrics: Metrics) -> bool:
         """Hybrid: measure a candidate that no finished trial dominates on its predicted values, a

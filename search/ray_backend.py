@@ -175,7 +175,7 @@ def run_ray(
     quiet = Progress(cfg.objectives, cfg.directions, quiet=True)
     remote_objective = Objective(
         cfg.replace(cpus_per_trial=cpus), objective.tasks, objective.space, objective.plan,
-        run_dir.resolve(), quiet,
+        run_dir.resolve(), quiet, objective.shared,
     )
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, objective=remote_objective, storage_url=storage_url),

@@ -53,6 +53,13 @@ def run_trial(
     trial: optuna.Trial, objective: Objective, interrupts: Interrupts | None = None
 ) -> Outcome:
     """Evaluate ``trial``; record a failure's reason on the trial and in its ``metrics.json``."""
+    try:
+        return _run(trial, objective, interrupts)
+    finally:
+        objective.publish(trial.number)
+
+
+def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | None) -> Outcome:
     cfg = objective.cfg
     set_threads(cfg.cpus_per_trial)
     trial.set_user_attr(OWNER_ATTR, owner())

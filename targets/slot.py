@@ -127,6 +127,22 @@ class DeviceSlot:
                     if self._work_depth:
                         self._acquire(fcntl.LOCK_SH)
 
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """Give up this process's shared hold while it waits for another trial (which may need the
+        slot exclusively to finish: waiting while holding would deadlock); taken back afterwards."""
+        with self._lock:
+            self._check_fork()
+            held = self._work_depth > 0 and self._measure_depth == 0
+            if held:
+                fcntl.flock(self._main, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            if held:
+                with self._lock:
+                    self._acquire(fcntl.LOCK_SH)
+
     def close(self) -> None:
         """Close the lock files (which releases any hold); the slot is unusable afterwards."""
         with self._lock:

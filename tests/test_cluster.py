@@ -4,6 +4,7 @@ trial counts add up, a worker killed mid-trial loses nothing, and ``--trial-time
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import time
@@ -21,17 +22,20 @@ from tests.test_resume import slow_space
 TRIALS = 8
 
 
-def popen(*args: str) -> subprocess.Popen:
+def popen(*args: str, staging: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "EDGEPARETO_STAGING": str(staging)} if staging else None
     return subprocess.Popen(
         [sys.executable, "-m", "search", *args], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env=env,
     )
 
 
-def start_run(runs: Path, name: str, storage: str, space: Path, trials: int = TRIALS) -> subprocess.Popen:
+def start_run(
+    runs: Path | str, name: str, storage: str, space: Path, staging: Path | None = None
+) -> subprocess.Popen:
     return popen(
-        "search", "--runs-dir", str(runs), "--name", name, "--trials", str(trials), "--storage", storage,
-        "--space", str(space), *TINY,
+        "search", "--runs-dir", str(runs), "--name", name, "--trials", str(TRIALS), "--storage", storage,
+        "--space", str(space), *TINY, staging=staging,
     )
 
 
@@ -77,19 +81,28 @@ def check_nothing_lost(study: optuna.Study, run: Path) -> None:
 
 
 def test_two_workers_share_a_postgres_study(tmp_path, fresh_database, capfd):  # noqa: F811
-    runs, name, storage = tmp_path / "runs", "shared", fresh_database
-    driver = start_run(runs, name, storage, slow_space(tmp_path))
+    """Driver and worker each work in a staging folder of their own (as on two machines) and share
+    artifacts through an fsspec URL; the study lives in PostgreSQL."""
+    shared, name, storage = tmp_path / "shared", "shared", fresh_database
+    url = f"file://{shared}"
+    driver = start_run(url, name, storage, slow_space(tmp_path), staging=tmp_path / "machine-a")
     wait_for(lambda: study_of(storage, name) is not None, [driver], what="the study")
-    worker = popen("worker", name, "--storage", storage, "--quiet")
+    worker = popen("worker", name, "--storage", storage, "--quiet", staging=tmp_path / "machine-b")
     worker_log, driver_log = finish(worker), finish(driver)
     study = study_of(storage, name)
     by_pid = owners(study)
     assert set(by_pid) == {str(driver.pid), str(worker.pid)}, by_pid  # both ran trials, nobody else
     assert sum(by_pid.values()) == len(study.trials)  # every trial ran in exactly one process
     assert f"ran {by_pid[str(worker.pid)]} trial(s)" in worker_log
-    check_nothing_lost(study, runs / name)
-    assert "pareto" in driver_log
-    code, out, err = run_cli(["show", name, "--runs-dir", str(runs)], capfd)  # the driver's summary
+    check_nothing_lost(study, shared / name)  # every trial's folder reached the shared root
+    worker_trials = {f"{t.number:04d}" for t in study.trials if t.user_attrs[OWNER_ATTR].endswith(
+        f":{worker.pid}") and not t.user_attrs.get("interrupted")}
+    staged_b = {p.name for p in (tmp_path / "machine-b" / name / "trials").iterdir()}
+    assert staged_b == worker_trials  # machine b wrote only its own trials locally
+    assert "pareto" in driver_log and (shared / name / "pareto.csv").is_file()
+    # the baseline machine a trained reached machine b through the shared root
+    assert (tmp_path / "machine-b" / ".cache" / "baselines").is_dir()
+    code, out, err = run_cli(["show", name, "--runs-dir", str(tmp_path / "machine-a")], capfd)
     assert code == 0 and "baseline" in out, err
 
 
@@ -129,5 +142,5 @@ def test_trial_timeout_fails_the_trial_and_the_run_goes_on(tmp_path, capfd):
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]  # the baseline is quick
     for t in study.trials[1:]:
-        assert t.user_attrs["fail_reason"].startswith("timeout: the trial ran longer than --trial-timeout 5 s")
+        assert t.user_attrs["fail_reason"].startswith("timeout: the trial ran longer than --trial-timeout 5")
         assert t.datetime_complete - t.datetime_start < dt.timedelta(seconds=30)

@@ -238,6 +238,20 @@ def test_holds_in_one_process(tmp_path):
     assert slot.waited_s >= 0
 
 
+def test_idle_gives_the_shared_hold_back_while_waiting(tmp_path):
+    """A trial waiting for another (the baseline's accuracy) must not block that trial's measurement."""
+    slot = DeviceSlot("host", tmp_path)
+    main = tmp_path / "host.lock"
+    with slot.work():
+        assert not can_lock(main, fcntl.LOCK_EX)
+        with slot.idle():
+            assert can_lock(main, fcntl.LOCK_EX)  # another process could measure now
+        assert not can_lock(main, fcntl.LOCK_EX) and can_lock(main, fcntl.LOCK_SH)
+    with slot.idle():  # outside work(): nothing to give back
+        assert can_lock(main, fcntl.LOCK_EX)
+    assert can_lock(main, fcntl.LOCK_EX)
+
+
 def test_slot_for_is_one_instance_in_the_default_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPARETO_LOCK_DIR", str(tmp_path / "env-locks"))
     assert default_lock_dir() == tmp_path / "env-locks"
