@@ -266,13 +266,16 @@ def _loop(
         outcome = run_trial(trial, objective, interrupts)
         ran += 1
         if outcome.state == TrialState.FAIL:
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             progress.done(f"FAIL {outcome.reason}", None)
             if trial.user_attrs.get(BASELINE_ATTR) and stop_on_baseline_failure:
                 raise UserError(f"the uncompressed baseline failed, nothing to compare: {outcome.reason}")
             continue
         interrupts.check()  # a swallowed Ctrl-C may have cut the evaluation short
-        frozen = study.tell(trial, list(outcome.values))
+        frozen = study.tell(trial, list(outcome.values), skip_if_finished=True)
+        if frozen.state != TrialState.COMPLETE:  # re-queued by a process that saw no heartbeat
+            progress.done(f"dropped: another process re-queued trial {trial.number} meanwhile", None)
+            continue
         feasible = is_feasible(frozen)
         progress.done(
             f"{frozen.user_attrs['techniques']}" + ("" if feasible else " (over budget)"),
@@ -297,11 +300,11 @@ def run_worker(
     cfg = RunConfig.from_dict(attrs[CONFIG_ATTR])
     if runs_dir is not None:
         cfg = cfg.replace(runs_dir=runs_dir)
+    if cfg.backend == "ray":
+        raise UserError(f"run {name!r} uses --backend ray; add nodes to its Ray cluster instead")
     run = Run.at(name, cfg.runs_dir)
     _check_runs_root(run.root)
     run.pull_common()
-    if cfg.backend == "ray":
-        raise UserError(f"run {name!r} uses --backend ray; add nodes to its Ray cluster instead")
     progress = Progress(cfg.objectives, cfg.directions, quiet=quiet)
     space = JointSpace.from_mapping(attrs[SPACE_ATTR], where=name)
     plan = _plan(cfg, run.root)

@@ -29,6 +29,7 @@ from spaces import TECHNIQUES, Candidate, Context, OnnxTechnique, TorchTechnique
 from spaces.sparsity import sparsity_of
 from targets import Target
 from targets.host import cpu_session
+from targets.slot import checkpoint as slot_checkpoint
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -80,6 +81,7 @@ def onnx_accuracy(path: Path, split: Split, batch_size: int = 128) -> float:
     x = split.x.numpy()
     correct = 0
     for i in range(0, len(x), batch_size):
+        slot_checkpoint()
         logits = session.run(None, {name: x[i : i + batch_size]})[0]
         if not np.isfinite(logits).all():
             raise CandidateError("the model outputs NaN or infinite logits")

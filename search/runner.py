@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from search.atomic import write_json
@@ -65,6 +66,7 @@ def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | Non
     trial.set_user_attr(OWNER_ATTR, owner())
     device = objective.plan.local_device
     slot = slot_for(device).work() if device else contextlib.nullcontext()
+    waited = slot_for(device).waited_s if device else 0.0
     limit = Deadline(None)
     try:
         with Heartbeat(trial.study, trial._trial_id), \
@@ -78,11 +80,14 @@ def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | Non
         return _failed(trial, objective, limit.reason if limit.fired else reason_of(exc))
     if limit.fired:  # the timeout's exception was swallowed somewhere: the result is not trustworthy
         return _failed(trial, objective, limit.reason)
+    if device:  # how long this trial's measurements waited for other trials' work on the device
+        trial.set_user_attr("slot_wait_s", round(slot_for(device).waited_s - waited, 4))
     return Outcome(TrialState.COMPLETE, tuple(values))
 
 
 def _failed(trial: optuna.Trial, objective: Objective, reason: str) -> Outcome:
-    trial.set_user_attr("fail_reason", reason)
+    with contextlib.suppress(UpdateFinishedTrialError):  # another process re-queued it meanwhile
+        trial.set_user_attr("fail_reason", reason)
     out = trial_dir(objective.run_dir, trial.number)
     if out.is_dir():
         write_json(out / "metrics.json", {"state": "FAIL", "fail_reason": reason})

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from targets.slot import checkpoint as slot_checkpoint
+
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,6 +94,7 @@ def fit(
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for i in range(0, len(x), batch_size):
+            slot_checkpoint()  # a parallel trial's measurement waits one batch, not this whole trial
             idx = order[i : i + batch_size]
             xb, yb = x[idx].to(dev), y[idx].to(dev)
             outputs = model(xb)

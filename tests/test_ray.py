@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.cluster import finished_count
-from search.ray_backend import NODE_ATTR
-from tests.conftest import TINY, run_cli, run_module
+from search.cluster import OWNER_ATTR, finished_count
+from search.ray_backend import NO_RESULT, NODE_ATTR
+from tests.conftest import ROOT, TINY, run_cli, run_module
+from tests.test_resume import slow_space
 
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install ray[tune]")
 
@@ -69,3 +74,30 @@ def test_unreachable_cluster_is_one_line_error(tmp_path, capfd):
     code, _, err = run_cli(args, capfd)
     assert code == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_killed_ray_worker_fails_its_trial_and_the_search_goes_on(tmp_path, ray_cluster):
+    runs = tmp_path / "runs"
+    args = ["search", "--runs-dir", str(runs), "--name", "kill", "--trials", "4", "--backend", "ray",
+            "--ray-address", ray_cluster, "--max-concurrent", "1", "--space", str(slow_space(tmp_path)),
+            "--quiet", *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    db = runs / "kill" / "study.db"
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline:  # a candidate (not the baseline) mid-trial
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if db.is_file():
+            running = optuna.load_study(study_name="kill", storage=f"sqlite:///{db}").get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,))
+            victim = next((t for t in running if t.number > 0 and OWNER_ATTR in t.user_attrs), None)
+        time.sleep(0.2)
+    assert victim is not None, "no trial was seen running"
+    os.kill(int(victim.user_attrs[OWNER_ATTR].rpartition(":")[2]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    study = study_of(runs / "kill")
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["fail_reason"] == NO_RESULT
+    assert finished_count(study) == 4 and all(t.state != TrialState.RUNNING for t in study.trials)

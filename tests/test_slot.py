@@ -87,6 +87,18 @@ with slot.work():
     Path(cfg["out"]).write_text(json.dumps({"leaving": now()}))
 """
 
+# One long work() (3 s, like a trial's training) that calls checkpoint() between steps of 10 ms.
+STEPPER = r"""
+with slot.work():
+    Path(cfg["entered"]).touch()
+    steps = []
+    for _ in range(300):
+        slot_mod.checkpoint()
+        steps.append(now())
+        time.sleep(0.01)
+Path(cfg["out"]).write_text(json.dumps({"steps": steps}))
+"""
+
 # Starts work() back to back until told to stop (or for 6 s at most, so that a starved measurer fails
 # the test instead of hanging it); records when it got in. The second looper starts half a period after
 # the first, so that their holds always overlap: plain flock would then never let an exclusive request in.
@@ -275,6 +287,24 @@ def test_measure_waits_for_another_process_work(tmp_path):
     assert in_work < leaving, "work() should not wait for another process's work()"
     assert measuring > leaving, "measure() should wait until the other process left work()"
     assert slot.waited_s > 0.3
+
+
+def test_checkpoint_lets_a_measurement_in_between_steps(tmp_path):
+    """A measurement waits one step of another trial's work, not the rest of that trial."""
+    stepper = spawn(STEPPER, tmp_path, entered=str(tmp_path / "entered"), out=str(tmp_path / "steps.json"))
+    wait_for(tmp_path / "entered")
+    time.sleep(0.2)
+    slot = DeviceSlot("host", tmp_path)
+    asked = time.monotonic()
+    with slot.measure():
+        got = time.monotonic()
+        time.sleep(0.3)  # the stepper must be held back meanwhile
+        left = time.monotonic()
+    finish([stepper])
+    steps = json.loads((tmp_path / "steps.json").read_text())["steps"]
+    assert got - asked < 1.0, f"the measurement waited {got - asked:.2f} s for a 3 s work() with steps"
+    assert steps[-1] > left, "the measurement came before the other process's work ended"
+    assert not [t for t in steps if got < t < left], "the other process stepped during the measurement"
 
 
 def test_measurer_is_not_starved(tmp_path):
