@@ -343,10 +343,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgepareto: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(
-            "\nedgepareto: interrupted; completed trials are saved. Continue with "
-            "'edgepareto search --resume NAME'", file=sys.stderr,
-        )
+        if argv[:1] == ["worker"]:
+            print(
+                "\nedgepareto: worker interrupted; completed trials are saved and the run's other "
+                "processes re-queue the trial it was running", file=sys.stderr,
+            )
+        else:
+            print(
+                "\nedgepareto: interrupted; completed trials are saved. Continue with "
+                "'edgepareto search --resume NAME'", file=sys.stderr,
+            )
         return EXIT_INTERRUPTED
 
 

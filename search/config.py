@@ -109,6 +109,11 @@ class RunConfig:
             for key in ("ray_address", "max_concurrent"):
                 if getattr(self, key) is not None:
                     raise UserError(f"--{key.replace('_', '-')} needs --backend ray")
+            if self.gpus_per_trial:
+                raise UserError(
+                    "--gpus-per-trial needs --backend ray (the optuna backend trains on a GPU "
+                    "whenever torch sees one)"
+                )
         if self.cpus_per_trial is not None:
             _at_least("cpus-per-trial", self.cpus_per_trial, 1)
         if self.max_concurrent is not None:

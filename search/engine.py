@@ -106,12 +106,12 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     name = cfg.name or dt.datetime.now().strftime("search-%Y%m%d-%H%M%S")
     cfg = cfg.replace(name=name)
     run = Run.at(name, cfg.runs_dir)
-    _check_runs_root(run.root)
     if run.shared is not None and (cfg.storage is None or cfg.storage.startswith("sqlite")):
         raise UserError(
             f"--runs-dir {cfg.runs_dir} is shared through fsspec: the study needs a database server "
             "every machine reaches, e.g. --storage postgresql://USER@HOST/DB"
         )
+    _check_runs_root(run.root)
     if run.dir.exists() or run.mirror.exists(name):
         raise UserError(
             f"run {name!r} already exists in {run.root}; continue it with --resume {name} "

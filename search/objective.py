@@ -30,6 +30,7 @@ from spaces.space import JointSpace
 from targets.deploy import deployability
 from targets.graph import analyze
 from targets.latency import HYBRID_SAMPLE, LatencyPlan
+from targets.slot import checkpoint as slot_checkpoint
 from targets.slot import slot_for
 
 MODEL_ATTR = "model"
@@ -131,8 +132,8 @@ class Objective:
         trial.set_user_attr(MODEL_ATTR, model_name)
         trial.set_user_attr("techniques", candidate.label())
         trial.set_user_attr("candidate", candidate.to_dict())
-        path, model = build(candidate, task, out, self.context(task), self.progress.stage)
-        metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.progress.stage)
+        path, model = build(candidate, task, out, self.context(task), self.stage)
+        metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage)
         if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
             self.progress.stage("latency (measured)")
             measured = self.plan.measurer.latency(path, task.input_shape)
@@ -157,6 +158,12 @@ class Objective:
         if baseline:
             trial.study.set_user_attr(baseline_accuracy_key(model_name), metrics.accuracy)
         return objective_values(metrics, self.cfg.objectives)
+
+    def stage(self, name: str) -> None:
+        """A new stage of the trial: shown, and a point where a parallel trial's measurement may
+        take the device (``targets.slot.checkpoint``)."""
+        slot_checkpoint()
+        self.progress.stage(name)
 
     def baseline_accuracy(self, trial: optuna.Trial, model: str) -> float | None:
         """The base model's validation accuracy; while another process is still running that

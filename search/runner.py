@@ -53,11 +53,14 @@ def set_threads(cpus: int | None) -> None:
 def run_trial(
     trial: optuna.Trial, objective: Objective, interrupts: Interrupts | None = None
 ) -> Outcome:
-    """Evaluate ``trial``; record a failure's reason on the trial and in its ``metrics.json``."""
+    """Evaluate ``trial``; record a failure's reason on the trial and in its ``metrics.json``; copy
+    the trial's folder to a shared runs root."""
+    outcome = _run(trial, objective, interrupts)
     try:
-        return _run(trial, objective, interrupts)
-    finally:
         objective.publish(trial.number)
+    except Exception as exc:  # the artifacts did not reach the other machines: not a usable trial
+        return _failed(trial, objective, f"cannot copy the trial to the shared runs root: {reason_of(exc)}")
+    return outcome
 
 
 def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | None) -> Outcome:

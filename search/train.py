@@ -143,6 +143,7 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 1
         m.momentum = None  # cumulative moving average over the batches below
     model.train()
     for i in range(0, len(x), batch_size):
+        slot_checkpoint()
         model(x[i : i + batch_size])
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
