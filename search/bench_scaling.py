@@ -4,8 +4,9 @@ Every setup runs the same search (a space whose trials cost about the same: prun
 of distillation, one thread per trial, latency measured on this machine through the device slot) as
 real processes: ``edgepareto search`` alone; with one ``edgepareto worker`` beside it on the run's
 SQLite storage; and ``--backend ray`` one and two trials at a time on a local Ray. Throughput is read
-off the study's own timestamps over the steady state: from the moment the last process started its
-first trial to the last trial's end, so start-up (imports, ``ray.init``) is reported apart.
+off the study's own timestamps (ask to tell) over the steady state, the window in which as many
+trials ran at once as the setup allows, so start-up (imports, ``ray.init``) and the tail of the last
+trial are reported apart.
 """
 
 from __future__ import annotations
@@ -22,15 +23,14 @@ import optuna
 import pandas as pd
 
 from search.atomic import write_with
-from search.cluster import OWNER_ATTR
 from search.errors import UserError
 
 SPACE = "techniques:\n  prune: {ratio: [0.2, 0.6]}\n  distill: {enabled: always, epochs: 2}\n"
-SETUPS = {  # name -> (extra search flags, extra workers, description)
-    "optuna-1": ([], 0, "edgepareto search alone"),
-    "optuna-2": ([], 1, "search + 1 edgepareto worker"),
-    "ray-1": (["--backend", "ray", "--max-concurrent", "1"], 0, "--backend ray, 1 trial at a time"),
-    "ray-2": (["--backend", "ray", "--max-concurrent", "2"], 0, "--backend ray, 2 trials at a time"),
+SETUPS = {  # name -> (extra search flags, extra workers, trials at once, description)
+    "optuna-1": ([], 0, 1, "edgepareto search alone"),
+    "optuna-2": ([], 1, 2, "search + 1 edgepareto worker"),
+    "ray-1": (["--backend", "ray", "--max-concurrent", "1"], 0, 1, "--backend ray, 1 trial at a time"),
+    "ray-2": (["--backend", "ray", "--max-concurrent", "2"], 0, 2, "--backend ray, 2 trials at a time"),
 }
 
 
@@ -49,19 +49,34 @@ class Throughput:
         return self.trials / self.window_s * 3600
 
 
-def measure(trials: list[optuna.trial.FrozenTrial], started: float, setup: str) -> Throughput:
-    """Throughput over the window in which every process that ran trials was running them: each
-    trial counts with the share of its duration that lies inside the window."""
+def steady_window(spans: list[tuple[float, float]], parallel: int) -> tuple[float, float]:
+    """From the first moment ``parallel`` trials ran at once to the last moment they did: neither the
+    ramp-up (a worker still starting) nor the tail (one process waiting for another's last trial)."""
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running, first, last = 0, None, None
+    for when, change in events:
+        if running >= parallel and change < 0:
+            last = when
+        running += change
+        if running >= parallel and first is None:
+            first = when
+    if first is None or last is None:
+        return min(a for a, _ in spans), max(b for _, b in spans)
+    return first, last
+
+
+def measure(
+    trials: list[optuna.trial.FrozenTrial], started: float, setup: str, parallel: int
+) -> Throughput:
+    """Steady-state throughput (see ``steady_window``); a trial partly inside the window counts with
+    the share of its duration inside."""
     done = [t for t in trials if t.datetime_complete is not None and t.datetime_start is not None]
     spans = [(t.datetime_start.timestamp(), t.datetime_complete.timestamp()) for t in done]
-    firsts: dict[str, float] = {}
-    for t, (start, _) in zip(done, spans):
-        who = t.user_attrs.get(OWNER_ATTR, "")
-        firsts[who] = min(firsts.get(who, np.inf), start)
-    t0, end = max(firsts.values()), max(stop for _, stop in spans)
-    inside = sum((min(stop, end) - max(start, t0)) / (stop - start) for start, stop in spans if stop > t0)
+    t0, end = steady_window(spans, parallel)
+    inside = sum(max(0.0, min(b, end) - max(a, t0)) / (b - a) for a, b in spans if b > a)
     return Throughput(
-        setup, inside, end - t0, float(np.mean([b - a for a, b in spans])), min(firsts.values()) - started
+        setup, inside, end - t0, float(np.mean([b - a for a, b in spans])),
+        min(a for a, _ in spans) - started,
     )
 
 
@@ -81,7 +96,7 @@ def _wait(proc: subprocess.Popen, what: str) -> None:
 def run_setup(
     setup: str, runs: Path, space: Path, trials: int, model: str, img_size: int, epochs: int | None,
 ) -> Throughput:
-    flags, workers, _ = SETUPS[setup]
+    flags, workers, parallel, _ = SETUPS[setup]
     name = "bench-scaling-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     storage = f"sqlite:///{(runs / name / 'study.db').resolve()}"
     args = [
@@ -103,7 +118,7 @@ def run_setup(
     for proc in [driver, *helpers]:
         _wait(proc, setup)
     study = optuna.load_study(study_name=name, storage=storage)
-    return measure(study.get_trials(), started, setup)
+    return measure(study.get_trials(), started, setup, parallel)
 
 
 def bench_scaling(
@@ -137,7 +152,7 @@ def format_scaling(results: list[Throughput]) -> str:
         ref = by.get(r.setup.split("-")[0] + "-1")
         ratio = f"{r.per_hour / ref.per_hour:.2f}x" if ref else "-"
         lines.append(
-            f"{r.setup:<10} {SETUPS[r.setup][2]:<34} {r.per_hour:>9.0f} {ratio:>6} {r.mean_trial_s:>8.2f} "
+            f"{r.setup:<10} {SETUPS[r.setup][3]:<34} {r.per_hour:>9.0f} {ratio:>6} {r.mean_trial_s:>8.2f} "
             f"{r.startup_s:>11.1f} {r.trials:>5.1f} in {r.window_s:>6.1f} s"
         )
     one, two, ray1 = by.get("optuna-1"), by.get("optuna-2"), by.get("ray-1")

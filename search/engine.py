@@ -37,10 +37,10 @@ from search.cluster import (
 from search.config import RunConfig
 from search.errors import UserError
 from search.interrupt import Interrupts
-from search.objective import BASELINE_ATTR, Objective, is_feasible
+from search.objective import BASELINE_ATTR, Objective
 from search.progress import Progress
 from search.results import Report, finalize
-from search.runner import run_trial
+from search.runner import announce, run_trial
 from search.runs_root import RunsRoot, open_root
 from search.task import CACHE_DIR, Task, prepare_all
 from spaces import Space
@@ -265,22 +265,17 @@ def _loop(
         progress.trial(done + 1, cfg.trials, trial.number)
         outcome = run_trial(trial, objective, interrupts)
         ran += 1
-        if outcome.state == TrialState.FAIL:
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            progress.done(f"FAIL {outcome.reason}", None)
-            if trial.user_attrs.get(BASELINE_ATTR) and stop_on_baseline_failure:
-                raise UserError(f"the uncompressed baseline failed, nothing to compare: {outcome.reason}")
-            continue
-        interrupts.check()  # a swallowed Ctrl-C may have cut the evaluation short
-        frozen = study.tell(trial, list(outcome.values), skip_if_finished=True)
-        if frozen.state != TrialState.COMPLETE:  # re-queued by a process that saw no heartbeat
+        if outcome.state == TrialState.COMPLETE:
+            interrupts.check()  # a swallowed Ctrl-C may have cut the evaluation short
+        values = list(outcome.values) if outcome.values else None
+        frozen = study.tell(trial, values, outcome.state, skip_if_finished=True)
+        if frozen.state != outcome.state:  # re-queued by a process that saw no heartbeat meanwhile
             progress.done(f"dropped: another process re-queued trial {trial.number} meanwhile", None)
             continue
-        feasible = is_feasible(frozen)
-        progress.done(
-            f"{frozen.user_attrs['techniques']}" + ("" if feasible else " (over budget)"),
-            outcome.values, feasible,
-        )
+        announce(progress, frozen)
+        baseline = trial.user_attrs.get(BASELINE_ATTR)
+        if outcome.state == TrialState.FAIL and baseline and stop_on_baseline_failure:
+            raise UserError(f"the uncompressed baseline failed, nothing to compare: {outcome.reason}")
     return ran
 
 

@@ -30,7 +30,7 @@ from search.config import RunConfig
 from search.errors import UserError
 from search.objective import Objective
 from search.progress import Progress
-from search.runner import Outcome, run_trial
+from search.runner import Outcome, announce, run_trial
 
 #: The Ray trial's config key holding the Optuna trial it evaluates.
 TRIAL_KEY = "edgepareto_trial_id"
@@ -103,7 +103,12 @@ def _trainable(
     )
     trial = optuna.Trial(study, config[TRIAL_KEY])
     trial.set_user_attr(NODE_ATTR, ray.get_runtime_context().get_node_id())
-    tune.report(result_of(run_trial(trial, objective), cfg.objectives))
+    try:
+        outcome = run_trial(trial, objective)
+    except UserError as exc:  # the run cannot go on from here (an unreachable agent): say why
+        trial.set_user_attr("fail_reason", str(exc))
+        outcome = Outcome(TrialState.FAIL, None, str(exc))
+    tune.report(result_of(outcome, cfg.objectives))
 
 
 def _searcher(cfg: RunConfig, study: optuna.Study, objective: Objective, progress: Progress) -> Any:
@@ -141,15 +146,13 @@ def _searcher(cfg: RunConfig, study: optuna.Study, objective: Objective, progres
             progress.trial(done, cfg.trials, asked.number)
             if not error and result and result.get("state") == TrialState.COMPLETE.name:
                 values = [float(result[m]) for m in cfg.objectives]
-                frozen = self._ot_study.tell(asked, values)
-                progress.done(frozen.user_attrs.get("techniques", ""), values)
+                announce(progress, self._ot_study.tell(asked, values, skip_if_finished=True))
                 return
-            reason = (result or {}).get("fail_reason") or NO_RESULT
             if study._storage.get_trial(asked._trial_id).state == TrialState.RUNNING:
                 if "fail_reason" not in asked.user_attrs:
-                    asked.set_user_attr("fail_reason", reason)
+                    asked.set_user_attr("fail_reason", (result or {}).get("fail_reason") or NO_RESULT)
                 self._ot_study.tell(asked, state=TrialState.FAIL)
-            progress.done(f"FAIL {reason}", None)
+            announce(progress, study._storage.get_trial(asked._trial_id))
 
     return Searcher(
         space=define_by_run, metric=list(cfg.objectives),

@@ -22,7 +22,8 @@ from search.atomic import write_json
 from search.cluster import OWNER_ATTR, Heartbeat, owner
 from search.errors import UserError
 from search.interrupt import Interrupts
-from search.objective import Objective, trial_dir
+from search.objective import Objective, is_feasible, trial_dir
+from search.progress import Progress
 from search.watchdog import Deadline, deadline
 from targets.slot import slot_for
 
@@ -86,6 +87,16 @@ def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | Non
     if device:  # how long this trial's measurements waited for other trials' work on the device
         trial.set_user_attr("slot_wait_s", round(slot_for(device).waited_s - waited, 4))
     return Outcome(TrialState.COMPLETE, tuple(values))
+
+
+def announce(progress: Progress, frozen: optuna.trial.FrozenTrial) -> None:
+    """One progress line for a told trial: its techniques (and whether over budget), or why it failed."""
+    if frozen.state == TrialState.COMPLETE:
+        feasible = is_feasible(frozen)
+        label = frozen.user_attrs.get("techniques", "") + ("" if feasible else " (over budget)")
+        progress.done(label, frozen.values, feasible)
+    else:
+        progress.done(f"FAIL {frozen.user_attrs.get('fail_reason', 'no reason recorded')}", None)
 
 
 def _failed(trial: optuna.Trial, objective: Objective, reason: str) -> Outcome:

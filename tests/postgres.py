@@ -109,19 +109,24 @@ def _fail(what: str, proc: subprocess.CompletedProcess[str] | None, log: Path | 
     return "\n".join(parts)
 
 
-def new_database(postgres_url: str) -> str:
-    """Create a uniquely named database on the server behind ``postgres_url``; return its URL."""
+def _create_database(dsn: str, name: str) -> None:
+    """``CREATE DATABASE name`` through a connection to ``dsn`` (a libpq URL)."""
     import psycopg2
 
-    base, _, _ = postgres_url.rpartition("/")
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    conn = psycopg2.connect(postgres_url.replace("postgresql+psycopg2://", "postgresql://", 1))
+    conn = psycopg2.connect(dsn)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
     finally:
         conn.close()
+
+
+def new_database(postgres_url: str) -> str:
+    """Create a uniquely named database on the server behind ``postgres_url``; return its URL."""
+    base, _, _ = postgres_url.rpartition("/")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    _create_database(postgres_url.replace("postgresql+psycopg2://", "postgresql://", 1), name)
     return f"{base}/{name}"
 
 
@@ -135,7 +140,6 @@ def postgres_url() -> Iterator[str]:
             "(CI installs Debian's postgresql package)"
         )
     pytest.importorskip("psycopg2", reason="PostgreSQL tests need psycopg2 (pip install psycopg2-binary)")
-    import psycopg2
 
     user = _server_user()
     # Not tmp_path_factory: under root its directories are mode 700 and unreachable for the server user, and
@@ -175,15 +179,8 @@ def postgres_url() -> Iterator[str]:
         if not started:
             pytest.fail(_fail("server start", proc, server.log), pytrace=False)
 
-        url = f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{port}/{DATABASE}"
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres")
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{DATABASE}"')
-        finally:
-            conn.close()
-        yield url
+        _create_database(f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres", DATABASE)
+        yield f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{port}/{DATABASE}"
     finally:
         if started:
             proc = server.run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(server.data))

@@ -51,3 +51,21 @@ def test_bench_predictor_scores_held_out_models_and_saves_them(tmp_path, capfd):
     frame = pd.read_csv(saved)
     assert (frame["split"] == "held-out").sum() == 6 and (frame["measured_ms"] > 0).all()
     assert set(frame["model"]) == {"test_resnet", "test_vit"}
+
+
+def test_bench_scaling_runs_one_and_two_workers_and_saves_them(tmp_path, capfd):
+    import pandas as pd
+
+    from tests.conftest import run_cli
+
+    code, out, err = run_cli(
+        ["bench", "scaling", "--setups", "optuna-1,optuna-2", "--trials", "4", "--model", "test_resnet",
+         "--img-size", "16", "--epochs", "1", "--runs-dir", str(tmp_path)], capfd,
+    )
+    assert code == 0, err
+    assert "optuna-1" in out and "optuna-2" in out and "2 workers vs 1:" in out
+    (saved,) = (tmp_path / "bench").glob("scaling-*.csv")
+    table = pd.read_csv(saved)
+    assert list(table["setup"]) == ["optuna-1", "optuna-2"] and (table["per_hour"] > 0).all()
+    code, _, err = run_cli(["bench", "scaling", "--setups", "dask-8"], capfd)
+    assert code == 2 and "unknown setup(s) dask-8" in err
