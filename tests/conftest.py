@@ -49,6 +49,13 @@ def run_onnx_file(path: Path, x: torch.Tensor) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
 
 
+def building(run: Path, number: int) -> bool:
+    """Trial ``number`` of ``run`` is in its torch or export steps: started, its result not yet
+    written (so not yet reported or told either)."""
+    folder = run / "trials" / f"{number:04d}"
+    return (folder / "params.json").is_file() and not (folder / "metrics.json").exists()
+
+
 def run_cli(args: list[str], capfd) -> tuple[int, str, str]:
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""
     code = main(args)

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.cluster import OWNER_ATTR, finished_count
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import ROOT, TINY, building, run_cli
 from tests.postgres import fresh_database, postgres_url  # noqa: F401
 from tests.test_resume import slow_space
 
@@ -114,7 +114,10 @@ def test_killed_worker_trial_is_requeued(tmp_path, fresh_database):  # noqa: F81
 
     def worker_mid_trial() -> bool:
         running = study_of(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return any(t.user_attrs.get(OWNER_ATTR, "").endswith(f":{worker.pid}") for t in running)
+        return any(
+            t.user_attrs.get(OWNER_ATTR, "").endswith(f":{worker.pid}") and building(runs / name, t.number)
+            for t in running
+        )
 
     wait_for(worker_mid_trial, [driver, worker], what="a trial of the worker")
     worker.kill()  # SIGKILL: no cleanup, the trial stays RUNNING in the storage

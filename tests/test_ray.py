@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from search.cluster import OWNER_ATTR, finished_count
 from search.ray_backend import NO_RESULT, NODE_ATTR
-from tests.conftest import ROOT, TINY, run_cli, run_module
+from tests.conftest import ROOT, TINY, building, run_cli, run_module
 from tests.test_resume import slow_space
 
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install ray[tune]")
@@ -95,7 +95,8 @@ def test_killed_ray_worker_fails_its_trial_and_the_search_goes_on(tmp_path, ray_
         with contextlib.suppress(KeyError):  # the file exists a moment before the study does
             running = optuna.load_study(study_name="kill", storage=f"sqlite:///{db}").get_trials(
                 deepcopy=False, states=(TrialState.RUNNING,))
-            victim = next((t for t in running if t.number > 0 and OWNER_ATTR in t.user_attrs), None)
+            victim = next((t for t in running if t.number > 0 and OWNER_ATTR in t.user_attrs
+                           and building(runs / "kill", t.number)), None)
         time.sleep(0.2)
     assert victim is not None, "no trial was seen running"
     os.kill(int(victim.user_attrs[OWNER_ATTR].rpartition(":")[2]), signal.SIGKILL)
