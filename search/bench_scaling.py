@@ -110,7 +110,9 @@ def run_setup(
     driver = _search(*args)
     helpers = []
     if workers:
-        while not (runs / name / "study.db").is_file():  # the driver creates the study, then they join
+        # join once the driver runs its first trial: the study exists, and so do its tables (two
+        # processes creating the tables of a new storage at once can collide)
+        while not (runs / name / "trials" / "0000").is_dir():
             if driver.poll() is not None:
                 _wait(driver, setup)
             time.sleep(0.2)

@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -33,10 +34,15 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage (SQLite, PostgreSQL, MySQL, ...) with heartbeats; a bad URL is a
     ``UserError``."""
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-    except Exception as exc:
-        raise UserError(f"cannot open storage {url}: {' '.join(str(exc).split())[:300]}") from None
+    for attempt in range(2):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except Exception as exc:
+            if attempt == 0 and "already exists" in str(exc):  # another process made the tables meanwhile
+                time.sleep(0.5)
+                continue
+            raise UserError(f"cannot open storage {url}: {' '.join(str(exc).split())[:300]}") from None
+    raise AssertionError("unreachable")
 
 
 def owner() -> str:

@@ -50,7 +50,11 @@ def wait_for(condition, procs: list[subprocess.Popen], limit: float = 240, what:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def study_of(storage: str, name: str) -> optuna.Study | None:
+def study_of(storage: str, name: str, run: Path | None = None) -> optuna.Study | None:
+    """The run's study once the driver made it (``run``: not before its folder exists, so that this
+    process does not create the storage's tables at the same moment as the driver)."""
+    if run is not None and not (run / "run.yaml").is_file():
+        return None
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -86,7 +90,8 @@ def test_two_workers_share_a_postgres_study(tmp_path, fresh_database, capfd):  #
     shared, name, storage = tmp_path / "shared", "shared", fresh_database
     url = f"file://{shared}"
     driver = start_run(url, name, storage, slow_space(tmp_path), staging=tmp_path / "machine-a")
-    wait_for(lambda: study_of(storage, name) is not None, [driver], what="the study")
+    wait_for(lambda: study_of(storage, name, tmp_path / "machine-a" / name) is not None, [driver],
+             what="the study")
     worker = popen("worker", name, "--storage", storage, "--quiet", staging=tmp_path / "machine-b")
     worker_log, driver_log = finish(worker), finish(driver)
     study = study_of(storage, name)
@@ -109,7 +114,7 @@ def test_two_workers_share_a_postgres_study(tmp_path, fresh_database, capfd):  #
 def test_killed_worker_trial_is_requeued(tmp_path, fresh_database):  # noqa: F811
     runs, name, storage = tmp_path / "runs", "killed-worker", fresh_database
     driver = start_run(runs, name, storage, slow_space(tmp_path))
-    wait_for(lambda: study_of(storage, name) is not None, [driver], what="the study")
+    wait_for(lambda: study_of(storage, name, runs / name) is not None, [driver], what="the study")
     worker = popen("worker", name, "--storage", storage, "--quiet")
 
     def worker_mid_trial() -> bool:
