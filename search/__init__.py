@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RunConfig", "UserError", "load_report", "resume_search", "run_search"]
+__all__ = ["RunConfig", "UserError", "load_report", "resume_search", "run_search", "run_worker"]
 
 _LAZY = {
     "RunConfig": "search.config",
     "UserError": "search.errors",
     "run_search": "search.engine",
     "resume_search": "search.engine",
+    "run_worker": "search.engine",
     "load_report": "search.results",
 }
 

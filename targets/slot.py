@@ -21,6 +21,10 @@ until it gets the main lock, so new work queues behind the measurer::
 
 This is deadlock-free because nobody waits on the turnstile while holding the main lock: the turnstile
 holder waits only for main-lock holders, which never wait for anything here and finish their work.
+Two calls keep it so, and keep measurements prompt: ``checkpoint()`` (between training batches and
+trial stages) gives the shared hold up and queues again when a measurer waits, so a measurement waits
+for one step of another trial rather than its rest; ``idle()`` gives it up while a trial waits for
+another trial (its baseline), which may itself need to measure.
 
 Scope: flock locks belong to an open file description, which all threads of a process share, so the
 slot serializes *processes*. ``work()`` is counted per process (threads may nest it freely); a
