@@ -224,7 +224,7 @@ def _execute(
         if cfg.backend == "ray":
             from search.ray_backend import run_ray
 
-            run_ray(cfg, run.dir, run.storage_url(cfg), study, objective, progress)
+            run_ray(cfg, run.storage_url(cfg), study, objective, progress)
         else:
             _loop(cfg, study, objective, progress, interrupts)
     run.mirror.pull(f"{run.name}/trials")  # the trials other machines ran

@@ -13,6 +13,7 @@ Ray is optional: ``pip install 'edgepareto[ray]'``; the modules are imported onl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -162,10 +163,10 @@ def _searcher(cfg: RunConfig, study: optuna.Study, objective: Objective, progres
 
 
 def run_ray(
-    cfg: RunConfig, run_dir: Path, storage_url: str, study: optuna.Study, objective: Objective,
-    progress: Progress,
+    cfg: RunConfig, storage_url: str, study: optuna.Study, objective: Objective, progress: Progress,
 ) -> None:
-    """Run the remaining trials of ``study`` as Ray Tune trials."""
+    """Run the remaining trials of ``study`` as Ray Tune trials (Tune's files go under the run's
+    ``ray/`` folder)."""
     check_ray()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
     from ray import tune
@@ -176,9 +177,9 @@ def run_ray(
     connect(cfg.ray_address)
     cpus = cfg.cpus_per_trial or 1
     quiet = Progress(cfg.objectives, cfg.directions, quiet=True)
-    remote_objective = Objective(
-        cfg.replace(cpus_per_trial=cpus), objective.tasks, objective.space, objective.plan,
-        run_dir.resolve(), quiet, objective.shared,
+    run_dir = objective.run_dir.resolve()
+    remote_objective = dataclasses.replace(  # what every Ray trial gets: quiet, its CPUs as threads
+        objective, cfg=cfg.replace(cpus_per_trial=cpus), run_dir=run_dir, progress=quiet,
     )
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, objective=remote_objective, storage_url=storage_url),
@@ -196,7 +197,7 @@ def run_ray(
             max_concurrent_trials=cfg.max_concurrent, time_budget_s=cfg.timeout, reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=f"tune-{stamp}", storage_path=str((run_dir / "ray").resolve()), verbose=0,
+            name=f"tune-{stamp}", storage_path=str(run_dir / "ray"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )

@@ -69,8 +69,9 @@ def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | Non
     set_threads(cfg.cpus_per_trial)
     trial.set_user_attr(OWNER_ATTR, owner())
     device = objective.plan.local_device
-    slot = slot_for(device).work() if device else contextlib.nullcontext()
-    waited = slot_for(device).waited_s if device else 0.0
+    device_slot = slot_for(device) if device else None
+    slot = device_slot.work() if device_slot else contextlib.nullcontext()
+    waited = device_slot.waited_s if device_slot else 0.0
     limit = Deadline(None)
     try:
         with Heartbeat(trial.study, trial._trial_id), \
@@ -84,8 +85,8 @@ def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | Non
         return _failed(trial, objective, limit.reason if limit.fired else reason_of(exc))
     if limit.fired:  # the timeout's exception was swallowed somewhere: the result is not trustworthy
         return _failed(trial, objective, limit.reason)
-    if device:  # how long this trial's measurements waited for other trials' work on the device
-        trial.set_user_attr("slot_wait_s", round(slot_for(device).waited_s - waited, 4))
+    if device_slot:  # how long this trial's measurements waited for other trials' work on the device
+        trial.set_user_attr("slot_wait_s", round(device_slot.waited_s - waited, 4))
     return Outcome(TrialState.COMPLETE, tuple(values))
 
 
