@@ -30,6 +30,10 @@ from spaces.params import FloatParam
 #: Similarity tie-break per token index, so that equal tokens (a flat background) are matched in the same
 #: order by torch and by onnxruntime, whose TopK puts equal values lowest index first.
 TIE = 1e-6
+#: Bias that rules a pair out. Cosine similarities lie in [-1, 1], so any allowed pair beats a ruled-out
+#: one; a finite value (not -inf) keeps every tensor finite, which static int8 calibration (entropy,
+#: percentile) requires of the tensors it observes.
+EXCLUDED = -4.0
 #: Pools that read only the prefix tokens; under any other pool the merged tokens are spread back to
 #: their patches after the last block, so that an average (or attention pool) stays size-weighted.
 PREFIX_POOLS = ("token",)
@@ -59,8 +63,8 @@ def roles(n: int, prefix: int, r: int, like: Tensor) -> tuple[Tensor, Tensor, Te
     """Static layout of one merge of ``r`` out of ``n`` tokens, the patch tokens alternating A, B, A, ...
 
     Returns ``is_a`` (n,), ``slot`` (n,): where each prefix or B token goes (prefix first, then the
-    kept A tokens, then B), and ``bias`` (n, n), of ``like``'s dtype and device: -inf where A token ``i``
-    may not pair with token ``j``, else a tie-break ``-TIE * i``.
+    kept A tokens, then B), and ``bias`` (n, n), of ``like``'s dtype and device: ``EXCLUDED`` where A
+    token ``i`` may not pair with token ``j``, else a tie-break ``-TIE * i``.
     """
     i = torch.arange(n, device=like.device)
     j = i - prefix
@@ -69,7 +73,7 @@ def roles(n: int, prefix: int, r: int, like: Tensor) -> tuple[Tensor, Tensor, Te
     kept = (n - prefix + 1) // 2 - r
     slot = torch.where(is_b, prefix + kept + j.div(2, rounding_mode="floor"), i)
     ties = (-TIE * i.to(like.dtype))[:, None].expand(n, n)
-    bias = ties.masked_fill(~(is_a[:, None] & is_b[None, :]), float("-inf"))
+    bias = ties.masked_fill(~(is_a[:, None] & is_b[None, :]), EXCLUDED)
     return is_a, slot, bias
 
 
@@ -99,7 +103,7 @@ def match(metric: Tensor, n: int, r: int, prefix: int) -> Tensor:
     """
     is_a, slot, bias = roles(n, prefix, r, metric)
     m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    best, partner = (torch.einsum("bid,bjd->bij", m, m) + bias).max(dim=-1)  # -inf on all rows but A's
+    best, partner = (torch.einsum("bid,bjd->bij", m, m) + bias).max(dim=-1)  # -3 or less on all rows but A's
     order = best.topk(n, dim=-1).indices  # A tokens first, most similar first
     rank = order.topk(n, dim=-1, largest=False).indices  # inverse permutation: each token's place
     moved = torch.where(rank < r, slot[partner], prefix + rank - r)
