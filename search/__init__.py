@@ -2,9 +2,11 @@
 
 The Python API (the CLI is a thin layer over it)::
 
-    from search import RunConfig, run_search
-    report = run_search(RunConfig(name="demo", trials=20))
-    print(report.table())
+    from search import RunConfig, load_run, run_search
+    run_search(RunConfig(name="demo", trials=20))
+    run = load_run("runs/demo")
+    print(run.pareto)                                  # the front, a pandas DataFrame
+    print(run.select(max_latency_ms=5.0).message())    # best accuracy under 5 ms
 
 Heavy modules are imported on first use, so ``import search`` stays cheap.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RunConfig", "UserError", "load_report", "resume_search", "run_search", "run_worker"]
+__all__ = ["RunConfig", "UserError", "load_report", "load_run", "resume_search", "run_search", "run_worker"]
 
 _LAZY = {
     "RunConfig": "search.config",
@@ -22,6 +24,7 @@ _LAZY = {
     "resume_search": "search.engine",
     "run_worker": "search.engine",
     "load_report": "search.results",
+    "load_run": "search.results",
 }
 
 

@@ -16,6 +16,7 @@ import yaml
 from search.errors import UserError
 
 EXIT_USAGE = 2
+EXIT_NO_FIT = 3  # edgepareto select: no Pareto model meets the budget
 EXIT_INTERRUPTED = 130
 
 
@@ -78,6 +79,7 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     ),
     "--objectives": ("objectives", _csv, "comma list of accuracy,latency,size (default all)"),
     "--sampler": ("sampler", str, "tpe (default), random or nsga2"),
+    "--sampler-seed": ("sampler_seed", int, "the sampler's seed (default: --seed)"),
     "--warm-start": ("warm_start", _on_off, "on (default): try each technique's recipe first"),
     "--trials": ("trials", _positive_int, "number of trials, the baseline included (default 60)"),
     "--timeout": ("timeout", float, "stop starting new trials after this many seconds"),
@@ -135,6 +137,33 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the Pareto table of a finished run")
     show.add_argument("name")
     show.add_argument("--runs-dir", default="runs")
+
+    report = sub.add_parser("report", help="(re)write runs/NAME/report.html, a self-contained page")
+    report.add_argument("name")
+    report.add_argument("--runs-dir", default="runs")
+
+    select = sub.add_parser(
+        "select", help="pick the Pareto model that fits a budget (exit 3 and the closest when none does)"
+    )
+    select.add_argument("name")
+    select.add_argument("--max-latency-ms", type=float, help="latency on the run's target at most, ms")
+    select.add_argument("--max-size-mb", type=float, help="model file at most, MB")
+    select.add_argument("--min-accuracy", type=float, help="test accuracy at least (fraction, e.g. 0.97)")
+    select.add_argument(
+        "--prefer", choices=["accuracy", "latency", "size"], default="accuracy",
+        help="what the chosen model maximises within the budget (default accuracy)",
+    )
+    select.add_argument("--json", action="store_true", help="print the answer as JSON")
+    select.add_argument("--copy-to", metavar="DIR", help="also export the chosen model there (as export)")
+    select.add_argument("--runs-dir", default="runs")
+
+    export = sub.add_parser(
+        "export", help="write one trial as model.onnx + model.json card + predict.py (onnxruntime only)"
+    )
+    export.add_argument("name")
+    export.add_argument("--trial", type=int, required=True, help="trial number (see show or trials.csv)")
+    export.add_argument("--to", required=True, metavar="DIR", help="new or empty folder")
+    export.add_argument("--runs-dir", default="runs")
 
     sub.add_parser("targets", help="list the latency targets: host and the device profiles")
     sub.add_parser(
@@ -229,14 +258,59 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    from search.results import load_report
+def _root(args: argparse.Namespace) -> Any:
+    from search.config import NAME_RE
     from search.runs_root import open_root
 
-    root = open_root(args.runs_dir)
-    root.pull(args.name, recursive=False)
-    report = load_report(root.local / args.name)
-    print(report.table())
+    if not NAME_RE.match(args.name):  # a name, never a path: nothing outside the runs root
+        raise UserError(f"run name {args.name!r} must be letters, digits, '.', '_' or '-' (max 100)")
+    return open_root(args.runs_dir)
+
+
+def _load(args: argparse.Namespace, trials: bool = False) -> Any:
+    """The finished run ``args.name`` under ``args.runs_dir`` (pulled first from a URL root)."""
+    from search.results import load_report
+
+    root = _root(args)
+    root.pull(args.name, recursive=trials)
+    return load_report(root.local / args.name)
+
+
+def _show(args: argparse.Namespace) -> int:
+    print(_load(args).table())
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    path = _load(args).write_report()
+    _root(args).push(Path(args.name) / path.name)
+    print(f"report: {path}")
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    import json
+
+    run = _load(args, trials=bool(args.copy_to))
+    choice = run.select(args.max_latency_ms, args.max_size_mb, args.min_accuracy, args.prefer)
+    copied = run.export(choice.trial, args.copy_to) if choice.fits and args.copy_to else None
+    if args.json:
+        print(json.dumps({**choice.to_dict(), "copied_to": str(copied) if copied else None}, indent=2))
+    else:
+        print(choice.message())
+        print(f"model: {choice.model['path']}")
+        if copied:
+            print(f"copied to {copied}: model.onnx, model.json, predict.py")
+    if not choice.fits:
+        if args.copy_to:
+            print(f"edgepareto: nothing copied to {args.copy_to}: no model fits", file=sys.stderr)
+        return EXIT_NO_FIT
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    folder = _load(args, trials=True).export(args.trial, args.to)
+    print(f"exported trial {args.trial} of {args.name} to {folder}: model.onnx, model.json, predict.py")
     return 0
 
 
@@ -321,7 +395,7 @@ def _targets(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "search": _search, "show": _show, "bench": _bench, "analyze": _analyze, "targets": _targets,
-    "calibrate": _calibrate, "worker": _worker,
+    "calibrate": _calibrate, "worker": _worker, "report": _report, "select": _select, "export": _export,
 }
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +65,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
+        if isinstance(self.model, str) and "," in self.model:  # "resnet18,vit_tiny_patch16_224"
+            object.__setattr__(self, "model", tuple(s.strip() for s in self.model.split(",") if s.strip()))
         if isinstance(self.model, (list, tuple)):
             names = tuple(str(m) for m in self.model)
             object.__setattr__(self, "model", names[0] if len(names) == 1 else names)
@@ -159,14 +164,55 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
-        try:
-            return cls(**dict(data))
-        except TypeError as exc:
-            raise UserError(f"bad config: {exc}") from None
+        """A config from a YAML or JSON mapping: keys are the flags' names (``img_size`` or
+        ``img-size``); an unknown key or a value of the wrong type is a ``UserError`` naming the key."""
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for raw, value in data.items():
+            key = str(raw).replace("-", "_")
+            if key not in hints:
+                close = difflib.get_close_matches(key, list(hints), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UserError(f"unknown config key {raw!r}{hint}")
+            if key in values:
+                raise UserError(f"config key {raw!r} is given twice")
+            values[key] = _typed(str(raw), value, hints[key])
+        return cls(**values)
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the field's type ``hint`` (ints pass as floats, a comma string as a
+    list); raises ``UserError`` naming ``key``."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+    else:
+        for option in options:
+            if option is bool and isinstance(value, bool):
+                return value
+            if option is int and isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if option is str and isinstance(value, str):
+                return value
+            if typing.get_origin(option) is tuple:
+                items = _csv_items(value) if isinstance(value, str) else value
+                if isinstance(items, (list, tuple)) and items and all(isinstance(i, str) for i in items):
+                    return tuple(items)
+    wanted = " or ".join(_TYPE_NAMES.get(o, getattr(o, "__name__", str(o))) for o in options)
+    raise UserError(f"config key {key!r} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+_TYPE_NAMES: dict[Any, str] = {
+    type(None): "null", int: "an integer", float: "a number", str: "a string", bool: "true/false",
+    tuple[str, ...]: "a list of strings",
+}
+
+
+def _csv_items(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def _at_least(flag: str, value: Any, low: int) -> None:

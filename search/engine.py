@@ -132,7 +132,7 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
     run.mirror.push(CACHE_DIR)
     run.dir.mkdir(parents=True)
-    write_text(run.dir / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(run.dir / "run.yaml", config_yaml(cfg))
     write_text(run.dir / "space.yaml", yaml.safe_dump(space.to_mapping(), sort_keys=False))
     run.mirror.push(name)
     study = optuna.create_study(
@@ -151,6 +151,18 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     progress.log("space " + space.describe())
     progress.log(plan.describe())
     return _execute(cfg, run, study, tasks, space, plan, progress)
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """``run.yaml``: the resolved settings (file, flags and defaults), with how to reproduce the run."""
+    header = (
+        f"# edgepareto run {cfg.name}: every setting (config file, flags, defaults).\n"
+        f"# Reproduce: edgepareto search --config {Path(cfg.runs_dir) / str(cfg.name) / 'run.yaml'} "
+        "--name NEW_NAME\n"
+        "# null: chosen automatically (epochs and learning rates per architecture, the ViT patch size\n"
+        "# from img_size, the latency mode from the target). The searched space is saved in space.yaml.\n"
+    )
+    return header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def space_for(spec: str, base_models: Mapping[str, nn.Module]) -> JointSpace:

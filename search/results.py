@@ -27,6 +27,7 @@ from search.objective import BASELINE_ATTR, MODEL_ATTR, baseline_trial, is_feasi
 from search.pareto import pareto_front
 from search.pipeline import INPUT_NAME, onnx_accuracy
 from search.progress import Progress
+from search.selection import Budget, Selection, select
 from search.task import Task
 from targets import Latency, Target
 from targets.latency import LatencyPlan
@@ -47,6 +48,30 @@ class Report:
 
     def table(self) -> str:
         return format_table(self.pareto)
+
+    @property
+    def config(self) -> RunConfig:
+        """The run's resolved settings (``run.yaml``)."""
+        return RunConfig.from_dict(self.summary["config"])
+
+    def select(
+        self, max_latency_ms: float | None = None, max_size_mb: float | None = None,
+        min_accuracy: float | None = None, prefer: str = "accuracy",
+    ) -> Selection:
+        """The Pareto model that fits the budget (``edgepareto select``); see ``search.selection``."""
+        return select(self.pareto, Budget(max_latency_ms, max_size_mb, min_accuracy), prefer)
+
+    def export(self, trial: int, to: str | Path) -> Path:
+        """Write trial ``trial`` as a deployable bundle (``edgepareto export``)."""
+        from search.export import export_trial
+
+        return export_trial(self.run_dir, trial, Path(to))
+
+    def write_report(self) -> Path:
+        """(Re)write ``report.html`` (``edgepareto report``)."""
+        from search.report import write_report
+
+        return write_report(self.run_dir)
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -141,7 +166,12 @@ def finalize(
     write_with(run_dir / "pareto.csv", lambda tmp: pareto.to_csv(tmp, index=False))
     summary = _summary(cfg, tasks, plan, trials, pareto)
     write_json(run_dir / "summary.json", summary)
-    return Report(run_dir, pareto, trials, summary)
+    report = Report(run_dir, pareto, trials, summary)
+    try:
+        progress.log(f"report: {report.write_report()}")
+    except Exception as exc:  # the tables are written; a page that fails must not lose the search
+        progress.log(f"report.html not written ({type(exc).__name__}: {exc}); retry: edgepareto report")
+    return report
 
 
 def side_by_side(target: Target, paths: list[Path], input_shape: tuple[int, ...]) -> list[Latency]:
@@ -197,6 +227,11 @@ def format_table(pareto: pd.DataFrame) -> str:
     return view.to_string(index=False)
 
 
+def load_run(path: str | Path) -> Report:
+    """A finished run, read back from its folder: ``load_run("runs/NAME").pareto`` is its front."""
+    return load_report(Path(path))
+
+
 def load_report(run_dir: Path) -> Report:
     """Read a finished run back from its files (``edgepareto show``)."""
     files = [run_dir / n for n in ("pareto.csv", "trials.csv", "summary.json")]
@@ -206,9 +241,14 @@ def load_report(run_dir: Path) -> Report:
         raise UserError(
             f"run {run_dir.name} has no results yet; finish it with --resume {run_dir.name}"
         )
-    return Report(
-        run_dir, pd.read_csv(files[0]), pd.read_csv(files[1]), json.loads(files[2].read_text())
-    )
+    pareto, trials = pd.read_csv(files[0]), pd.read_csv(files[1])
+    if {"trial", "artifact"} <= set(trials) and "path" in pareto:  # paths from where the run is now
+        artifacts = dict(zip(trials["trial"], trials["artifact"]))
+        pareto["path"] = [
+            str(run_dir / artifacts[t]) if isinstance(artifacts.get(t), str) else p
+            for t, p in zip(pareto["trial"], pareto["path"])
+        ]
+    return Report(run_dir, pareto, trials, json.loads(files[2].read_text()))
 
 
 def _summary(

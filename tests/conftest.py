@@ -43,6 +43,17 @@ def shared_runs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")
 
 
+@pytest.fixture(scope="session")
+def finished_run(shared_runs) -> Path:
+    """A small finished search (8 trials of the tiny model), shared read-only by the results tests:
+    report, select, export. Tests that change files copy it first."""
+    run = shared_runs / "finished"
+    if not run.exists():
+        code = main(["search", "--runs-dir", str(shared_runs), "--name", "finished", "--trials", "8", *TINY])
+        assert code == 0 and (run / "pareto.csv").is_file()
+    return run
+
+
 def run_onnx_file(path: Path, x: torch.Tensor) -> np.ndarray:
     """The first output of ``path`` on ``x`` in a fresh onnxruntime CPU session."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -1,10 +1,14 @@
 """RunConfig validation and its YAML/JSON round trip."""
 
+import dataclasses
+
+import pandas as pd
 import pytest
 import yaml
 
 from search.config import RunConfig
 from search.errors import UserError
+from tests.conftest import run_cli
 
 
 def test_round_trip_through_yaml():
@@ -39,3 +43,85 @@ def test_invalid_settings_are_user_errors(changes, message):
 def test_unknown_key_is_rejected():
     with pytest.raises(UserError, match="unknown config key"):
         RunConfig.from_dict({"modle": "resnet18"})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"modle": "resnet18"}, "unknown config key 'modle'; did you mean 'model'?"),
+        ({"lr": "fast"}, "config key 'lr' must be a number or null, got 'fast'"),
+        ({"img-size": 16.5}, "config key 'img-size' must be an integer, got 16.5"),
+        ({"trials": True}, "config key 'trials' must be an integer"),
+        ({"warm_start": "sometimes"}, "config key 'warm_start' must be true/false"),
+        ({"objectives": [1, 2]}, "config key 'objectives' must be a list of strings"),
+        ({"model": {"a": 1}}, "config key 'model' must be a string or a list of strings"),
+        ({"img_size": 16, "img-size": 16}, "given twice"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_name_the_key(data, message):
+    with pytest.raises(UserError) as caught:
+        RunConfig.from_dict(data)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_every_search_flag_has_a_yaml_key():
+    from search.cli import SEARCH_OPTIONS
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert {dest for dest, _, _ in SEARCH_OPTIONS.values()} | {"runs_dir"} == fields
+    for flag, (dest, _, _) in SEARCH_OPTIONS.items():  # the flag's own spelling works as a key too
+        assert flag.removeprefix("--") in {dest, dest.replace("_", "-")}
+
+
+def test_yaml_spellings_match_the_flags():
+    cfg = RunConfig.from_dict({
+        "model": "resnet18,vit_tiny_patch16_224", "objectives": "accuracy,latency", "img-size": 16,
+        "warm-start": False, "lr": 1, "max-latency-ms": 2,
+    })
+    assert cfg.model == ("resnet18", "vit_tiny_patch16_224") and cfg.objectives == ("accuracy", "latency")
+    assert cfg.img_size == 16 and cfg.warm_start is False and cfg.lr == 1.0 and cfg.max_latency_ms == 2.0
+
+
+def test_config_file_flags_override_and_run_yaml_reproduces(shared_runs, tmp_path, capfd):
+    """``--config`` with a flag on top; the saved run.yaml is the merge, and running it again under
+    another name gives the same settings and the same trials (sampled params, validation accuracy)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "test_resnet", "img-size": 16, "epochs": 2, "trials": 9, "max_accuracy_drop": 50.0,
+        "objectives": ["accuracy", "latency"], "sampler": "random", "runs_dir": str(shared_runs),
+    }))
+    code, _, err = run_cli(["search", "--config", str(config), "--name", "fromfile", "--trials", "4",
+                            "--quiet"], capfd)
+    assert code == 0, err
+    saved_text = (shared_runs / "fromfile" / "run.yaml").read_text()
+    assert saved_text.startswith("# edgepareto run fromfile") and "--config" in saved_text
+    saved = RunConfig.from_dict(yaml.safe_load(saved_text))
+    assert saved.trials == 4 and saved.sampler == "random" and saved.objectives == ("accuracy", "latency")
+    merged = {**yaml.safe_load(config.read_text()), "name": "fromfile", "trials": 4}
+    assert saved == RunConfig.from_dict(merged)
+
+    code, _, err = run_cli(["search", "--config", str(shared_runs / "fromfile" / "run.yaml"),
+                            "--name", "again", "--quiet"], capfd)
+    assert code == 0, err
+    again = RunConfig.from_dict(yaml.safe_load((shared_runs / "again" / "run.yaml").read_text()))
+    assert again == saved.replace(name="again")
+    first, second = (pd.read_csv(shared_runs / n / "trials.csv") for n in ("fromfile", "again"))
+    columns = ["trial", "state", "techniques", "params_json", "val_accuracy", "size_mb"]
+    pd.testing.assert_frame_equal(first[columns], second[columns])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("trials: 3\nepoch: 2\n", "unknown config key 'epoch'; did you mean 'epochs'?"),
+        ("trials: three\n", "config key 'trials' must be an integer, got 'three'"),
+        ("- trials\n", "must be a mapping"),
+        ("trials: [\n", "cannot read config"),
+    ],
+)
+def test_bad_config_files_are_one_line_errors(content, message, tmp_path, capfd):
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    code, _, err = run_cli(["search", "--config", str(config), "--runs-dir", str(tmp_path / "runs")], capfd)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
