@@ -50,6 +50,8 @@ from targets.latency import CALIBRATIONS, LatencyPlan, plan_latency
 #: Study attributes that let a worker join a run from its storage alone.
 CONFIG_ATTR = "edgepareto:config"
 SPACE_ATTR = "edgepareto:space"
+#: Objective values as named in the study (optuna-dashboard's axes): validation split, with units.
+METRIC_NAMES = {"accuracy": "val_accuracy", "latency": "latency_ms", "size": "size_mb"}
 #: Seconds between looks at the study while the last trials run in other processes.
 WAIT_S = 1.0
 
@@ -139,7 +141,7 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
         study_name=name, storage=storage or open_storage(run.storage_url(cfg)),
         directions=cfg.directions, sampler=SAMPLERS[cfg.sampler](cfg),
     )
-    study.set_metric_names(list(cfg.objectives))
+    study.set_metric_names([METRIC_NAMES[o] for o in cfg.objectives])  # as optuna-dashboard shows them
     study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
     study.set_user_attr(SPACE_ATTR, space.to_mapping())
     for model in space.models:
