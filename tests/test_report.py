@@ -1,0 +1,297 @@
+"""report.html: the pure figure and table builders on hand-made tables, then the real page of a finished
+run rendered in headless Chromium (skipped when Chromium is not installed), with control pages that show
+the browser checks can fail."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from search.errors import UserError
+from search.report import (
+    ABSENT,
+    hypervolume_curve,
+    model_links,
+    param_dimensions,
+    pareto_figure,
+    pareto_table,
+    write_report,
+)
+from tests.browser import Chromium, Rendered, png_size, requires_chromium
+
+PLOTS = ["pareto-plot", "hypervolume-plot", "parallel-plot"]
+ACC_LAT = {"accuracy": "maximize", "latency": "minimize"}
+
+
+def trials_table(rows: list[tuple], csv_roundtrip: Path | None = None) -> pd.DataFrame:
+    """trials.csv-like rows of (trial, state, feasible, val_accuracy, latency_ms, size_mb, params)."""
+    frame = pd.DataFrame([
+        {"trial": t, "state": s, "feasible": f, "val_accuracy": a, "latency_ms": lat, "size_mb": size,
+         "techniques": "x", "artifact": f"trials/{t:04d}/model.onnx", "params_json": json.dumps(p or {})}
+        for t, s, f, a, lat, size, p in rows
+    ])
+    if csv_roundtrip is not None:  # as the report reads it: feasible becomes True/False/NaN
+        frame.to_csv(csv_roundtrip, index=False)
+        frame = pd.read_csv(csv_roundtrip)
+    return frame
+
+
+# ---- hypervolume ------------------------------------------------------------------------------
+
+
+def test_hypervolume_curve_by_hand(tmp_path):
+    trials = trials_table([
+        (0, "COMPLETE", True, 0.90, 2.0, 1.0, None),
+        (1, "COMPLETE", True, 0.80, 3.0, 1.0, None),  # dominated by trial 0: flat
+        (2, "FAIL", None, None, None, None, None),  # failed: flat
+        (3, "COMPLETE", False, 0.99, 0.5, 1.0, None),  # infeasible, and better: flat
+        (4, "COMPLETE", True, 0.85, 1.0, 1.0, None),  # a new trade-off: up
+        (5, "RUNNING", None, None, None, None, None),
+        (6, "COMPLETE", False, 0.10, 4.0, 1.0, None),  # infeasible: flat, but it sets the latency box
+    ], csv_roundtrip=tmp_path / "trials.csv")
+    curve = hypervolume_curve(trials, ACC_LAT)
+    assert list(curve.index) == [0, 1, 2, 3, 4, 5, 6]
+    ref = 4.0 * 1.1  # latency box: 1.1 x the largest latency of a completed trial (trial 6's)
+    first = 0.90 * (1 - 2.0 / ref)
+    last = first + 0.85 * (2.0 - 1.0) / ref
+    assert curve.tolist() == pytest.approx([first, first, first, first, last, last, last])
+
+
+def test_hypervolume_curve_never_decreases_and_stays_in_unit_box():
+    rng = np.random.default_rng(0)
+    rows = [
+        (i, "COMPLETE" if rng.random() > 0.2 else "FAIL", bool(rng.random() > 0.3),
+         float(rng.random()), float(rng.random() * 5), float(rng.random() * 3), None)
+        for i in range(40)
+    ]
+    curve = hypervolume_curve(trials_table(rows), {"accuracy": "maximize", "latency": "minimize",
+                                                   "size": "minimize"})
+    assert (np.diff(curve.to_numpy()) >= -1e-12).all()
+    assert 0 < curve.iloc[-1] <= 1 and curve.iloc[0] >= 0
+
+
+def test_hypervolume_curve_single_objective_and_nothing_feasible():
+    rows = [(0, "COMPLETE", True, 0.5, 1, 1, None), (1, "COMPLETE", True, 0.7, 1, 1, None),
+            (2, "COMPLETE", True, 0.6, 1, 1, None)]
+    assert hypervolume_curve(trials_table(rows), {"accuracy": "maximize"}).tolist() == pytest.approx(
+        [0.5, 0.7, 0.7])
+    none = [(0, "FAIL", None, None, None, None, None), (1, "COMPLETE", False, 0.9, 1, 1, None)]
+    assert hypervolume_curve(trials_table(none), ACC_LAT).tolist() == [0.0, 0.0]
+
+
+# ---- figures and table ------------------------------------------------------------------------
+
+
+def test_param_dimensions_conditional_constant_and_categorical():
+    trials = trials_table([
+        (0, "COMPLETE", True, 0.9, 1.0, 1.0, {"prune": False, "quantize": False}),
+        (1, "COMPLETE", True, 0.8, 1.0, 1.0,
+         {"prune": True, "prune.ratio": 0.5, "quantize": True, "quantize.mode": "fp16", "q.ops": "all"}),
+        (2, "COMPLETE", True, 0.7, 1.0, 1.0,
+         {"prune": True, "prune.ratio": 0.3, "quantize": True, "quantize.mode": "static", "q.ops": "all"}),
+        (3, "FAIL", None, None, None, None, {"prune": True, "prune.ratio": 0.9}),  # not completed: left out
+    ])
+    dims = {d["label"]: d for d in param_dimensions(trials)}
+    # q.ops is constant where present: dropped; a technique's settings follow its switch
+    assert list(dims) == ["prune", "prune.ratio", "quantize", "quantize.mode", "accuracy % (val)",
+                          "latency ms", "size MB"]
+    assert dims["prune"]["ticktext"] == ["off", "on"] and dims["prune"]["values"] == [0, 1, 1]
+    ratio = dims["prune.ratio"]
+    assert ratio["ticktext"][0] == ABSENT and ratio["values"][0] == ratio["tickvals"][0] < 0.3
+    assert ratio["values"][1:] == [0.5, 0.3]
+    assert dims["quantize.mode"]["ticktext"] == [ABSENT, "fp16", "static"]
+    assert dims["quantize.mode"]["values"] == [0, 1, 2]
+    assert dims["accuracy % (val)"]["values"] == pytest.approx([90, 80, 70])
+
+
+def pareto_rows(models=("m1",)) -> pd.DataFrame:
+    rows = []
+    for i, m in enumerate(models):
+        rows.append({"trial": 10 * i, "model": m, "role": "baseline", "techniques": "baseline",
+                     "test_accuracy": 0.9, "latency_ms": 2.0, "latency_source": "measured", "size_mb": 4.0,
+                     "accuracy_drop_pt": 0.0, "speedup": 1.0, "compression": 1.0,
+                     "path": f"/elsewhere/run/trials/{10 * i:04d}/model.onnx"})
+        rows.append({"trial": 10 * i + 1, "model": m, "role": "pareto", "techniques": "q <int8> & co",
+                     "test_accuracy": 0.88, "latency_ms": 1.0, "latency_source": "predicted:analytic",
+                     "latency_error_pct": 12.0, "size_mb": 1.0, "accuracy_drop_pt": 2.0, "speedup": 2.0,
+                     "compression": 4.0, "path": f"/elsewhere/run/trials/{10 * i + 1:04d}/model.onnx"})
+    return pd.DataFrame(rows)
+
+
+def test_pareto_figure_models_baselines_and_budgets():
+    pareto = pareto_rows(("m1", "m2"))
+    trials = trials_table([(t, "COMPLETE", True, 0.8, 1.5, 2.0, None) for t in (0, 1, 5, 10, 11)]
+                          + [(6, "COMPLETE", False, 0.3, 0.5, 0.2, None)])
+    config = {"max_latency_ms": 1.8, "min_accuracy": 0.85, "max_accuracy_drop": 5.0, "max_size_mb": 3.0}
+    fig = pareto_figure(pareto, trials, config, "measured")
+    names = [t.name for t in fig.data]
+    assert names == ["other trials (validation)", "infeasible trials (validation)", "Pareto front (test) m1",
+                     "baseline (test) m1", "Pareto front (test) m2", "baseline (test) m2"]
+    assert fig.data[0].x == (1.5,) and fig.data[1].visible == "legendonly"  # trial 5; trial 6 hidden
+    assert fig.data[3].marker.symbol == "star" and fig.data[2].marker.symbol != fig.data[4].marker.symbol
+    assert sum(bool(t.marker.showscale) for t in fig.data) == 1  # one colour bar for size
+    assert "budget ≤ 3" in fig.data[2].marker.colorbar.title.text
+    lines = sorted((s.type, s.x0 if s.x0 == s.x1 else s.y0) for s in fig.layout.shapes)
+    # latency budget, min accuracy, and one max-drop line per base model (baseline 90 % - 5 pt)
+    assert [(t, round(v, 6)) for t, v in lines] == [("line", 1.8), ("line", 85.0), ("line", 85.0),
+                                                    ("line", 85.0)]
+    assert len(pareto_figure(pareto, trials, {"max_accuracy_drop": None}, "measured").layout.shapes) == 0
+
+
+def test_model_links_and_table_escape_text(tmp_path):
+    pareto = pareto_rows()
+    trials = trials_table([(0, "COMPLETE", True, 0.9, 2, 4, None)])  # trial 1 has no trials.csv artifact
+    links = model_links(pareto, trials, tmp_path)
+    assert links == ["trials/0000/model.onnx", "trials/0001/model.onnx"]  # the second from its path
+    table = pareto_table(pareto, links)
+    assert "q &lt;int8&gt; &amp; co" in table and "<int8>" not in table
+    assert table.count("<tr") == 3 and 'href="trials/0001/model.onnx"' in table
+    assert "predicted:analytic ±12%" in table
+
+
+# ---- the page ---------------------------------------------------------------------------------
+
+
+class Refs(HTMLParser):
+    """Every src/href attribute of a page's tags (script bodies are not parsed as tags)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [(tag, v or "") for k, v in attrs if k in ("src", "href")]
+
+
+@pytest.fixture(scope="module")
+def report_run(finished_run, tmp_path_factory) -> Path:
+    """A copy of the shared finished run with its report written."""
+    run = tmp_path_factory.mktemp("report") / finished_run.name
+    shutil.copytree(finished_run, run)
+    assert write_report(run) == run / "report.html"
+    return run
+
+
+def test_write_report_without_results_raises(tmp_path):
+    (tmp_path / "started").mkdir()
+    with pytest.raises(UserError, match="no results yet"):
+        write_report(tmp_path / "started")
+    with pytest.raises(UserError, match="no run"):
+        write_report(tmp_path / "missing")
+
+
+def test_report_is_self_contained(report_run):
+    page = (report_run / "report.html").read_text(encoding="utf-8")
+    refs = Refs()
+    refs.feed(page)
+    external = [r for r in refs.refs if r[1].startswith(("http:", "https:", "//"))]
+    assert not external, external
+    assert not [r for r in refs.refs if r[0] in ("script", "link")]  # all scripts and styles inline
+    assert page.count("plotly.js v") == 1  # the library embedded once
+    assert all(f'id="{p}"' in page for p in PLOTS)
+    assert not list(report_run.glob(".report.html.*"))  # no temporary file left
+
+
+def test_report_escapes_run_text(report_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(report_run, run)
+    pareto = pd.read_csv(run / "pareto.csv")
+    pareto.loc[len(pareto) - 1, "techniques"] = "<script>alert(1)</script>"
+    pareto.to_csv(run / "pareto.csv", index=False)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+
+
+# ---- in the browser ---------------------------------------------------------------------------
+
+
+def check_report_page(page: Rendered, run: Path, rows: int) -> None:
+    """What a good report shows in the browser; raises AssertionError otherwise."""
+    assert not page.errors, f"JavaScript errors: {page.errors}"
+    assert not page.requests, f"network requests: {page.requests}"
+    assert page.probe["plots"] == PLOTS, f"plot divs: {page.probe['plots']}"
+    assert page.probe["rendered"] == PLOTS, f"plots drawn: {page.probe['rendered']}"
+    assert page.probe["rows"].get("pareto-table") == rows, f"table rows: {page.probe['rows']}"
+    assert len(page.probe["links"]) == rows
+    for link in page.probe["links"]:
+        url = urlparse(link)
+        target = Path(unquote(url.path))
+        assert url.scheme == "file" and target.is_file(), f"broken link {link}"
+        assert target.resolve().is_relative_to(run.resolve()), f"link outside the run: {link}"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with Chromium() as browser:
+        yield browser
+
+
+@requires_chromium
+def test_report_in_chromium(chromium, report_run, tmp_path):
+    shot = tmp_path / "report.png"
+    page = chromium.render(report_run / "report.html", screenshot=shot)
+    check_report_page(page, report_run, rows=len(pd.read_csv(report_run / "pareto.csv")))
+    assert page.probe["title"].endswith(report_run.name)
+    width, height = png_size(shot)
+    assert width == 1280 and height > 1500 and shot.stat().st_size > 50_000
+    shutil.copy(shot, report_run / "report.png")  # beside the report, to look at
+
+
+@requires_chromium
+def test_report_in_chromium_after_copying_the_run(chromium, report_run, tmp_path):
+    """The page and its links work from wherever the folder is copied (paths in pareto.csv are stale)."""
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(report_run, moved)
+    page = chromium.render(moved / "report.html")
+    check_report_page(page, moved, rows=len(pd.read_csv(moved / "pareto.csv")))
+
+
+@requires_chromium
+def test_harness_catches_a_javascript_error(chromium, report_run, tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        (report_run / "report.html").read_text(encoding="utf-8")
+        .replace("</body>", '<script>throw new Error("boom")</script></body>'), encoding="utf-8")
+    page = chromium.render(bad)
+    assert any("boom" in e for e in page.errors)
+    with pytest.raises(AssertionError, match="JavaScript errors"):
+        check_report_page(page, report_run, rows=len(pd.read_csv(report_run / "pareto.csv")))
+    tiny = tmp_path / "tiny.html"
+    tiny.write_text('<p>x</p><script>console.error("logged")</script>')
+    assert chromium.render(tiny).errors == ["console.error: logged"]
+
+
+@requires_chromium
+def test_harness_catches_a_missing_or_undrawn_plot(chromium, report_run, tmp_path):
+    rows = len(pd.read_csv(report_run / "pareto.csv"))
+    page = (report_run / "report.html").read_text(encoding="utf-8")
+    table = page[page.index('<table id="pareto-table"'):page.index("</table>") + len("</table>")]
+    missing = tmp_path / "no-plots.html"
+    missing.write_text(f"<html><body>{table}</body></html>", encoding="utf-8")
+    got = chromium.render(missing)
+    assert not got.errors and got.probe["rows"]["pareto-table"] == rows
+    with pytest.raises(AssertionError, match="plot divs"):
+        check_report_page(got, report_run, rows)
+    undrawn = tmp_path / "undrawn.html"  # the divs are there, nothing draws into them
+    divs = "".join(f'<div id="{p}" class="plotly-graph-div"></div>' for p in PLOTS)
+    undrawn.write_text(f"<html><body>{divs}{table}</body></html>", encoding="utf-8")
+    got = chromium.render(undrawn, wait_ms=1000)
+    with pytest.raises(AssertionError, match="plots drawn"):
+        check_report_page(got, report_run, rows)
+
+
+@requires_chromium
+def test_harness_catches_network_requests(chromium, tmp_path):
+    page = tmp_path / "online.html"
+    page.write_text('<script src="https://cdn.plot.ly/plotly-3.0.0.min.js"></script><p>x</p>')
+    got = chromium.render(page)
+    assert got.requests == ["https://cdn.plot.ly/plotly-3.0.0.min.js"]
+    with pytest.raises(AssertionError, match="network requests"):
+        check_report_page(Rendered(requests=got.requests), tmp_path, 0)
