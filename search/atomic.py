@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Any
 
 
+def _file_mode() -> int:
+    """0666 less the umask: the mode ``open()`` gives a new file (``mkstemp`` gives 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_MODE = _file_mode()
+
+
 def write_with(path: Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` and move the result onto ``path`` in one step."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -17,6 +27,7 @@ def write_with(path: Path, writer: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         writer(Path(tmp))
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -25,7 +36,7 @@ def write_with(path: Path, writer: Callable[[Path], None]) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    return write_with(path, lambda tmp: tmp.write_text(text))
+    return write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -29,6 +30,9 @@ GRACE_S = 30
 OWNER_ATTR = "worker"
 BASELINE_ATTR = "baseline"
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+# Optuna warns when heartbeats are used with ask/tell; the runner records them itself (``Heartbeat``).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:

@@ -137,3 +137,21 @@ def test_cli_refusals(synthetic_run, capfd):
     ]:
         code, _, err = run_cli(args, capfd)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_select_on_a_real_run_copies_the_chosen_model(finished_run, tmp_path, capfd):
+    """On a finished search: the choice is the API's, within the budget, and --copy-to exports it."""
+    run = load_run(finished_run)
+    limit = float(run.pareto["size_mb"].median())
+    api = run.select(max_size_mb=limit, prefer="latency")
+    assert api.fits and api.model["size_mb"] <= limit
+    assert api.model["latency_ms"] == run.pareto.loc[run.pareto["size_mb"] <= limit, "latency_ms"].min()
+    args = ["select", "finished", "--runs-dir", str(finished_run.parent), "--max-size-mb", str(limit),
+            "--prefer", "latency", "--json", "--copy-to", str(tmp_path / "chosen")]
+    code, out, err = run_cli(args, capfd)
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["model"]["trial"] == api.trial and answer["copied_to"] == str(tmp_path / "chosen")
+    card = json.loads((tmp_path / "chosen" / "model.json").read_text())
+    assert card["trial"] == api.trial
+    assert (tmp_path / "chosen" / "model.onnx").read_bytes() == Path(api.model["path"]).read_bytes()
