@@ -166,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--runs-dir", default="runs")
 
     sub.add_parser("targets", help="list the latency targets: host and the device profiles")
+
+    serve = sub.add_parser("serve", help="the search service: a REST API to submit, watch and fetch searches")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--runs-dir", default="runs", help="where the searches' run folders go")
+    serve.add_argument("--data-root", default=".", help="data, checkpoint and space paths must lie under it")
+    serve.add_argument("--db", help="jobs database, any SQLAlchemy URL (default sqlite:///RUNS_DIR/service.db)")
+    serve.add_argument("--max-running", type=int, default=1, help="searches at once (0: queue only)")
+    serve.add_argument("--token-file", help="file holding the bearer token (else $EDGEPARETO_TOKEN)")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=65536, help="request size limit")
+    serve.add_argument("--ray-address", help="run searches on this Ray cluster (--backend ray)")
     sub.add_parser(
         "agent", add_help=False,
         help="serve latency measurements on a device over HTTP (onnxruntime and numpy only; "
@@ -236,7 +247,7 @@ def _search(args: argparse.Namespace) -> int:
         cfg = RunConfig.from_dict({**base, **overrides})
         report = run_search(cfg, Progress(cfg.objectives, cfg.directions, quiet=args.quiet))
     print(report.table())
-    print(f"\nresults: {report.run_dir}/pareto.csv, trials.csv, summary.json")
+    print(f"\nresults: {report.run_dir}/pareto.csv, trials.csv, summary.json, report.html")
     return 0
 
 
@@ -311,6 +322,17 @@ def _select(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     folder = _load(args, trials=True).export(args.trial, args.to)
     print(f"exported trial {args.trial} of {args.name} to {folder}: model.onnx, model.json, predict.py")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from search.service.server import serve
+
+    serve(
+        host=args.host, port=args.port, runs_dir=Path(args.runs_dir), data_root=Path(args.data_root),
+        db_url=args.db, max_running=args.max_running, token_file=args.token_file,
+        max_body_bytes=args.max_body_bytes, ray_address=args.ray_address,
+    )
     return 0
 
 
@@ -396,6 +418,7 @@ def _targets(args: argparse.Namespace) -> int:
 COMMANDS = {
     "search": _search, "show": _show, "bench": _bench, "analyze": _analyze, "targets": _targets,
     "calibrate": _calibrate, "worker": _worker, "report": _report, "select": _select, "export": _export,
+    "serve": _serve,
 }
 
 
