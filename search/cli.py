@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=int, default=0)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["search", "techniques", "predictor", "scaling"])
+    bench.add_argument("what", choices=["search", "techniques", "predictor", "scaling", "service"])
     bench.add_argument("--trials", type=_positive_int, default=20)
     bench.add_argument("--seeds", type=_positive_int, default=3)
     bench.add_argument("--runs-dir", default="runs")
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train", type=_positive_int, default=150, help="predictor: models fitted on")
     bench.add_argument("--held-out", type=_positive_int, default=60, help="predictor: models scored")
     bench.add_argument("--epochs", type=int, default=None, help="scaling: baseline training epochs")
+    bench.add_argument("--clients", type=_positive_int, default=50, help="service: concurrent requests")
+    bench.add_argument("--bursts", type=_positive_int, default=20, help="service: bursts per phase")
     bench.add_argument(
         "--setups", type=_csv, default=None,
         help="scaling: comma list of optuna-1, optuna-2, ray-1, ray-2 (default all)",
@@ -376,6 +378,11 @@ def _bench(args: argparse.Namespace) -> int:
             img_size=args.img_size or 16, epochs=args.epochs, setups=setups, log=_log,
         )
         print(format_scaling(results))
+        return 0
+    if args.what == "service":
+        from search.bench_service import bench_service, format_service
+
+        print(format_service(bench_service(args.clients, args.bursts, args.runs_dir, log=_log)))
         return 0
     if args.what == "techniques":
         from search.bench_techniques import bench_techniques, format_techniques

@@ -69,3 +69,14 @@ def test_bench_scaling_runs_one_and_two_workers_and_saves_them(tmp_path, capfd):
     assert list(table["setup"]) == ["optuna-1", "optuna-2"] and (table["per_hour"] > 0).all()
     code, _, err = run_cli(["bench", "scaling", "--setups", "dask-8"], capfd)
     assert code == 2 and "unknown setup(s) dask-8" in err
+
+
+def test_bench_service_measures_idle_and_busy_status_requests(tmp_path):
+    from search.bench_service import bench_service, format_service
+
+    tiny = {"model": "test_resnet", "img_size": 16, "epochs": 30, "trials": 50, "max_accuracy_drop": 50}
+    table = bench_service(clients=5, bursts=2, runs_dir=str(tmp_path), log=lambda _m: None, search=tiny)
+    assert list(table["phase"]) == ["idle", "busy"] and list(table["requests"]) == [10, 10]
+    assert (table["p99"] >= table["p50"]).all() and (table["p50"] > 0).all()
+    assert len(list((tmp_path / "bench").glob("service-*.csv"))) == 1
+    assert "p99" in format_service(table)

@@ -30,7 +30,7 @@ from search.service.store import Job, JobStore
 
 #: Where the service keeps job files (config, log) inside the runs root.
 SERVICE_DIR = ".service"
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 5
 GRACE_S = 20.0
 PROGRESS_EVERY_S = 1.0
 
@@ -135,7 +135,7 @@ class Scheduler:
             del self.procs[job_id]
             self.signalled.pop(job_id, None)
             job = self.store.get(job_id)
-            if job is None:
+            if job is None or job.state != "running":  # queued again to resume (the service stopped)
                 continue
             self.progress[job_id] = read_progress(self.runs_dir, job_id, self.progress.get(job_id))
             now = time.time()
