@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -193,7 +194,8 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
                 return value
             if option is int and isinstance(value, int) and not isinstance(value, bool):
                 return value
-            if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if option is float and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
                 return float(value)
             if option is str and isinstance(value, str):
                 return value
@@ -206,7 +208,7 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
 
 
 _TYPE_NAMES: dict[Any, str] = {
-    type(None): "null", int: "an integer", float: "a number", str: "a string", bool: "true/false",
+    type(None): "null", int: "an integer", float: "a finite number", str: "a string", bool: "true/false",
     tuple[str, ...]: "a list of strings",
 }
 

@@ -8,7 +8,9 @@ request bodies are capped (413); validation errors are 422 naming the field.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import secrets
 import types
 import typing
@@ -21,13 +23,13 @@ from typing import Any, Literal
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, confloat, create_model
 
 from search.config import RunConfig
 from search.errors import UserError
-from search.service.scheduler import Scheduler, describe, read_progress
+from search.service.scheduler import Progress, Scheduler, describe, read_progress, trials_of
 from search.service.store import FINAL, Job, JobStore
 
 #: Settings the server decides, never a request: where runs go and which database holds their study.
@@ -52,6 +54,10 @@ class Settings:
     ray_address: str | None = None
 
 
+#: A JSON number that is finite (Python's JSON reader takes NaN and Infinity; no setting means those).
+FiniteFloat = confloat(strict=True, allow_inf_nan=False)
+
+
 def _pydantic_type(hint: Any) -> Any:
     """A RunConfig field type for request bodies: strict, JSON lists for tuples."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
@@ -64,7 +70,7 @@ def _pydantic_type(hint: Any) -> Any:
         elif option is int:
             mapped.append(StrictInt)
         elif option is float:
-            mapped.extend([StrictInt, StrictFloat])
+            mapped.extend([StrictInt, FiniteFloat])
         elif option is str:
             mapped.append(StrictStr)
         else:  # tuple[str, ...]
@@ -94,10 +100,23 @@ class SelectRequest(BaseModel):
     """A budget: the same options as ``edgepareto select``."""
 
     model_config = ConfigDict(extra="forbid")
-    max_latency_ms: StrictFloat | StrictInt | None = Field(default=None, gt=0)
-    max_size_mb: StrictFloat | StrictInt | None = Field(default=None, gt=0)
-    min_accuracy: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    max_latency_ms: FiniteFloat | StrictInt | None = Field(default=None, gt=0)  # type: ignore[valid-type]
+    max_size_mb: FiniteFloat | StrictInt | None = Field(default=None, gt=0)  # type: ignore[valid-type]
+    min_accuracy: FiniteFloat | StrictInt | None = Field(default=None, ge=0, le=1)  # type: ignore[valid-type]
     prefer: Literal["accuracy", "latency", "size"] = "accuracy"
+
+
+class Problem(BaseModel):
+    """An error answer."""
+
+    detail: str
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer (auth and body limit on every /v1)."""
+    text = {401: "no bearer token", 403: "wrong token", 404: "no such search or model",
+            409: "the search is not in a state that allows this", 413: "request body too large"}
+    return {code: {"model": Problem, "description": text[code]} for code in (401, 403, 413, *codes)}
 
 
 class Submitted(BaseModel):
@@ -111,8 +130,11 @@ def _invalid(field: str | None, message: str) -> RequestValidationError:
 
 
 def _under(root: Path, value: str) -> Path | None:
-    """``value`` resolved against ``root``; None when it lies outside."""
-    path = (root / value).resolve()
+    """``value`` resolved against ``root``; None when it lies outside or is no path at all."""
+    try:
+        path = (root / value).resolve()
+    except (ValueError, OSError):  # a NUL byte, a loop of links
+        return None
     return path if path.is_relative_to(root) else None
 
 
@@ -128,7 +150,7 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
             continue  # a timm model name
         path = _under(settings.data_root, value)
         if path is None:
-            raise _invalid(key, f"{key} must lie under the server's data root")
+            raise _invalid(key, f"{key} must be a path under the server's data root")
         config[key] = str(path)
     if settings.ray_address and "backend" not in config:
         config |= {"backend": "ray", "ray_address": settings.ray_address}
@@ -140,8 +162,14 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
 
 
 def _field_named(message: str) -> str | None:
+    """The RunConfig field a validation message is about: its flag, its key, or its name in words
+    ("unknown objective ..." is about ``objectives``)."""
     for f in fields(RunConfig):
         if f"--{f.name.replace('_', '-')}" in message or f"'{f.name}'" in message:
+            return f.name
+    for f in fields(RunConfig):
+        words = f.name.replace("_", " ")
+        if re.search(rf"\b{re.escape(words.removesuffix('s'))}s?\b", message):
             return f.name
     return None
 
@@ -150,7 +178,8 @@ BEARER = HTTPBearer(auto_error=False)
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is answered 413, declared or streamed."""
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413, whether its size is
+    declared (Content-Length) or not (chunked: the body is read here first, up to the limit)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
         self.app, self.limit = app, limit
@@ -159,33 +188,65 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await _too_large(send, self.limit)
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                return await _too_large(send, self.limit)
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay(message, receive), send)  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await _too_large(send, self.limit)
+        whole = {"type": "http.request", "body": body, "more_body": False}
+        return await self.app(scope, _replay(whole, receive), send)
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await _too_large(send, self.limit)
 
+def _replay(first: dict, receive: Callable) -> Callable[[], Awaitable[dict]]:
+    """``first`` (the buffered body), then the connection's own messages (a disconnect, later)."""
+    sent = False
 
-class _TooLarge(Exception):
-    pass
+    async def replay() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return first
+
+    return replay
 
 
 async def _too_large(send: Callable, limit: int) -> None:
-    body = f'{{"detail":"request body over {limit} bytes"}}'.encode()
+    await _answer(send, 413, f"request body over {limit} bytes")
+
+
+async def _answer(send: Callable, status: int, detail: str, extra: list | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
     await send({"type": "http.response.body", "body": body})
+
+
+class BearerAuth:
+    """ASGI middleware: ``/v1`` requests need the token, checked before anything reads the body
+    (401 without one, 403 when wrong)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], token: str) -> None:
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            header = dict(scope.get("headers") or []).get(b"authorization", b"")
+            scheme, _, credentials = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not credentials.strip():
+                challenge = [(b"www-authenticate", b"Bearer")]
+                return await _answer(send, 401, "a bearer token is required", challenge)
+            if not secrets.compare_digest(credentials.strip(), self.token):
+                return await _answer(send, 403, "wrong token")
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -204,6 +265,8 @@ def create_app(settings: Settings) -> FastAPI:
         description="Compression searches for vision models: submit, watch, cancel, select, download.",
     )
     app.state.scheduler = scheduler
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.router.redirect_slashes = False  # a trailing slash is a 404, not a redirect to another path
     def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> None:  # noqa: B008
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
@@ -219,7 +282,7 @@ def create_app(settings: Settings) -> FastAPI:
     def progress_of(job: Job) -> Any:
         cached = scheduler.progress.get(job.id)
         if cached is None or (job.state in FINAL and cached.trials_finished == 0):
-            cached = read_progress(scheduler.runs_dir, job.id, cached)
+            cached = read_progress(scheduler.runs_dir, job.id, cached or Progress(trials_of(job.config)))
             scheduler.progress[job.id] = cached
         return cached
 
@@ -253,16 +316,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     v1 = [Depends(authorised)]
 
-    @app.post("/v1/searches", status_code=202, dependencies=v1, response_model=Submitted, tags=["searches"])
+    @app.post("/v1/searches", status_code=202, dependencies=v1, response_model=Submitted, tags=["searches"],
+              responses=_responses())
     def submit(body: SearchRequest) -> Submitted:  # type: ignore[valid-type]
         job = store.add(checked_config(body, settings))
         return Submitted(id=job.id, state=job.state)
 
-    @app.get("/v1/searches", dependencies=v1, tags=["searches"])
+    @app.get("/v1/searches", dependencies=v1, tags=["searches"], responses=_responses())
     def list_searches() -> dict[str, Any]:
         return {"searches": [describe(job, progress_of(job)) for job in store.all()]}
 
-    @app.get("/v1/searches/{search_id}", dependencies=v1, tags=["searches"])
+    @app.get("/v1/searches/{search_id}", dependencies=v1, tags=["searches"], responses=_responses(404, 409))
     def status(search_id: str) -> dict[str, Any]:
         job = job_or_404(search_id)
         out = describe(job, progress_of(job)) | {"config": job.config, "pareto": None}
@@ -270,7 +334,7 @@ def create_app(settings: Settings) -> FastAPI:
             out["pareto"] = records(finished_report(job).pareto, job)
         return out
 
-    @app.get("/v1/searches/{search_id}/trials", dependencies=v1, tags=["searches"])
+    @app.get("/v1/searches/{search_id}/trials", dependencies=v1, tags=["searches"], responses=_responses(404))
     def trials(search_id: str) -> dict[str, Any]:
         job = job_or_404(search_id)
         path = run_dir(job) / "trials.csv"
@@ -279,7 +343,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"trials": records(live_trials(run_dir(job), job.id), job)}
 
     @app.get("/v1/searches/{search_id}/models/{trial}", dependencies=v1, tags=["models"],
-             response_class=FileResponse)
+             response_class=FileResponse, responses=_responses(404))
     def model(search_id: str, trial: int) -> FileResponse:
         job = job_or_404(search_id)
         folder = (run_dir(job) / "trials").resolve()
@@ -289,7 +353,8 @@ def create_app(settings: Settings) -> FastAPI:
         return FileResponse(path, media_type="application/octet-stream",
                             filename=f"{job.id}-trial{trial}.onnx")
 
-    @app.post("/v1/searches/{search_id}/select", dependencies=v1, tags=["models"])
+    @app.post("/v1/searches/{search_id}/select", dependencies=v1, tags=["models"],
+              responses=_responses(404, 409))
     def select(search_id: str, budget: SelectRequest) -> dict[str, Any]:
         job = job_or_404(search_id)
         report = finished_report(job)
@@ -301,7 +366,8 @@ def create_app(settings: Settings) -> FastAPI:
             raise _invalid(None, str(exc)) from None
         return choice.to_dict() | {"model": public(choice.model, job)}
 
-    @app.delete("/v1/searches/{search_id}", status_code=202, dependencies=v1, tags=["searches"])
+    @app.delete("/v1/searches/{search_id}", status_code=202, dependencies=v1, tags=["searches"],
+                responses=_responses(404, 409))
     def cancel(search_id: str) -> dict[str, Any]:
         job = job_or_404(search_id)
         state = scheduler.cancel(job.id)
@@ -309,15 +375,25 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(409, f"search {job.id} already ended ({store.get(job.id).state})")
         return {"id": job.id, "state": state, "cancel": True}
 
-    @app.get("/v1/targets", dependencies=v1, tags=["service"])
+    @app.get("/v1/targets", dependencies=v1, tags=["service"], responses=_responses())
     def targets() -> dict[str, Any]:
         return {"targets": target_list()}
 
-    return BodyLimit(app, settings.max_body_bytes)  # type: ignore[return-value]
+    return BearerAuth(BodyLimit(app, settings.max_body_bytes), settings.token)  # type: ignore[return-value]
+
+
+async def _validation_error(_request: Any, exc: Exception) -> JSONResponse:
+    """422 naming each field and what is wrong with it; the offending input is not echoed back (it
+    may be large, or a NaN that JSON cannot carry)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+              for e in errors]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 def live_trials(run: Path, name: str) -> pd.DataFrame:
-    """The trials of a run that has no trials.csv yet, from its study."""
+    """The trials of a run that has no trials.csv yet, from its study (empty while the worker is still
+    creating it)."""
     db = run / "study.db"
     if not db.is_file():
         return pd.DataFrame()
@@ -325,13 +401,15 @@ def live_trials(run: Path, name: str) -> pd.DataFrame:
 
     from search.results import trials_frame
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    storage = None
     try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
         return trials_frame(optuna.load_study(study_name=name, storage=storage))
-    except Exception:  # the study is still being created
+    except Exception:  # the worker is creating the tables or the study right now
         return pd.DataFrame()
     finally:
-        storage.engine.dispose()
+        if storage is not None:
+            storage.engine.dispose()
 
 
 def target_list() -> list[dict[str, Any]]:

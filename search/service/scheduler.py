@@ -105,7 +105,7 @@ class Scheduler:
     def recover(self) -> None:
         """Jobs left running by a previous server: stop any surviving worker, then queue a resume."""
         for job in self.store.all("running"):
-            if job.pid and _alive(job.pid):
+            if job.pid and _is_worker(job.pid, job.id):  # not a stranger that got the pid after a reboot
                 _kill_group(job.pid, signal.SIGKILL)
             if job.cancel:
                 self.store.update(job.id, state="cancelled", finished_at=time.time(), pid=None)
@@ -171,7 +171,7 @@ class Scheduler:
                 continue
             self.procs[job.id] = proc
             self.store.update(job.id, pid=proc.pid)
-            self.progress[job.id] = Progress(int(job.config.get("trials", 60)))
+            self.progress[job.id] = Progress(trials_of(job.config))
 
     def _spawn(self, job: Job) -> subprocess.Popen:
         folder = self.runs_dir / SERVICE_DIR
@@ -211,6 +211,13 @@ class Scheduler:
         return None
 
 
+def trials_of(config: dict[str, Any]) -> int:
+    """The trials a job's config asks for (RunConfig's default when it does not say)."""
+    from search.config import RunConfig
+
+    return int(config.get("trials", RunConfig.trials))
+
+
 def read_progress(runs_dir: Path, job_id: str, before: Progress | None) -> Progress:
     """Trial counts from the run's study (SQLite in the run folder); ``before`` when not readable yet."""
     total = before.trials_total if before else 0
@@ -220,7 +227,7 @@ def read_progress(runs_dir: Path, job_id: str, before: Progress | None) -> Progr
     try:
         import optuna
 
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
         try:
             study_id = storage.get_study_id_from_name(job_id)
             states = [t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)]
@@ -245,14 +252,13 @@ def last_error(log: Path, code: int) -> str:
     return line.removeprefix("edgepareto: error: ")[:500]
 
 
-def _alive(pid: int) -> bool:
+def _is_worker(pid: int, job_id: str) -> bool:
+    """Whether process ``pid`` is alive and is the worker of ``job_id`` (its command line says so)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return b"search" in cmdline and job_id.encode() in cmdline
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:
@@ -262,7 +268,7 @@ def _kill_group(pid: int, sig: signal.Signals) -> None:
 
 def describe(job: Job, progress: Progress | None) -> dict[str, Any]:
     """A job as the API shows it (without the Pareto table)."""
-    p = progress or Progress(int(job.config.get("trials", 60)))
+    p = progress or Progress(trials_of(job.config))
     return {
         "id": job.id, "state": job.state, "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at), "error": job.error,
