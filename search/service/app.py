@@ -267,7 +267,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.scheduler = scheduler
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.router.redirect_slashes = False  # a trailing slash is a 404, not a redirect to another path
+
     def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> None:  # noqa: B008
+        """Puts the bearer scheme in the OpenAPI spec; ``BearerAuth`` has checked the token before any
+        body was read, this checks it again (defence in depth)."""
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
         if not secrets.compare_digest(credentials.credentials.encode(), settings.token.encode()):
