@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from search.config import csv_items
 from search.errors import UserError
 
 EXIT_USAGE = 2
@@ -45,7 +46,7 @@ def _on_off(text: str) -> bool:
 
 
 def _csv(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
+    return csv_items(text)
 
 
 def _models(text: str) -> str | tuple[str, ...]:
@@ -272,11 +273,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _root(args: argparse.Namespace) -> Any:
-    from search.config import NAME_RE
+    from search.config import check_name
     from search.runs_root import open_root
 
-    if not NAME_RE.match(args.name):  # a name, never a path: nothing outside the runs root
-        raise UserError(f"run name {args.name!r} must be letters, digits, '.', '_' or '-' (max 100)")
+    check_name(args.name)  # nothing outside the runs root
     return open_root(args.runs_dir)
 
 

@@ -67,7 +67,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
         if isinstance(self.model, str) and "," in self.model:  # "resnet18,vit_tiny_patch16_224"
-            object.__setattr__(self, "model", tuple(s.strip() for s in self.model.split(",") if s.strip()))
+            object.__setattr__(self, "model", csv_items(self.model))
         if isinstance(self.model, (list, tuple)):
             names = tuple(str(m) for m in self.model)
             object.__setattr__(self, "model", names[0] if len(names) == 1 else names)
@@ -80,10 +80,8 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first bad setting."""
-        if self.name is not None and not NAME_RE.match(self.name):
-            raise UserError(
-                f"run name {self.name!r} must be letters, digits, '.', '_' or '-' (max 100)"
-            )
+        if self.name is not None:
+            check_name(self.name)
         _at_least("trials", self.trials, 1)
         _at_least("img-size", self.img_size, 8)
         if self.patch_size is not None:
@@ -181,6 +179,12 @@ class RunConfig:
         return cls(**values)
 
 
+def check_name(name: str) -> None:
+    """A run name is a folder name, never a path: ``UserError`` otherwise."""
+    if not NAME_RE.match(name):
+        raise UserError(f"run name {name!r} must be letters, digits, '.', '_' or '-' (max 100)")
+
+
 def _typed(key: str, value: Any, hint: Any) -> Any:
     """``value`` checked against the field's type ``hint`` (ints pass as floats, a comma string as a
     list); raises ``UserError`` naming ``key``."""
@@ -200,7 +204,7 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
             if option is str and isinstance(value, str):
                 return value
             if typing.get_origin(option) is tuple:
-                items = _csv_items(value) if isinstance(value, str) else value
+                items = csv_items(value) if isinstance(value, str) else value
                 if isinstance(items, (list, tuple)) and items and all(isinstance(i, str) for i in items):
                     return tuple(items)
     wanted = " or ".join(_TYPE_NAMES.get(o, getattr(o, "__name__", str(o))) for o in options)
@@ -213,8 +217,9 @@ _TYPE_NAMES: dict[Any, str] = {
 }
 
 
-def _csv_items(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+def csv_items(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` as ``("a", "b", "c")``: the comma lists of flags and config values."""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
 def _at_least(flag: str, value: Any, low: int) -> None:

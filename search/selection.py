@@ -110,7 +110,7 @@ def select(pareto: pd.DataFrame, budget: Budget, prefer: str = "accuracy") -> Se
         raise UserError("the run has no Pareto models to select from")
     order = [c for c, _ in PREFERENCES[prefer]] + ["trial"]
     ranked = pareto.sort_values(order, ascending=[a for _, a in PREFERENCES[prefer]] + [True], kind="stable")
-    rows = [_record(r) for r in ranked.to_dict(orient="records")]
+    rows = [plain_record(r) for r in ranked.to_dict(orient="records")]
     fitting = [r for r in rows if not budget.shortfalls(r)]
     if fitting:
         return Selection(True, fitting[0], budget, prefer, {}, len(fitting))
@@ -118,13 +118,14 @@ def select(pareto: pd.DataFrame, budget: Budget, prefer: str = "accuracy") -> Se
     return Selection(False, closest, budget, prefer, budget.shortfalls(closest), 0)
 
 
-def _record(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A pareto.csv row as plain JSON-able Python values (NaN as None)."""
+def plain_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A table row as plain JSON-able Python values (numpy scalars unwrapped, NaN and infinities as
+    None)."""
     out = {}
     for key, value in row.items():
         if hasattr(value, "item"):
             value = value.item()
-        out[key] = None if isinstance(value, float) and math.isnan(value) else value
+        out[key] = None if isinstance(value, float) and not math.isfinite(value) else value
     return out
 
 

@@ -9,7 +9,6 @@ request bodies are capped (413); validation errors are 422 naming the field.
 from __future__ import annotations
 
 import json
-import math
 import re
 import secrets
 import types
@@ -29,16 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from search.config import RunConfig
 from search.errors import UserError
+from search.selection import plain_record
 from search.service.scheduler import Progress, Scheduler, describe, read_progress, trials_of
 from search.service.store import FINAL, Job, JobStore
+from spaces.space import AUTO, PRESETS
 
 #: Settings the server decides, never a request: where runs go and which database holds their study.
 SERVER_FIELDS = ("name", "runs_dir", "storage")
 #: Settings that may name files; they must lie under the data root (other values are names).
 PATH_FIELDS = ("data", "checkpoint", "teacher", "space")
-NOT_PATHS = {
-    "data": ("digits",), "teacher": ("base",), "space": ("auto", "default", "cnn", "vit", "quant-only"),
-}
+NOT_PATHS = {"data": ("digits",), "teacher": ("base",), "space": (AUTO, *PRESETS)}
 
 
 @dataclass(frozen=True)
@@ -297,7 +296,7 @@ def create_app(settings: Settings) -> FastAPI:
         return [public(row, job) for row in frame.to_dict(orient="records")]
 
     def public(row: dict[str, Any], job: Job) -> dict[str, Any]:
-        out = {k: _plain(v) for k, v in row.items() if k not in ("path", "artifact")}
+        out = plain_record({k: v for k, v in row.items() if k not in ("path", "artifact")})
         if "trial" in out and (row.get("path") or isinstance(row.get("artifact"), str)):
             out["model_url"] = f"/v1/searches/{job.id}/models/{out['trial']}"
         return out
@@ -429,10 +428,4 @@ def target_list() -> list[dict[str, Any]]:
     return out
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
