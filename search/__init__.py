@@ -18,13 +18,13 @@ from typing import Any
 __all__ = ["RunConfig", "UserError", "load_report", "load_run", "resume_search", "run_search", "run_worker"]
 
 _LAZY = {
-    "RunConfig": "search.config",
-    "UserError": "search.errors",
-    "run_search": "search.engine",
-    "resume_search": "search.engine",
-    "run_worker": "search.engine",
-    "load_report": "search.results",
-    "load_run": "search.results",
+    "RunConfig": "search.config.run_config",
+    "UserError": "search.core.errors",
+    "run_search": "search.study.engine",
+    "resume_search": "search.study.engine",
+    "run_worker": "search.study.engine",
+    "load_report": "search.front.run",
+    "load_run": "search.front.run",
 }
 
 

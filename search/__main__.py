@@ -1,5 +1,5 @@
 """``python -m search`` is the same as ``edgepareto``."""
 
-from search.cli import entry
+from search.cli.main import entry
 
 entry()

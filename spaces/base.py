@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from search.registry import Registry
+from search.core.registry import Registry
 from spaces.params import Param
 
 TECHNIQUES: Registry[type[Technique]] = Registry("technique")

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from search.train import fit
 from spaces.base import TECHNIQUES, Context, TorchTechnique
 from spaces.params import FloatParam, IntParam
+from spaces.train import fit
 
 
 @TECHNIQUES.register("distill")

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from search.errors import UserError
+from search.core.errors import UserError
 
 Condition = tuple[str, tuple[Any, ...]]
 

@@ -25,7 +25,7 @@ import optuna
 import yaml
 from torch import nn
 
-from search.errors import UserError
+from search.core.errors import UserError
 from spaces.base import TECHNIQUES, Candidate, Step
 from spaces.params import Param, suggest_all
 from spaces.vit import is_vit

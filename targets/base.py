@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.registry import Registry
+from search.core.registry import Registry
 
 #: Target name -> class or factory, called with keyword settings (threads, repeats).
 TARGETS: Registry[Callable[..., Target]] = Registry("target")

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.errors import UserError
+from search.core.errors import UserError
 from targets.base import Latency, Target, create_target
 from targets.predictor import Calibration
 from targets.profile import Profile, ProfileTarget, find_profile

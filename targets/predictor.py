@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from search.atomic import write_text
-from search.errors import UserError
+from search.core.atomic import write_text
+from search.core.errors import UserError
 from targets.graph import GraphCost, NodeCost, analyze, optimized
 
 TOLERANCE = 0.10  # "within ±10%"

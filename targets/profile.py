@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from search.errors import UserError
+from search.core.errors import UserError
 from targets.base import TARGETS, Latency, Target
 from targets.graph import GraphCost, NodeCost, analyze
 

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from search.errors import CandidateError, UserError
+from search.core.errors import CandidateError, UserError
 from targets.base import TARGETS, Latency, Target
 
 TOKEN_ENV = "EDGEPARETO_AGENT_TOKEN"

@@ -13,8 +13,8 @@ import pytest
 import timm
 import torch
 
-from search.cli import main
-from search.data import load_dataset
+from search.cli.main import main
+from search.task.data import load_dataset
 from spaces import Context
 
 ROOT = Path(__file__).resolve().parents[1]

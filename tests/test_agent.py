@@ -23,8 +23,8 @@ import timm
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from search.errors import CandidateError, UserError
-from search.pipeline import export_onnx
+from search.candidate.build import export_onnx
+from search.core.errors import CandidateError, UserError
 from targets import create_target
 from targets.agent import HttpError, Slot
 from targets.remote import RemoteTarget
@@ -33,7 +33,7 @@ from tests.conftest import ROOT, TINY, run_cli
 TOKEN = "test-token-123"
 #: Runs the agent through the CLI with torch made unimportable: proves the agent never needs it.
 NO_TORCH = (
-    "import sys; sys.modules['torch'] = None; from search.cli import main; sys.exit(main(sys.argv[1:]))"
+    "import sys; sys.modules['torch'] = None; from search.cli.main import main; sys.exit(main(sys.argv[1:]))"
 )
 #: The agent's --max-model-mb: the tiny timm model's ONNX file is about 1.5 MB.
 LIMIT = 2_000_000

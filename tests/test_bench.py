@@ -2,7 +2,7 @@
 
 import pytest
 
-from search.bench import Curve, format_bench, hv_curve
+from search.bench.search import Curve, format_bench, hv_curve
 
 
 def test_hv_curve_is_monotone_and_ignores_failed_trials():
@@ -21,7 +21,7 @@ def test_format_reports_trials_to_reach_random():
 
 
 def test_bench_techniques_measures_every_vit_setting_side_by_side():
-    from search.bench_techniques import VIT_SETTINGS, bench_techniques, format_techniques
+    from search.bench.techniques import VIT_SETTINGS, bench_techniques, format_techniques
 
     table = bench_techniques("test_vit", img_size=16, repeats=5)
     assert list(table["setting"]) == list(VIT_SETTINGS)
@@ -72,7 +72,7 @@ def test_bench_scaling_runs_one_and_two_workers_and_saves_them(tmp_path, capfd):
 
 
 def test_bench_service_measures_idle_and_busy_status_requests(tmp_path):
-    from search.bench_service import bench_service, format_service
+    from search.bench.service import bench_service, format_service
 
     tiny = {"model": "test_resnet", "img_size": 16, "epochs": 30, "trials": 50, "max_accuracy_drop": 50}
     table = bench_service(clients=5, bursts=2, runs_dir=str(tmp_path), log=lambda _m: None, search=tiny)

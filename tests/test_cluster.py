@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.cluster import OWNER_ATTR, finished_count
+from search.study.cluster import OWNER_ATTR, finished_count
 from tests.conftest import ROOT, TINY, building, run_cli
 from tests.postgres import fresh_database, postgres_url  # noqa: F401
 from tests.test_resume import slow_space

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from search.config import RunConfig
-from search.errors import UserError
+from search.config.run_config import RunConfig
+from search.core.errors import UserError
 from tests.conftest import run_cli
 
 
@@ -65,7 +65,7 @@ def test_unknown_keys_and_wrong_types_name_the_key(data, message):
 
 
 def test_every_search_flag_has_a_yaml_key():
-    from search.cli import SEARCH_OPTIONS
+    from search.cli.main import SEARCH_OPTIONS
 
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     assert {dest for dest, _, _ in SEARCH_OPTIONS.values()} | {"runs_dir"} == fields

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from search.data import load_dataset
+from search.task.data import load_dataset
 
 NORM = ((0.5,) * 3, (0.5,) * 3)
 

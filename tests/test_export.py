@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-import search.data
-from search.errors import UserError
-from search.export import export_trial
+import search.task.data
+from search import load_run
+from search.core.errors import UserError
+from search.outputs.export import export_trial
 
 #: predict.py must run with these (and the standard library) only.
 ALLOWED = {"numpy", "onnxruntime", "PIL"}
@@ -86,9 +87,9 @@ def digits_folder(root: Path, per_class: int = 2) -> list[Path]:
 
 def pipeline_inputs(root: Path, card: dict, monkeypatch) -> np.ndarray:
     """The images of ``root`` preprocessed by edgepareto's own data pipeline (load_dataset, unsplit)."""
-    monkeypatch.setattr(search.data, "_split", lambda x, y, *_: (search.data.Split(x, y),) * 3)
+    monkeypatch.setattr(search.task.data, "_split", lambda x, y, *_: (search.task.data.Split(x, y),) * 3)
     prep = card["preprocessing"]
-    data = search.data.load_dataset(
+    data = search.task.data.load_dataset(
         str(root), prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), 0, 0.2, 0.2
     )
     return data.test.x.numpy()
@@ -102,7 +103,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def bundle(finished_run, tmp_path_factory) -> Path:
     trial = int(pareto_trial(finished_run)["trial"])
-    return export_trial(finished_run, trial, tmp_path_factory.mktemp("bundle") / "b")
+    return export_trial(load_run(finished_run), trial, tmp_path_factory.mktemp("bundle") / "b")
 
 
 def test_bundle_files_and_model_card(finished_run, bundle):
@@ -191,7 +192,7 @@ def test_export_a_trial_off_the_front(finished_run, tmp_path):
     if done.empty:
         pytest.skip("every completed trial is on the front")
     row = done.iloc[0]
-    bundle = export_trial(finished_run, int(row["trial"]), tmp_path / "b")
+    bundle = export_trial(load_run(finished_run), int(row["trial"]), tmp_path / "b")
     card = json.loads((bundle / "model.json").read_text())
     assert card["role"] == "other" and card["metrics"]["test_accuracy"] is None
     assert card["metrics"]["val_accuracy"] == pytest.approx(row["val_accuracy"])
@@ -200,24 +201,24 @@ def test_export_a_trial_off_the_front(finished_run, tmp_path):
 
 def test_existing_empty_folder_is_fine(finished_run, tmp_path):
     (tmp_path / "b").mkdir()
-    assert (export_trial(finished_run, 0, tmp_path / "b") / "model.onnx").is_file()
+    assert (export_trial(load_run(finished_run), 0, tmp_path / "b") / "model.onnx").is_file()
 
 
 def test_refusals(finished_run, tmp_path):
     with pytest.raises(UserError, match=r"no trial 999 .*Pareto") as err:
-        export_trial(finished_run, 999, tmp_path / "b")
+        export_trial(load_run(finished_run), 999, tmp_path / "b")
     assert "\n" not in str(err.value)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
-        export_trial(finished_run, 0, busy)
+        export_trial(load_run(finished_run), 0, busy)
     assert [p.name for p in busy.iterdir()] == ["keep.txt"] and (busy / "keep.txt").read_text() == "mine"
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a folder"):
-        export_trial(finished_run, 0, tmp_path / "file")
+        export_trial(load_run(finished_run), 0, tmp_path / "file")
     with pytest.raises(UserError, match="no run at"):
-        export_trial(tmp_path / "nothing", 0, tmp_path / "b")
+        export_trial(load_run(tmp_path / "nothing"), 0, tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "file"]
 
 
@@ -228,20 +229,20 @@ def test_failed_trial_and_run_without_results(finished_run, tmp_path):
     trials.loc[1, ["state", "fail_reason"]] = ["FAIL", "prune: the model has\nno prunable layers"]
     trials.to_csv(run / "trials.csv", index=False)
     with pytest.raises(UserError, match=r"trial 1 .*did not complete \(FAIL: prune: the model has no") as err:
-        export_trial(run, 1, tmp_path / "b")
+        export_trial(load_run(run), 1, tmp_path / "b")
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match=r"trial 0 .*no model file"):  # the copy left the .onnx files out
-        export_trial(run, 0, tmp_path / "b")
+        export_trial(load_run(run), 0, tmp_path / "b")
     (run / "summary.json").unlink()
     with pytest.raises(UserError, match="no results yet"):
-        export_trial(run, 0, tmp_path / "b")
+        export_trial(load_run(run), 0, tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
 def test_a_failure_while_writing_leaves_nothing(finished_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("search.export._readme", lambda card: 1 / 0)
+    monkeypatch.setattr("search.outputs.export._readme", lambda card: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        export_trial(finished_run, 0, tmp_path / "out" / "b")
+        export_trial(load_run(finished_run), 0, tmp_path / "out" / "b")
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -256,7 +257,8 @@ def test_card_follows_the_run_files(finished_run, tmp_path):
     pareto = pd.read_csv(run / "pareto.csv")
     pareto["latency_source"], pareto["latency_error_pct"] = "predicted:calibrated", 8.4
     pareto.to_csv(run / "pareto.csv", index=False)
-    card = json.loads((export_trial(run, int(row["trial"]), tmp_path / "b") / "model.json").read_text())
+    bundle = export_trial(load_run(run), int(row["trial"]), tmp_path / "b")
+    card = json.loads((bundle / "model.json").read_text())
     assert (card["preprocessing"]["mean"], card["preprocessing"]["std"]) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
     assert card["metrics"]["latency"]["label"] == "predicted ±8%"
     assert card["metrics"]["latency"]["error_pct"] == 8.4

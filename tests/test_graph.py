@@ -8,7 +8,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import targets.graph as graph_module
-from search.pipeline import export_onnx, model_cost
+from search.candidate.build import export_onnx
+from search.candidate.evaluate import model_cost
 from targets.graph import analyze
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from search.pareto import hypervolume, pareto_front
+from search.front.pareto import hypervolume, pareto_front
 
 
 def test_front_two_objectives_max_and_min():

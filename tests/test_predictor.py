@@ -9,7 +9,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from search.errors import UserError
+from search.core.errors import UserError
 from targets.deploy import deployability
 from targets.graph import analyze
 from targets.latency import CalibratedTarget, latest_calibration, plan_latency

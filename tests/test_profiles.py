@@ -6,7 +6,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from search.errors import UserError
+from search.core.errors import UserError
 from targets import create_target
 from targets.graph import analyze
 from targets.profile import PROFILE_DIR, Profile, predict_seconds, shipped_profiles

@@ -13,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.cluster import OWNER_ATTR, finished_count
-from search.ray_backend import NO_RESULT, NODE_ATTR
+from search.study.cluster import OWNER_ATTR, finished_count
+from search.study.ray_backend import NO_RESULT, NODE_ATTR
 from tests.conftest import ROOT, TINY, building, run_cli, run_module
 from tests.test_resume import slow_space
 

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.errors import UserError
-from search.report import (
+from search import load_run
+from search.core.errors import UserError
+from search.outputs.report import (
     ABSENT,
     hypervolume_curve,
     model_links,
@@ -175,16 +176,16 @@ def report_run(finished_run, tmp_path_factory) -> Path:
     """A copy of the shared finished run with its report written."""
     run = tmp_path_factory.mktemp("report") / finished_run.name
     shutil.copytree(finished_run, run)
-    assert write_report(run) == run / "report.html"
+    assert write_report(load_run(run)) == run / "report.html"
     return run
 
 
 def test_write_report_without_results_raises(tmp_path):
     (tmp_path / "started").mkdir()
     with pytest.raises(UserError, match="no results yet"):
-        write_report(tmp_path / "started")
+        write_report(load_run(tmp_path / "started"))
     with pytest.raises(UserError, match="no run"):
-        write_report(tmp_path / "missing")
+        write_report(load_run(tmp_path / "missing"))
 
 
 def test_report_is_self_contained(report_run):
@@ -205,7 +206,7 @@ def test_report_escapes_run_text(report_run, tmp_path):
     pareto = pd.read_csv(run / "pareto.csv")
     pareto.loc[len(pareto) - 1, "techniques"] = "<script>alert(1)</script>"
     pareto.to_csv(run / "pareto.csv", index=False)
-    page = write_report(run).read_text(encoding="utf-8")
+    page = write_report(load_run(run)).read_text(encoding="utf-8")
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
 
 

@@ -8,8 +8,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.data import load_dataset
-from search.models import data_config
+from search.task.data import load_dataset
+from search.task.models import data_config
 from spaces import TECHNIQUES, TorchTechnique
 from spaces.params import FloatParam
 from tests.conftest import TINY, run_cli

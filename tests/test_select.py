@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from search import load_run
-from search.cli import EXIT_NO_FIT
-from search.errors import UserError
-from search.selection import Budget, select
+from search.cli.main import EXIT_NO_FIT
+from search.core.errors import UserError
+from search.outputs.selection import Budget, select
 from tests.conftest import run_cli
 
 #: trial, role, test accuracy, latency ms, size MB (a made-up front: faster models are less accurate)

@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from search.errors import UserError
+from search.core.errors import UserError
 from spaces import PRESETS, TECHNIQUES, Space
 
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from search.config import RunConfig
-from search.task import CACHE_DIR, prepare
+from search.config.run_config import RunConfig
+from search.task.baseline import CACHE_DIR, prepare
 
 
 def test_baseline_is_reproducible_and_cached(tmp_path):
@@ -23,8 +23,8 @@ def test_baseline_is_reproducible_and_cached(tmp_path):
 
 
 def test_named_teacher_is_trained_cached_and_handed_to_distillation(tmp_path):
-    from search.objective import Objective
-    from search.progress import Progress
+    from search.study.objective import Objective
+    from search.study.progress import Progress
 
     cfg = RunConfig(model="test_vit", img_size=16, patch_size=4, epochs=1, teacher="test_resnet")
     logs: list[str] = []

@@ -12,12 +12,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from search.pipeline import compressed_mb, export_onnx
-from search.train import distillation_loss, fit
+from search.candidate.build import export_onnx
+from search.candidate.evaluate import compressed_mb
 from spaces import TECHNIQUES, OnnxTechnique, TorchTechnique
 from spaces.lowrank import factorize_conv, factorize_linear, factorize_model, full_rank
 from spaces.params import CategoricalParam
 from spaces.sparsity import sparsity_of
+from spaces.train import distillation_loss, fit
 
 
 def macs_params(model, x):

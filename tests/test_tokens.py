@@ -9,7 +9,8 @@ import timm
 import torch
 from torch import nn
 
-from search.pipeline import export_onnx, model_cost
+from search.candidate.build import export_onnx
+from search.candidate.evaluate import model_cost
 from spaces import TECHNIQUES, Context
 from spaces.lowrank import factorize_model
 from spaces.tokens import MergingBlocks, match, merge, merge_schedule, spread, token_counts

@@ -8,13 +8,14 @@ import pytest
 import timm
 import torch
 
-from search.models import create, patch_size_for
-from search.pipeline import export_onnx, model_cost
-from search.train import fit, student_loss
+from search.candidate.build import export_onnx
+from search.candidate.evaluate import model_cost
+from search.task.models import create, patch_size_for
 from spaces import TECHNIQUES, Context
 from spaces.lowrank import factorize_linear
 from spaces.prune import classifiers_of
 from spaces.space import Space, resolve
+from spaces.train import fit, student_loss
 from spaces.vit import head_count, is_vit
 from tests.conftest import run_onnx_file
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from search.models import create
+from search.task.models import create
 from tests.conftest import run_cli
 
 VIT_TINY = ["--model", "test_vit", "--img-size", "16", "--patch-size", "4", "--epochs", "2", "--quiet"]

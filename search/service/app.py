@@ -26,9 +26,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, confloat, create_model
 
-from search.config import RunConfig
-from search.errors import UserError
-from search.selection import plain_record
+from search.config.run_config import RunConfig
+from search.core.errors import UserError
+from search.outputs.selection import plain_record
 from search.service.scheduler import Progress, Scheduler, describe, read_progress, trials_of
 from search.service.store import FINAL, Job, JobStore
 from spaces.space import AUTO, PRESETS
@@ -304,7 +304,7 @@ def create_app(settings: Settings) -> FastAPI:
     def finished_report(job: Job) -> Any:
         if job.state != "done":
             raise HTTPException(409, f"search {job.id} is {job.state}, not done")
-        from search.results import load_report
+        from search.front.run import load_report
 
         try:
             return load_report(run_dir(job))
@@ -401,7 +401,7 @@ def live_trials(run: Path, name: str) -> pd.DataFrame:
         return pd.DataFrame()
     import optuna
 
-    from search.results import trials_frame
+    from search.front.finalize import trials_frame
 
     storage = None
     try:

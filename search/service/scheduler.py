@@ -213,7 +213,7 @@ class Scheduler:
 
 def trials_of(config: dict[str, Any]) -> int:
     """The trials a job's config asks for (RunConfig's default when it does not say)."""
-    from search.config import RunConfig
+    from search.config.run_config import RunConfig
 
     return int(config.get("trials", RunConfig.trials))
 

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from search.errors import UserError
+from search.core.errors import UserError
 
 TOKEN_ENV = "EDGEPARETO_TOKEN"
 MIN_TOKEN = 16

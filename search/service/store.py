@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from search.errors import UserError
+from search.core.errors import UserError
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")

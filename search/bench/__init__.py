@@ -1,0 +1,1 @@
+"""The benchmarks behind ``edgepareto bench``: search quality, scaling, the service, techniques."""

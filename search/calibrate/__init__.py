@@ -1,0 +1,1 @@
+"""Latency calibration: diverse untrained candidates, measured, and a predictor fitted on them."""

@@ -1,0 +1,1 @@
+"""The ``edgepareto`` command line, thin over the Python API."""

@@ -1,0 +1,1 @@
+"""What defines a search: ``RunConfig`` and the objectives table."""

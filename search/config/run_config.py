@@ -1,0 +1,227 @@
+"""RunConfig: one schema for CLI flags, YAML (``run.yaml``) and, later, REST JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from search.core.errors import UserError
+
+OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}
+SAMPLERS = ("tpe", "random", "nsga2")
+LATENCY_MODES = ("measure", "predict", "hybrid")
+BACKENDS = ("optuna", "ray")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a search; saved as ``runs/NAME/run.yaml`` so a run reproduces."""
+
+    name: str | None = None
+    runs_dir: str = "runs"
+    model: str | tuple[str, ...] = "resnet18"  # several: the model becomes a searched choice
+    checkpoint: str | None = None
+    teacher: str = "base"  # distillation teacher: base, a timm model name, or a checkpoint file
+    data: str = "digits"
+    img_size: int = 32
+    patch_size: int | None = None  # ViTs only; None: chosen from img_size (see models.patch_size_for)
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+    epochs: int | None = None  # None: per architecture (15 CNNs, 30 ViTs), see models.TRAINING
+    batch_size: int = 64
+    lr: float | None = None  # None: per architecture, see models.TRAINING
+    finetune_lr: float | None = None
+    space: str = "auto"  # auto: the vit preset for ViTs, default otherwise
+    objectives: tuple[str, ...] = ("accuracy", "latency", "size")
+    sampler: str = "tpe"
+    sampler_seed: int | None = None  # None: the run's seed
+    warm_start: bool = True  # enqueue each technique's canonical recipe after the baseline
+    trials: int = 60
+    timeout: float | None = None
+    storage: str | None = None
+    min_accuracy: float | None = None
+    max_accuracy_drop: float | None = 5.0
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None
+    target: str = "host"
+    latency: str | None = None  # measure | predict | hybrid; None: measure where the target can be
+    agent: str | None = None  # http://DEVICE:PORT of the agent measuring a device profile's target
+    threads: int = 1
+    repeats: int = 50
+    backend: str = "optuna"  # optuna: trials in this process (more join with `edgepareto worker`); ray
+    ray_address: str | None = None  # None: a local Ray; auto; ray://HOST:PORT; HOST:PORT
+    cpus_per_trial: int | None = None  # torch and onnxruntime threads of a trial; None: all (ray: 1)
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None  # ray: trials at once; None: as many as the cluster's CPUs allow
+    trial_timeout: float | None = None  # seconds; a longer trial fails with a timeout reason
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        if isinstance(self.model, str) and "," in self.model:  # "resnet18,vit_tiny_patch16_224"
+            object.__setattr__(self, "model", csv_items(self.model))
+        if isinstance(self.model, (list, tuple)):
+            names = tuple(str(m) for m in self.model)
+            object.__setattr__(self, "model", names[0] if len(names) == 1 else names)
+        self.validate()
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The base model(s) searched; the first is the reference for speed-ups and drops."""
+        return self.model if isinstance(self.model, tuple) else (self.model,)
+
+    def validate(self) -> None:
+        """Raise ``UserError`` naming the first bad setting."""
+        if self.name is not None:
+            check_name(self.name)
+        _at_least("trials", self.trials, 1)
+        _at_least("img-size", self.img_size, 8)
+        if self.patch_size is not None:
+            _at_least("patch-size", self.patch_size, 1)
+            if self.img_size % self.patch_size:
+                raise UserError(f"--patch-size {self.patch_size} does not divide --img-size {self.img_size}")
+        if not self.models or not all(isinstance(m, str) and m for m in self.models):
+            raise UserError("--model needs at least one timm model name")
+        if len(set(self.models)) != len(self.models):
+            raise UserError("--model lists a model twice")
+        if self.checkpoint is not None and len(self.models) > 1:
+            raise UserError("--checkpoint needs a single --model")
+        if self.epochs is not None:
+            _at_least("epochs", self.epochs, 0)
+        _at_least("batch-size", self.batch_size, 1)
+        _at_least("threads", self.threads, 1)
+        _at_least("repeats", self.repeats, 5)
+        for key in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, key) < 0.5:
+                raise UserError(f"--{key.replace('_', '-')} must lie in (0, 0.5)")
+        for key in ("lr", "finetune_lr"):
+            if getattr(self, key) is not None and not 0 < getattr(self, key) <= 1:
+                raise UserError(f"--{key.replace('_', '-')} must lie in (0, 1]")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UserError("--timeout must be a positive number of seconds")
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend != "ray":
+            for key in ("ray_address", "max_concurrent"):
+                if getattr(self, key) is not None:
+                    raise UserError(f"--{key.replace('_', '-')} needs --backend ray")
+            if self.gpus_per_trial:
+                raise UserError(
+                    "--gpus-per-trial needs --backend ray (the optuna backend trains on a GPU "
+                    "whenever torch sees one)"
+                )
+        if self.cpus_per_trial is not None:
+            _at_least("cpus-per-trial", self.cpus_per_trial, 1)
+        if self.max_concurrent is not None:
+            _at_least("max-concurrent", self.max_concurrent, 1)
+        if isinstance(self.gpus_per_trial, bool) or not isinstance(self.gpus_per_trial, (int, float)) \
+                or self.gpus_per_trial < 0:
+            raise UserError(f"--gpus-per-trial must be a number of at least 0, got {self.gpus_per_trial!r}")
+        if self.trial_timeout is not None and self.trial_timeout <= 0:
+            raise UserError("--trial-timeout must be a positive number of seconds")
+        if not self.objectives:
+            raise UserError("--objectives needs at least one of accuracy, latency, size")
+        for obj in self.objectives:
+            if obj not in OBJECTIVES:
+                raise UserError(f"unknown objective {obj!r}; choose from accuracy, latency, size")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise UserError("--objectives lists an objective twice")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            raise UserError("--min-accuracy is a fraction in [0, 1], e.g. 0.97")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise UserError("--max-accuracy-drop is in accuracy points and cannot be negative")
+        if self.latency is not None and self.latency not in LATENCY_MODES:
+            raise UserError(f"--latency must be one of {', '.join(LATENCY_MODES)}, got {self.latency!r}")
+        for key in ("max_latency_ms", "max_size_mb"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise UserError(f"--{key.replace('_', '-')} must be positive")
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["objectives"] = list(self.objectives)
+        if isinstance(self.model, tuple):
+            out["model"] = list(self.model)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """A config from a YAML or JSON mapping: keys are the flags' names (``img_size`` or
+        ``img-size``); an unknown key or a value of the wrong type is a ``UserError`` naming the key."""
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for raw, value in data.items():
+            key = str(raw).replace("-", "_")
+            if key not in hints:
+                close = difflib.get_close_matches(key, list(hints), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UserError(f"unknown config key {raw!r}{hint}")
+            if key in values:
+                raise UserError(f"config key {raw!r} is given twice")
+            values[key] = _typed(str(raw), value, hints[key])
+        return cls(**values)
+
+
+def check_name(name: str) -> None:
+    """A run name is a folder name, never a path: ``UserError`` otherwise."""
+    if not NAME_RE.match(name):
+        raise UserError(f"run name {name!r} must be letters, digits, '.', '_' or '-' (max 100)")
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the field's type ``hint`` (ints pass as floats, a comma string as a
+    list); raises ``UserError`` naming ``key``."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+    else:
+        for option in options:
+            if option is bool and isinstance(value, bool):
+                return value
+            if option is int and isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if option is float and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                return float(value)
+            if option is str and isinstance(value, str):
+                return value
+            if typing.get_origin(option) is tuple:
+                items = csv_items(value) if isinstance(value, str) else value
+                if isinstance(items, (list, tuple)) and items and all(isinstance(i, str) for i in items):
+                    return tuple(items)
+    wanted = " or ".join(_TYPE_NAMES.get(o, getattr(o, "__name__", str(o))) for o in options)
+    raise UserError(f"config key {key!r} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+_TYPE_NAMES: dict[Any, str] = {
+    type(None): "null", int: "an integer", float: "a finite number", str: "a string", bool: "true/false",
+    tuple[str, ...]: "a list of strings",
+}
+
+
+def csv_items(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` as ``("a", "b", "c")``: the comma lists of flags and config values."""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _at_least(flag: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"--{flag} must be an integer of at least {low}, got {value!r}")

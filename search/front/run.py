@@ -1,0 +1,115 @@
+"""A finished run read back from its folder: ``Report`` and ``load_run``.
+
+Only pandas and json: reading ``pareto.csv``, ``trials.csv`` and ``summary.json`` never imports torch,
+timm or onnxruntime. Exporting and writing the report import their modules on first use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search.config.run_config import RunConfig
+from search.core.errors import UserError
+from search.outputs.selection import Budget, Selection, select
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a finished search hands back."""
+
+    run_dir: Path
+    pareto: pd.DataFrame
+    trials: pd.DataFrame
+    summary: dict[str, Any]
+
+    def table(self) -> str:
+        return format_table(self.pareto)
+
+    @property
+    def config(self) -> RunConfig:
+        """The run's resolved settings (``run.yaml``)."""
+        return RunConfig.from_dict(self.summary["config"])
+
+    def select(
+        self, max_latency_ms: float | None = None, max_size_mb: float | None = None,
+        min_accuracy: float | None = None, prefer: str = "accuracy",
+    ) -> Selection:
+        """The Pareto model that fits the budget (``edgepareto select``); see ``search.outputs.selection``."""
+        return select(self.pareto, Budget(max_latency_ms, max_size_mb, min_accuracy), prefer)
+
+    def export(self, trial: int, to: str | Path) -> Path:
+        """Write trial ``trial`` as a deployable bundle (``edgepareto export``)."""
+        from search.outputs.export import export_trial
+
+        return export_trial(self, trial, Path(to))
+
+    def write_report(self) -> Path:
+        """(Re)write ``report.html`` (``edgepareto report``)."""
+        from search.outputs.report import write_report
+
+        return write_report(self)
+
+
+def _errors(pareto: pd.DataFrame) -> list[float | None]:
+    if "latency_error_pct" not in pareto:
+        return [None] * len(pareto)
+    return [None if pd.isna(e) else float(e) for e in pareto["latency_error_pct"]]
+
+
+def _source_label(source: str, error_pct: float | None) -> str:
+    """``measured``, ``measured:remote``, ``predicted:analytic``, ``predicted ±8%``."""
+    if error_pct is not None and str(source).startswith("predicted"):
+        return f"predicted ±{error_pct:.0f}%"
+    return str(source)
+
+
+def format_table(pareto: pd.DataFrame) -> str:
+    """The readable table printed at the end of a search and by ``edgepareto show``."""
+    view = pd.DataFrame({
+        "trial": pareto["trial"],
+        "role": pareto["role"],
+        "techniques": pareto["techniques"],
+        "test acc": pareto["test_accuracy"].map("{:.4f}".format),
+        "drop pt": pareto["accuracy_drop_pt"].map("{:+.2f}".format),
+        "latency ms": pareto["latency_ms"].map("{:.3f}".format),
+        "speed-up": pareto["speedup"].map("{:.2f}x".format),
+        "size MB": pareto["size_mb"].map("{:.3f}".format),
+        "compression": pareto["compression"].map("{:.1f}x".format),
+        "model.onnx": pareto["path"],
+    })
+    if "model" in pareto and pareto["model"].nunique() > 1:  # several base models in one study
+        view.insert(1, "model", pareto["model"])
+    if "latency_source" in pareto and (pareto["latency_source"] != "measured").any():
+        view.insert(view.columns.get_loc("speed-up"), "latency from", [
+            _source_label(src, err) for src, err in zip(pareto["latency_source"], _errors(pareto))
+        ])
+    return view.to_string(index=False)
+
+
+def load_run(path: str | Path) -> Report:
+    """A finished run, read back from its folder: ``load_run("runs/NAME").pareto`` is its front."""
+    return load_report(Path(path))
+
+
+def load_report(run_dir: Path) -> Report:
+    """Read a finished run back from its files (``edgepareto show``)."""
+    files = [run_dir / n for n in ("pareto.csv", "trials.csv", "summary.json")]
+    if not run_dir.is_dir():
+        raise UserError(f"no run at {run_dir}")
+    if not all(f.is_file() for f in files):
+        raise UserError(
+            f"run {run_dir.name} has no results yet; finish it with --resume {run_dir.name}"
+        )
+    pareto, trials = pd.read_csv(files[0]), pd.read_csv(files[1])
+    if {"trial", "artifact"} <= set(trials) and "path" in pareto:  # paths from where the run is now
+        artifacts = dict(zip(trials["trial"], trials["artifact"]))
+        pareto["path"] = [
+            str(run_dir / artifacts[t]) if isinstance(artifacts.get(t), str) else p
+            for t, p in zip(pareto["trial"], pareto["path"])
+        ]
+    return Report(run_dir, pareto, trials, json.loads(files[2].read_text()))

@@ -1,0 +1,1 @@
+"""What a finished run gives its user: selection under a budget, the export bundle, report.html."""

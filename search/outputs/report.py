@@ -1,0 +1,539 @@
+"""``report.html``: a self-contained, offline HTML page of a finished run.
+
+Built only from the run folder's result files (``pareto.csv``, ``trials.csv``, ``summary.json``), so it
+also works on a copied run. plotly.js is embedded once; the page fetches nothing. The figures are built
+by small pure functions from the result tables; :func:`build_page` assembles them and
+:func:`write_report` writes the page atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from search.core.atomic import write_with
+from search.front.pareto import hypervolume
+
+if TYPE_CHECKING:  # type only: the front reads runs and hands them here, never the other way round
+    from search.front.run import Report
+
+REPORT_NAME = "report.html"
+#: Objective name -> its column in trials.csv (validation metrics).
+TRIAL_COLUMN = {"accuracy": "val_accuracy", "latency": "latency_ms", "size": "size_mb"}
+#: Reference box of the normalised hypervolume: minimised objectives up to this times their largest
+#: value among the completed trials; accuracy (a fraction) from 0 to 1.
+HV_MARGIN = 1.1
+#: Parallel coordinates: where a conditional parameter that a trial did not use is drawn.
+ABSENT = "n/a"
+#: Parallel coordinates: the validation metrics after the parameters (label, column, factor, tick format).
+METRIC_AXES = (("accuracy % (val)", "val_accuracy", 100.0, ".1f"), ("latency ms", "latency_ms", 1.0, ".3g"),
+               ("size MB", "size_mb", 1.0, ".3g"))
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "cross")
+COLORSCALE = "Viridis"
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+BUDGET_COLOR = "#c0392b"
+
+
+# ---- reading the tables -------------------------------------------------------------------------
+
+
+def _truthy(values: pd.Series) -> pd.Series:
+    """A CSV column of True/False/blank as booleans (blank is False)."""
+    return values.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+
+
+def completed(trials: pd.DataFrame) -> pd.DataFrame:
+    """The COMPLETE trials, with a boolean ``feasible`` column."""
+    done = trials[trials["state"].astype(str) == "COMPLETE"].copy()
+    done["feasible"] = _truthy(done["feasible"]) if "feasible" in done else True
+    return done
+
+
+def trial_params(trials: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each trial's Optuna params from ``params_json`` ({} where missing or unreadable)."""
+    out = []
+    for raw in trials.get("params_json", pd.Series([None] * len(trials), index=trials.index)):
+        try:
+            value = json.loads(raw) if isinstance(raw, str) and raw else {}
+        except json.JSONDecodeError:
+            value = {}
+        out.append(value if isinstance(value, dict) else {})
+    return out
+
+
+def latency_sources(pareto: pd.DataFrame) -> list[str]:
+    """The distinct ``latency_source`` values of the final latencies (``measured``, ``predicted:...``)."""
+    return list(dict.fromkeys(pareto.get("latency_source", pd.Series(dtype=object)).dropna().astype(str)))
+
+
+def latency_predicted(pareto: pd.DataFrame) -> bool:
+    """Whether the final latencies are predictions rather than measurements."""
+    return any(s.startswith("predicted") for s in latency_sources(pareto))
+
+
+def _several_models(frame: pd.DataFrame) -> bool:
+    return "model" in frame and frame["model"].dropna().nunique() > 1
+
+
+def _fmt(value: Any, spec: str, missing: str = "-") -> str:
+    try:
+        if value is None or pd.isna(value):
+            return missing
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return missing
+
+
+# ---- hypervolume ------------------------------------------------------------------------------
+
+
+def hypervolume_curve(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.Series:
+    """Normalised hypervolume of the feasible completed trials after each trial, indexed by trial number.
+
+    Validation metrics from ``trials.csv``. Each objective is scaled into [0, 1]: accuracy (a fraction)
+    as it is, with reference 0; a minimised objective divided by ``HV_MARGIN`` times its largest value
+    among the completed trials (feasible or not: a fixed box for the whole run), with reference 1. The
+    reference box is the unit box, so the result lies in [0, 1] and never decreases; failed, pruned,
+    running or infeasible trials add no point.
+    """
+    names = list(objectives)
+    directions = [objectives[n] for n in names]
+    cols = [TRIAL_COLUMN[n] for n in names]
+    ordered = trials.sort_values("trial")
+    numbers = ordered["trial"].astype(int).tolist()
+    done = completed(ordered).dropna(subset=cols)
+    scale = np.ones(len(names))
+    reference = np.zeros(len(names))
+    for i, (col, direction) in enumerate(zip(cols, directions)):
+        if direction == "minimize":
+            top = float(done[col].astype(float).max()) if len(done) else 1.0
+            scale[i] = top * HV_MARGIN if top > 0 else 1.0
+            reference[i] = 1.0
+    ok = done[done["feasible"]]
+    scaled = {int(t): tuple(row) for t, row in zip(ok["trial"], ok[cols].astype(float).to_numpy() / scale)}
+    seen: list[tuple[float, ...]] = []
+    curve = []
+    for number in numbers:
+        if number in scaled:
+            seen.append(scaled[number])
+        curve.append(hypervolume(seen, directions, reference) if seen else 0.0)
+    return pd.Series(curve, index=pd.Index(numbers, name="trial"), name="hypervolume", dtype=float)
+
+
+# ---- figures ----------------------------------------------------------------------------------
+
+
+def _hover(rows: pd.DataFrame, acc_col: str, split: str, several: bool) -> list[str]:
+    """Hover text: trial, model, techniques, accuracy, latency, size, speed-up where known."""
+    out = []
+    for _, r in rows.iterrows():
+        lines = [f"<b>trial {int(r['trial'])}</b>"]
+        if several:
+            lines.append(f"model: {html.escape(str(r.get('model', '')))}")
+        lines += [
+            html.escape(str(r.get("techniques", ""))),
+            f"accuracy ({split}): {_fmt(r[acc_col] * 100, '.2f')} %",
+            f"latency: {_fmt(r['latency_ms'], '.4g')} ms",
+            f"size: {_fmt(r['size_mb'], '.3f')} MB",
+        ]
+        if "speedup" in r:
+            speed, comp = _fmt(r["speedup"], ".2f"), _fmt(r["compression"], ".1f")
+            lines.append(f"speed-up: {speed}x, compression {comp}x")
+        out.append("<br>".join(lines))
+    return out
+
+
+def pareto_figure(pareto: pd.DataFrame, trials: pd.DataFrame, config: Mapping[str, Any],
+                  latency_label: str) -> go.Figure:
+    """Test accuracy (%) against latency (ms) of the front and baseline(s), size as colour; the other
+    completed trials faintly (validation); budgets as lines."""
+    fig = go.Figure()
+    several = _several_models(pareto)
+    on_front = set(pareto["trial"].astype(int))
+    done = completed(trials)
+    rest = done[~done["trial"].astype(int).isin(on_front)].dropna(subset=["val_accuracy", "latency_ms"])
+    for feasible, name in ((True, "other trials (validation)"), (False, "infeasible trials (validation)")):
+        part = rest[rest["feasible"] == feasible]
+        if part.empty:
+            continue
+        fig.add_trace(go.Scatter(
+            x=part["latency_ms"], y=part["val_accuracy"] * 100, mode="markers", name=name,
+            marker={"color": "#9aa3ad", "size": 7, "opacity": 0.45, "symbol": "circle" if feasible else "x"},
+            hovertext=_hover(part, "val_accuracy", "validation", several), hoverinfo="text",
+            visible=True if feasible else "legendonly",
+        ))
+    sizes = pareto["size_mb"].astype(float)
+    size_budget = config.get("max_size_mb")
+    colorbar_title = "size MB" + (f"<br>(budget ≤ {float(size_budget):g})" if size_budget else "")
+    marker_common = {"cmin": float(sizes.min()), "cmax": float(sizes.max()), "colorscale": COLORSCALE,
+                     "line": {"color": "#222", "width": 1}}
+    models = list(dict.fromkeys(pareto["model"].astype(str))) if "model" in pareto else [""]
+    first = True
+    for i, model in enumerate(models):
+        rows = pareto[pareto["model"].astype(str) == model] if "model" in pareto else pareto
+        suffix = f" {model}" if several else ""
+        base = rows["role"].astype(str).str.startswith("baseline")
+        for part, name, symbol, size, label in (
+            (rows[~base], f"Pareto front (test){suffix}", SYMBOLS[i % len(SYMBOLS)], 13, None),
+            (rows[base], f"baseline (test){suffix}", "star", 20, f"baseline{suffix}"),
+        ):
+            if part.empty:
+                continue
+            marker = dict(marker_common, color=part["size_mb"].astype(float).tolist(), symbol=symbol,
+                          size=size, showscale=first)
+            if first:
+                marker["colorbar"] = {"title": {"text": colorbar_title}, "thickness": 14, "len": 0.8}
+                first = False
+            fig.add_trace(go.Scatter(
+                x=part["latency_ms"], y=part["test_accuracy"] * 100,
+                mode="markers+text" if label else "markers", name=name, legendgroup=model,
+                text=[label] * len(part) if label else None, textposition="top center",
+                marker=marker, hovertext=_hover(part, "test_accuracy", "test", several), hoverinfo="text",
+            ))
+    _budget_lines(fig, pareto, config, several)
+    fig.update_layout(
+        template="plotly_white", height=560, margin={"l": 70, "r": 30, "t": 40, "b": 60},
+        xaxis_title=f"latency (ms, {latency_label})", yaxis_title="accuracy (%)",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.14, "x": 0},
+        hoverlabel={"align": "left"},
+    )
+    return fig
+
+
+def _budget_lines(fig: go.Figure, pareto: pd.DataFrame, config: Mapping[str, Any], several: bool) -> None:
+    """Dashed lines at the budgets that are set (size is not an axis: it is named on the colour bar)."""
+    line = {"color": BUDGET_COLOR, "dash": "dash", "width": 1.5}
+    font = {"color": BUDGET_COLOR, "size": 11}
+    if config.get("max_latency_ms"):
+        fig.add_vline(x=float(config["max_latency_ms"]), line=line, annotation_font=font,
+                      annotation_text=f"max latency {float(config['max_latency_ms']):g} ms",
+                      annotation_position="top right")
+    if config.get("min_accuracy"):
+        fig.add_hline(y=float(config["min_accuracy"]) * 100, line=line, annotation_font=font,
+                      annotation_text=f"min accuracy {float(config['min_accuracy']) * 100:g} %",
+                      annotation_position="bottom left")
+    drop = config.get("max_accuracy_drop")
+    if drop is not None and not pd.isna(drop):
+        for _, base in pareto[pareto["role"].astype(str).str.startswith("baseline")].iterrows():
+            who = f" ({html.escape(str(base['model']))})" if several else ""
+            fig.add_hline(y=float(base["test_accuracy"]) * 100 - float(drop), line=dict(line, dash="dot"),
+                          annotation_font=font, annotation_position="bottom right",
+                          annotation_text=f"max accuracy drop: {float(drop):g} pt below baseline{who}")
+
+
+def hypervolume_figure(curve: pd.Series, trials: pd.DataFrame) -> go.Figure:
+    """The normalised hypervolume after each trial; trials that added no point shown hollow."""
+    done = completed(trials)
+    counted = set(done.loc[done["feasible"], "trial"].astype(int))
+    state = dict(zip(trials["trial"].astype(int), trials["state"].astype(str).str.lower()))
+    status = [
+        "counted" if t in counted else "infeasible" if state.get(t) == "complete" else state.get(t, "")
+        for t in curve.index
+    ]
+    fig = go.Figure(go.Scatter(
+        x=list(curve.index), y=curve.tolist(), mode="lines+markers", line={"shape": "hv", "color": "#2a6fdb"},
+        marker={"size": 8, "color": ["#2a6fdb" if s == "counted" else "white" for s in status],
+                "line": {"color": "#2a6fdb", "width": 1.5}},
+        hovertext=[f"trial {t}: {v:.4f} ({s})" for t, v, s in zip(curve.index, curve, status)],
+        hoverinfo="text", name="hypervolume",
+    ))
+    fig.update_layout(
+        template="plotly_white", height=360, margin={"l": 70, "r": 30, "t": 20, "b": 50},
+        xaxis_title="trial", yaxis_title="normalised hypervolume", yaxis={"rangemode": "tozero"},
+        showlegend=False,
+    )
+    return fig
+
+
+def param_dimensions(trials: pd.DataFrame) -> list[dict[str, Any]]:
+    """Parallel-coordinates dimensions: each technique parameter whose values vary, then the validation
+    metrics. Booleans and categoricals get tick labels; a trial that lacks a (conditional) parameter is
+    drawn at an extra ``n/a`` tick below its values."""
+    done = completed(trials).dropna(subset=["val_accuracy"])
+    params = trial_params(done)
+    keys = list(dict.fromkeys(k for p in params for k in p))
+    groups = list(dict.fromkeys(k.split(".")[0] for k in keys))
+    keys.sort(key=lambda k: groups.index(k.split(".")[0]))  # a technique's switch, then its settings
+    dims = []
+    for key in keys:
+        raw = [p.get(key) for p in params]
+        present = [v for v in raw if v is not None]
+        if len({json.dumps(v, sort_keys=True, default=str) for v in present}) < 2:
+            continue  # constant: says nothing
+        missing = len(present) < len(raw)
+        if all(isinstance(v, bool) for v in present):
+            dims.append(_categorical(key, raw, ["off", "on"], lambda v: "on" if v else "off", missing))
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            dims.append(_numeric(key, raw, missing))
+        else:
+            labels = sorted({str(v) for v in present})
+            dims.append(_categorical(key, raw, labels, str, missing))
+    for label, col, factor, fmt in METRIC_AXES:
+        if col in done:
+            values = (done[col].astype(float) * factor).fillna(0.0)
+            dims.append({"label": label, "values": values.tolist(), "tickformat": fmt})
+    return dims
+
+
+def _categorical(key: str, raw: Sequence[Any], labels: list[str], name: Callable[[Any], str],
+                 missing: bool) -> dict[str, Any]:
+    ticks = ([ABSENT] if missing else []) + labels
+    index = {t: i for i, t in enumerate(ticks)}
+    values = [index[ABSENT] if v is None else index[name(v)] for v in raw]
+    return {"label": key, "values": values, "tickvals": list(range(len(ticks))), "ticktext": ticks,
+            "range": [-0.2, len(ticks) - 0.8]}
+
+
+def _numeric(key: str, raw: Sequence[Any], missing: bool) -> dict[str, Any]:
+    present = [float(v) for v in raw if v is not None]
+    lo, hi = min(present), max(present)
+    if not missing:
+        return {"label": key, "values": [float(v) for v in raw], "tickformat": ".3g"}
+    absent = lo - 0.2 * (hi - lo)
+    distinct = sorted(set(present))
+    integers = all(float(v).is_integer() for v in distinct)
+    ticks = distinct if integers and len(distinct) <= 6 else list(np.linspace(lo, hi, 4))
+    return {
+        "label": key, "values": [absent if v is None else float(v) for v in raw],
+        "tickvals": [absent, *ticks], "ticktext": [ABSENT, *(f"{t:.3g}" for t in ticks)],
+    }
+
+
+def parallel_figure(trials: pd.DataFrame) -> go.Figure:
+    """Technique parameters against validation metrics of the completed trials, coloured by accuracy."""
+    dims = param_dimensions(trials)
+    acc = next((d["values"] for d in dims if d["label"].startswith("accuracy")), [])
+    fig = go.Figure(go.Parcoords(
+        dimensions=dims,
+        line={"color": acc, "colorscale": COLORSCALE, "showscale": True,
+              "colorbar": {"title": {"text": "accuracy %"}, "thickness": 14}},
+        labelangle=-30, labelside="top", labelfont={"size": 11}, tickfont={"size": 10},
+    ))
+    fig.update_layout(template="plotly_white", height=520, margin={"l": 100, "r": 60, "t": 120, "b": 30})
+    return fig
+
+
+# ---- tables and text ---------------------------------------------------------------------------
+
+
+def model_links(pareto: pd.DataFrame, trials: pd.DataFrame, run_dir: Path) -> list[str | None]:
+    """Each Pareto row's model.onnx relative to the run folder (POSIX), or None when unknown: the trial's
+    ``artifact`` in trials.csv, else the part of ``path`` from its ``trials/`` folder on."""
+    artifacts = {}
+    if "artifact" in trials:
+        for t, a in zip(trials["trial"].astype(int), trials["artifact"]):
+            if isinstance(a, str) and a.strip():
+                artifacts[t] = a.strip()
+    out: list[str | None] = []
+    for t, path in zip(pareto["trial"].astype(int), pareto.get("path", [None] * len(pareto))):
+        link = artifacts.get(t)
+        if link is None and isinstance(path, str) and path:
+            p = Path(path)
+            if p.is_absolute():
+                try:
+                    link = p.relative_to(run_dir.resolve()).as_posix()
+                except ValueError:
+                    parts = PurePosixPath(p.as_posix()).parts
+                    if "trials" in parts:
+                        link = PurePosixPath(*parts[len(parts) - parts[::-1].index("trials") - 1:]).as_posix()
+            else:
+                link = p.as_posix()
+        out.append(link)
+    return out
+
+
+def pareto_table(pareto: pd.DataFrame, links: Sequence[str | None]) -> str:
+    """The Pareto models (baseline first) as an HTML table, each linking to its model.onnx."""
+    several = _several_models(pareto)
+    heads = ["trial", *(["model"] if several else []), "role", "techniques", "test acc %", "drop pt",
+             "latency ms", "speed-up", "size MB", "compression", "model"]
+    rows = []
+    for (_, r), link in zip(pareto.iterrows(), links):
+        source = str(r.get("latency_source", "") or "")
+        err = r.get("latency_error_pct")
+        if source.startswith("predicted") and err is not None and not pd.isna(err):
+            source = f"{source} ±{float(err):.0f}%"
+        cells = [
+            str(int(r["trial"])), *([html.escape(str(r["model"]))] if several else []),
+            html.escape(str(r["role"])), html.escape(str(r["techniques"])),
+            _fmt(r["test_accuracy"] * 100, ".2f"), _fmt(r["accuracy_drop_pt"], "+.2f"),
+            f"{_fmt(r['latency_ms'], '.4g')} <span class=src>{html.escape(source)}</span>",
+            _fmt(r["speedup"], ".2f") + "x", _fmt(r["size_mb"], ".3f"), _fmt(r["compression"], ".1f") + "x",
+            f'<a href="{html.escape(quote(link), quote=True)}">{html.escape(link)}</a>' if link else "-",
+        ]
+        cls = ' class="baseline"' if str(r["role"]).startswith("baseline") else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in heads)
+    return (f'<table id="pareto-table" class="pareto"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _budgets(config: Mapping[str, Any]) -> str:
+    parts = []
+    if config.get("min_accuracy"):
+        parts.append(f"accuracy ≥ {float(config['min_accuracy']) * 100:g} %")
+    if config.get("max_accuracy_drop") is not None:
+        parts.append(f"accuracy drop ≤ {float(config['max_accuracy_drop']):g} pt below the baseline")
+    if config.get("max_latency_ms"):
+        parts.append(f"latency ≤ {float(config['max_latency_ms']):g} ms")
+    if config.get("max_size_mb"):
+        parts.append(f"size ≤ {float(config['max_size_mb']):g} MB")
+    return "; ".join(parts) + " (checked on validation)" if parts else "none"
+
+
+def header(report: Report) -> str:
+    """The run's facts as a definition list, with what each number means."""
+    s, cfg = report.summary, report.summary.get("config", {})
+    states = report.trials["state"].astype(str).value_counts()
+    named = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned"}
+    counts = [f"{int(states.get(k, 0))} {v}" for k, v in named.items()]
+    counts += [f"{int(n)} {k.lower()}" for k, n in states.items() if k not in named]
+    counts_text = f"{len(report.trials)} in all: " + ", ".join(counts)
+    arrows = {"maximize": "↑ maximise", "minimize": "↓ minimise"}
+    objectives = ", ".join(f"{k} {arrows.get(v, v)}" for k, v in s.get("objectives", {}).items())
+    machine = s.get("machine", {})
+    if isinstance(machine, dict):
+        machine = "; ".join(f"{k} {v}" for k, v in machine.items() if v)
+    splits = s.get("split_sizes", {})
+    data = f"{cfg.get('data', '?')}, {cfg.get('img_size', '?')} px"
+    if splits:
+        data += ", " + ", ".join(f"{k} {v}" for k, v in splits.items())
+    mode = "predicted" if latency_predicted(report.pareto) else "measured"
+    models = cfg.get("model", "")
+    sources = ", ".join(latency_sources(report.pareto))
+    items = [
+        ("models", ", ".join(models) if isinstance(models, list) else str(models)),
+        ("target", str(s.get("target", "?"))),
+        ("latency", f"{mode} ({sources}); {s.get('latency', '')}"),
+        ("objectives", objectives),
+        ("trials", counts_text),
+        ("budgets", _budgets(cfg)),
+        ("sampler", f"{cfg.get('sampler', '?')}, backend {cfg.get('backend', '?')}"),
+        ("data", data),
+        ("machine", str(machine)),
+    ]
+    rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items)
+    return f"<dl class=facts>{rows}</dl>"
+
+
+def latency_phrase(report: Report) -> str:
+    """``median ms, measured side by side on TARGET`` or ``ms predicted for TARGET (not measured)``."""
+    target = str(report.summary.get("config", {}).get("target") or report.summary.get("target", "the target"))
+    if latency_predicted(report.pareto):
+        return f"ms predicted for {target} (not measured)"
+    return f"median ms, measured side by side on {target}"
+
+
+# ---- the page ---------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d2530;
+       background: #f5f6f8; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 1.6rem; margin: 0 0 12px; }
+h2 { font-size: 1.2rem; margin: 32px 0 6px; }
+section { background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: 12px 18px 16px;
+          margin-top: 18px; }
+p.note { color: #4a5563; font-size: 0.9rem; margin: 4px 0 8px; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 0;
+           font-size: 0.92rem; }
+dl.facts dt { font-weight: 600; color: #4a5563; }
+dl.facts dd { margin: 0; overflow-wrap: anywhere; }
+table.pareto { border-collapse: collapse; width: 100%; font-size: 0.88rem; }
+table.pareto th, table.pareto td { border-bottom: 1px solid #e3e6ea; padding: 5px 8px; text-align: right; }
+table.pareto th { background: #f0f2f5; position: sticky; top: 0; }
+table.pareto td:nth-child(-n+4), table.pareto th:nth-child(-n+4) { text-align: left; }
+table.pareto tr.baseline td { background: #fbf7e6; }
+span.src { color: #6b7582; font-size: 0.8rem; }
+"""
+
+
+def _figure_html(fig: go.Figure, div_id: str, with_js: bool) -> str:
+    return pio.to_html(fig, full_html=False, include_plotlyjs=with_js, div_id=div_id, config=PLOT_CONFIG)
+
+
+def build_page(report: Report) -> str:
+    """The whole self-contained page."""
+    s, cfg = report.summary, report.summary.get("config", {})
+    objectives = s.get("objectives") or {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}
+    phrase = latency_phrase(report)
+    mode = "predicted" if latency_predicted(report.pareto) else "measured"
+    test_n = s.get("split_sizes", {}).get("test")
+    test = f"test split ({test_n} images)" if test_n else "test split"
+    curve = hypervolume_curve(report.trials, objectives)
+    figures = [
+        ("pareto-plot", pareto_figure(report.pareto, report.trials, cfg, mode)),
+        ("hypervolume-plot", hypervolume_figure(curve, report.trials)),
+        ("parallel-plot", parallel_figure(report.trials)),
+    ]
+    plots = {name: _figure_html(fig, name, i == 0) for i, (name, fig) in enumerate(figures)}
+    links = model_links(report.pareto, report.trials, report.run_dir)
+    box = ", ".join(
+        f"{k} from 0 to 1" if v == "maximize" else f"{k} from 0 to {HV_MARGIN:g} × its largest value"
+        for k, v in objectives.items()
+    )
+    title = html.escape(str(s.get("run", report.run_dir.name)))
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>edgepareto report: {title}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<main>
+<h1>edgepareto run <code>{title}</code></h1>
+<section id="facts">
+{header(report)}
+<p class="note">Pareto front and table: accuracy on the {html.escape(test)} of the exported ONNX model in
+onnxruntime; latency: {html.escape(phrase)}. Other trials and the hypervolume use the validation split,
+as the search saw them.</p>
+</section>
+<section id="front">
+<h2>Pareto front</h2>
+<p class="note">Stars: baseline; colour: model file size. Grey: the other completed trials (validation
+accuracy; infeasible ones hidden, click the legend to show them). Dashed lines: budgets.</p>
+{plots["pareto-plot"]}
+</section>
+<section id="hypervolume">
+<h2>Hypervolume over trials</h2>
+<p class="note">Hypervolume of the feasible completed trials so far on the run's objectives
+({html.escape(", ".join(objectives))}), validation metrics, normalised to a reference box of
+{html.escape(box)}; 1.0 would be a perfect, free model. Hollow markers: trials that do not count
+(failed, pruned, still running or infeasible).</p>
+{plots["hypervolume-plot"]}
+</section>
+<section id="parameters">
+<h2>Technique parameters</h2>
+<p class="note">Completed trials, validation metrics, coloured by accuracy. Only parameters that vary
+are shown; <code>{ABSENT}</code>: the parameter did not apply (its technique was off). Drag along an axis
+to filter.</p>
+{plots["parallel-plot"]}
+</section>
+<section id="models">
+<h2>Pareto models</h2>
+<p class="note">Test split; drop in points below the baseline; speed-up and compression against the
+baseline; latency source after each latency. Links are relative to this report.</p>
+{pareto_table(report.pareto, links)}
+</section>
+</main>
+</body>
+</html>
+"""
+
+
+def write_report(report: Report) -> Path:
+    """Write ``report.html`` into the folder of the finished run ``report`` (``load_run(path)``);
+    returns its path."""
+    page = build_page(report)
+    return write_with(Path(report.run_dir) / REPORT_NAME, lambda tmp: tmp.write_text(page, encoding="utf-8"))

@@ -1,0 +1,133 @@
+"""Automatic model selection: the Pareto model that fits a budget, or the closest when none does.
+
+Pure functions over the run's ``pareto.csv`` table (test-split accuracy of the exported file, latency
+re-measured side by side on the run's target, file size), shared by ``edgepareto select``, the Python
+API (``load_run(path).select(...)``) and the service.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from search.core.errors import UserError
+
+#: What each preference optimises first, then the tie-breaks: (column, ascending).
+PREFERENCES: dict[str, tuple[tuple[str, bool], ...]] = {
+    "accuracy": (("test_accuracy", False), ("latency_ms", True), ("size_mb", True)),
+    "latency": (("latency_ms", True), ("test_accuracy", False), ("size_mb", True)),
+    "size": (("size_mb", True), ("test_accuracy", False), ("latency_ms", True)),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits a chosen model must meet; ``None`` leaves a limit out. Accuracy is a fraction."""
+
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None
+    min_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_latency_ms", "max_size_mb"):
+            value = getattr(self, key)
+            if value is not None and not (_number(value) and value > 0):
+                raise UserError(f"--{key.replace('_', '-')} must be a positive number, got {value!r}")
+        if self.min_accuracy is not None and not (_number(self.min_accuracy) and 0 <= self.min_accuracy <= 1):
+            raise UserError(f"--min-accuracy is a fraction in [0, 1], e.g. 0.97, got {self.min_accuracy!r}")
+
+    def shortfalls(self, row: Mapping[str, Any]) -> dict[str, float]:
+        """How far ``row`` misses each limit, relative to the limit (0.1: 10% over); empty if it fits."""
+        out = {}
+        if self.max_latency_ms is not None and row["latency_ms"] > self.max_latency_ms:
+            out["max_latency_ms"] = row["latency_ms"] / self.max_latency_ms - 1
+        if self.max_size_mb is not None and row["size_mb"] > self.max_size_mb:
+            out["max_size_mb"] = row["size_mb"] / self.max_size_mb - 1
+        if self.min_accuracy is not None and row["test_accuracy"] < self.min_accuracy:
+            out["min_accuracy"] = 1 - row["test_accuracy"] / self.min_accuracy if self.min_accuracy else 0.0
+        return out
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_latency_ms is not None:
+            parts.append(f"latency <= {self.max_latency_ms:g} ms")
+        if self.max_size_mb is not None:
+            parts.append(f"size <= {self.max_size_mb:g} MB")
+        if self.min_accuracy is not None:
+            parts.append(f"accuracy >= {self.min_accuracy * 100:g}%")
+        return ", ".join(parts) or "no limits"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The answer: the chosen model (``fits``) or, when nothing fits, the closest one and its misses."""
+
+    fits: bool
+    model: dict[str, Any]
+    budget: Budget
+    prefer: str
+    shortfalls: dict[str, float]
+    candidates: int  # Pareto models that met the budget
+
+    @property
+    def trial(self) -> int:
+        return int(self.model["trial"])
+
+    def message(self) -> str:
+        m = self.model
+        what = (
+            f"trial {self.trial} ({m['techniques']}): test accuracy {m['test_accuracy'] * 100:.2f}%, "
+            f"latency {m['latency_ms']:.3f} ms ({m.get('latency_source', 'measured')}), "
+            f"size {m['size_mb']:.3f} MB"
+        )
+        if self.fits:
+            return f"chosen for {self.budget.describe()} (best {self.prefer}, {self.candidates} fit): {what}"
+        misses = ", ".join(f"{_LABELS[k]} {v * 100:.1f}% off" for k, v in self.shortfalls.items())
+        return f"no Pareto model fits {self.budget.describe()}; closest is {what} ({misses})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fits": self.fits, "prefer": self.prefer, "budget": self.budget.describe(),
+            "limits": {k: v for k, v in vars(self.budget).items() if v is not None},
+            "candidates": self.candidates, "shortfalls": self.shortfalls, "model": self.model,
+        }
+
+
+_LABELS = {"max_latency_ms": "latency", "max_size_mb": "size", "min_accuracy": "accuracy"}
+
+
+def select(pareto: pd.DataFrame, budget: Budget, prefer: str = "accuracy") -> Selection:
+    """The best model of ``pareto`` by ``prefer`` among those within ``budget``; ties go to the next
+    criteria of ``PREFERENCES``, then to the lower trial number. When none fits, the model with the
+    smallest summed relative shortfall (ties by the same order)."""
+    if prefer not in PREFERENCES:
+        raise UserError(f"--prefer must be one of {', '.join(PREFERENCES)}, got {prefer!r}")
+    if pareto.empty:
+        raise UserError("the run has no Pareto models to select from")
+    order = [c for c, _ in PREFERENCES[prefer]] + ["trial"]
+    ranked = pareto.sort_values(order, ascending=[a for _, a in PREFERENCES[prefer]] + [True], kind="stable")
+    rows = [plain_record(r) for r in ranked.to_dict(orient="records")]
+    fitting = [r for r in rows if not budget.shortfalls(r)]
+    if fitting:
+        return Selection(True, fitting[0], budget, prefer, {}, len(fitting))
+    closest = min(rows, key=lambda r: sum(budget.shortfalls(r).values()))  # min keeps the first of ties
+    return Selection(False, closest, budget, prefer, budget.shortfalls(closest), 0)
+
+
+def plain_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A table row as plain JSON-able Python values (numpy scalars unwrapped, NaN and infinities as
+    None)."""
+    out = {}
+    for key, value in row.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        out[key] = None if isinstance(value, float) and not math.isfinite(value) else value
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,1 @@
+"""The study: samplers, objective, constraints, the ask/tell engine, workers, the Ray backend."""

@@ -1,0 +1,156 @@
+"""The objective: sample a candidate from the trial, build it, evaluate it, record it.
+
+Plain Optuna define-by-run: ``Objective(trial) -> values``. Raising means the trial failed; the
+engine turns that into a FAIL trial with the reason. The Ray backend can reuse it unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.candidate.build import build
+from search.candidate.evaluate import Metrics, evaluate
+from search.config.run_config import RunConfig
+from search.core.atomic import write_json
+from search.front.pareto import is_dominated
+from search.study.cluster import BASELINE_ATTR
+from search.study.constraints import MODEL_ATTR, budget_constraints, is_feasible
+from search.study.progress import Progress
+from search.study.runs_root import RunsRoot
+from search.task.baseline import Task
+from spaces import Context
+from spaces.space import JointSpace
+from targets.deploy import deployability
+from targets.graph import analyze
+from targets.latency import HYBRID_SAMPLE, LatencyPlan
+from targets.slot import checkpoint as slot_checkpoint
+from targets.slot import slot_for
+
+BASELINE_POLL_S = 1.0
+
+
+def baseline_accuracy_key(model: str) -> str:
+    """The study attribute holding a base model's validation accuracy (its baseline trial's)."""
+    return f"baseline_accuracy:{model}"
+
+
+def objective_values(metrics: Metrics, objectives: tuple[str, ...]) -> list[float]:
+    by_name = {"accuracy": metrics.accuracy, "latency": metrics.latency_ms, "size": metrics.size_mb}
+    return [by_name[o] for o in objectives]
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    return run_dir / "trials" / f"{number:04d}"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Callable objective over the base models' tasks, the run's space and a target."""
+
+    cfg: RunConfig
+    tasks: Mapping[str, Task]
+    space: JointSpace
+    plan: LatencyPlan
+    run_dir: Path
+    progress: Progress
+    shared: RunsRoot | None = None  # an fsspec runs root each finished trial is copied to
+
+    def publish(self, number: int) -> None:
+        """Copy a finished trial's folder to the shared runs root (if any)."""
+        if self.shared is not None:
+            self.shared.push(trial_dir(self.run_dir, number).relative_to(self.shared.local))
+
+    def context(self, task: Task) -> Context:
+        data = task.data
+        return Context(
+            train_x=data.train.x, train_y=data.train.y,
+            teacher=task.base if task.teacher is None else task.teacher,
+            seed=self.cfg.seed, batch_size=self.cfg.batch_size, lr=task.finetune_lr,
+            on_progress=self.progress.stage,
+        )
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        model_name, candidate = self.space.sample(trial, baseline=baseline)
+        task = self.tasks[model_name]
+        out = trial_dir(self.run_dir, trial.number)
+        out.mkdir(parents=True)  # trial numbers are never reused, so this never overwrites
+        record: dict[str, Any] = {
+            "trial": trial.number, "model": model_name, "techniques": candidate.label(),
+            "candidate": candidate.to_dict(), "optuna_params": trial.params,
+        }
+        write_json(out / "params.json", record)
+        trial.set_user_attr(MODEL_ATTR, model_name)
+        trial.set_user_attr("techniques", candidate.label())
+        trial.set_user_attr("candidate", candidate.to_dict())
+        path, model = build(candidate, task, out, self.context(task), self.stage)
+        metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage)
+        if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
+            self.progress.stage("latency (measured)")
+            measured = self.plan.measurer.latency(path, task.input_shape)
+            trial.set_user_attr("latency_predicted_ms", metrics.latency_ms)
+            metrics = replace(
+                metrics, latency_ms=measured.median_ms, latency_p90_ms=measured.p90_ms,
+                latency_source=measured.source, latency_error_pct=None,
+            )
+        for key, value in metrics.to_dict().items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
+        baseline_accuracy = None if baseline else self.baseline_accuracy(trial, model_name)
+        violations = budget_constraints(metrics, self.cfg, baseline_accuracy)
+        if self.plan.profile is not None:
+            verdict = deployability(analyze(path, batch=task.input_shape[0]), self.plan.profile)
+            violations["deployable"] = verdict.violation
+            if verdict.reasons:
+                trial.set_user_attr("infeasible_reason", "; ".join(verdict.reasons))
+        for key, value in violations.items():
+            trial.set_constraint(key, value)
+        write_json(out / "metrics.json", {"split": "val", **metrics.to_dict(), "constraints": violations})
+        if baseline:
+            trial.study.set_user_attr(baseline_accuracy_key(model_name), metrics.accuracy)
+        return objective_values(metrics, self.cfg.objectives)
+
+    def stage(self, name: str) -> None:
+        """A new stage of the trial: shown, and a point where a parallel trial's measurement may
+        take the device (``targets.slot.checkpoint``)."""
+        slot_checkpoint()
+        self.progress.stage(name)
+
+    def baseline_accuracy(self, trial: optuna.Trial, model: str) -> float | None:
+        """The base model's validation accuracy; while another process is still running that
+        baseline (parallel workers, Ray), wait for it rather than judge the budget without it. The
+        wait gives up this trial's hold on the device slot: the baseline may need it to measure."""
+        device = self.plan.local_device
+        with slot_for(device).idle() if device else contextlib.nullcontext():
+            while True:
+                value = trial.study.user_attrs.get(baseline_accuracy_key(model))
+                if value is not None:
+                    return value
+                running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if not any(
+                    t.user_attrs.get(BASELINE_ATTR) and t.user_attrs.get(MODEL_ATTR) == model
+                    and t.number != trial.number for t in running
+                ):
+                    return None
+                self.progress.stage(f"waiting for the {model} baseline running elsewhere")
+                time.sleep(BASELINE_POLL_S)
+
+    def worth_measuring(self, trial: optuna.Trial, metrics: Metrics) -> bool:
+        """Hybrid: measure a candidate that no finished trial dominates on its predicted values, a
+        baseline, and a seeded random share of the rest (which keeps checking the predictor)."""
+        if trial.user_attrs.get(BASELINE_ATTR):
+            return True
+        if random.Random(self.cfg.seed * 1_000_003 + trial.number).random() < HYBRID_SAMPLE:
+            return True
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        others = [t.values for t in done if is_feasible(t)]
+        return not is_dominated(objective_values(metrics, self.cfg.objectives), others, self.cfg.directions)
