@@ -133,7 +133,8 @@ def violations(root: Path) -> list[str]:
                     out.append(f"rule 2: {module} imports {dep} (libraries may import only search.core)")
     top = sorted(p.name for p in (root / "search").glob("*.py"))
     if len(top) > MAX_TOP_MODULES:
-        out.append(f"rule 3: {len(top)} modules directly in search/ (at most {MAX_TOP_MODULES}): {', '.join(top)}")
+        listed = ", ".join(top)
+        out.append(f"rule 3: {len(top)} modules directly in search/ (at most {MAX_TOP_MODULES}): {listed}")
     return out
 
 

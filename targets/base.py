@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from search.core.registry import Registry
 
@@ -30,15 +30,30 @@ class Latency:
 
 
 class Target(ABC):
-    """Measures (or predicts) the latency of an ONNX file with a given input shape."""
+    """Measures (or predicts) the latency of an ONNX file with a given input shape.
+
+    A target says what it supports through its attributes and methods, so callers never test its
+    class: ``measures`` (timed runs, not a model's estimate), ``local_device`` (the slot of this
+    machine it times on, or None), ``check()`` (reachable and usable, before any training) and
+    ``exclusive()`` (hold the device for a series of measurements)."""
 
     name: str
+    #: True when latencies are timed runs of the file; False when a model predicts them.
+    measures: ClassVar[bool] = True
+    #: The device slot of this machine that a measurement occupies (``targets.slot``); None when
+    #: timing happens elsewhere (a remote agent) or nothing is timed (a prediction).
+    local_device: ClassVar[str | None] = None
 
     @abstractmethod
     def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency: ...
 
     @abstractmethod
     def describe(self) -> str: ...
+
+    def check(self) -> dict[str, Any]:
+        """Raise ``UserError`` when the target cannot be used (an unreachable agent); returns what it
+        learnt about the device (empty when there is nothing to ask)."""
+        return {}
 
     def exclusive(self) -> contextlib.AbstractContextManager:
         """Hold the device for a series of measurements (this machine's CPU: its slot; a remote

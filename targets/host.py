@@ -45,6 +45,7 @@ class HostTarget(Target):
     """This machine's CPU, measured: warm-up, then median and p90 of repeated batch-1 runs."""
 
     name = "host"
+    local_device = HOST_DEVICE
 
     def __init__(self, threads: int = 1, warmup: int = 10, repeats: int = 50) -> None:
         self.threads = threads

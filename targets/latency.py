@@ -55,6 +55,8 @@ def new_calibration_path(runs_root: Path, target: str, threads: int) -> Path:
 class CalibratedTarget(Target):
     """Predicts from a fitted calibration; every latency carries the calibration's CV error."""
 
+    measures = False
+
     def __init__(self, calibration: Calibration, path: Path) -> None:
         self.calibration = calibration
         self.path = path
@@ -98,9 +100,9 @@ class LatencyPlan:
     def local_device(self) -> str | None:
         """The device slot of this machine when candidates are measured here, else None (a remote
         device or a prediction is not disturbed by work on this machine)."""
-        from targets.host import HOST_DEVICE, HostTarget
-
-        return HOST_DEVICE if isinstance(self.measurer, HostTarget) and self.mode != "predict" else None
+        if self.measurer is None or self.mode == "predict":
+            return None
+        return self.measurer.local_device
 
     def describe(self) -> str:
         parts = [f"latency {self.mode} on {self.target}"]

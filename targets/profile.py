@@ -154,6 +154,8 @@ def predict_seconds(cost: GraphCost, profile: Profile, threads: int = 1) -> floa
 class ProfileTarget(Target):
     """A device predicted from its profile by the analytic prior (uncalibrated)."""
 
+    measures = False
+
     def __init__(self, profile: Profile, threads: int = 1, repeats: int = 0) -> None:
         # ``repeats`` is accepted like every target's settings; a prediction is not repeated
         self.profile = profile

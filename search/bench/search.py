@@ -1,8 +1,9 @@
 """``edgepareto bench search``: the default sampler against random search, same trials and seeds.
 
-Hypervolume is computed on validation values normalised by each run's baseline: accuracy drop in
-points (reference: the default 5-point budget), latency and size as fractions of the baseline
-(reference 1.0), divided by the reference box so that 1.0 would be a free, lossless, instant model.
+Hypervolume is the one normalised definition of ``search.front.pareto.hypervolume_curve`` (also the
+report's): validation values relative to each run's baseline, accuracy drop in points (edge: the
+default 5-point budget), latency and size as fractions of the baseline's (edge 1.0), so that 1.0 would
+be a free, lossless, instant model.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from search.config.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
 from search.config.run_config import RunConfig
-from search.front.pareto import hypervolume
+from search.front.pareto import hypervolume_curve
 from search.study.constraints import baseline_trial, is_feasible
 from search.study.engine import Run, run_search
 from search.study.progress import Progress
-
-REFERENCE = (5.0, 1.0, 1.0)  # accuracy drop (points), latency / baseline, size / baseline
-DIRECTIONS = ("minimize", "minimize", "minimize")
 
 
 @dataclass(frozen=True)
@@ -32,28 +31,24 @@ class Curve:
     hv: tuple[float, ...]  # normalised hypervolume after each trial
 
 
-def normalised_points(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[float, float, float]]:
-    """Per trial (in order; None for failed/infeasible ones): drop, latency ratio, size ratio."""
-    b = baseline_trial(trials).user_attrs
-    points = []
-    for t in trials:
-        a = t.user_attrs
-        ok = t.state == TrialState.COMPLETE and is_feasible(t)
-        points.append(
-            ((b["accuracy"] - a["accuracy"]) * 100, a["latency_ms"] / b["latency_ms"],
-             a["size_mb"] / b["size_mb"]) if ok else None
-        )
-    return points
+def objective_points(
+    trials: list[optuna.trial.FrozenTrial], objectives: tuple[str, ...] = DEFAULT_OBJECTIVES,
+) -> tuple[list[dict[str, float] | None], dict[str, float]]:
+    """Per trial (in order; None for failed or infeasible ones) its validation values by objective,
+    and the baseline's."""
+    def values(t: optuna.trial.FrozenTrial) -> dict[str, float]:
+        return {n: float(t.user_attrs[OBJECTIVES[n].attr]) for n in objectives}
+
+    points = [
+        values(t) if t.state == TrialState.COMPLETE and is_feasible(t) else None for t in trials
+    ]
+    return points, values(baseline_trial(trials))
 
 
-def hv_curve(points: list) -> tuple[float, ...]:
-    volume = float(np.prod(REFERENCE))
-    out, seen = [], []
-    for p in points:
-        if p is not None:
-            seen.append(p)
-        out.append(hypervolume(seen, DIRECTIONS, REFERENCE) / volume)
-    return tuple(out)
+def hv_of(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, ...]:
+    """The run's normalised hypervolume after each trial (``search.front.pareto.hypervolume_curve``)."""
+    points, baseline = objective_points(trials)
+    return tuple(hypervolume_curve(points, baseline, DEFAULT_OBJECTIVES))
 
 
 def bench_search(
@@ -73,7 +68,7 @@ def bench_search(
             study = optuna.load_study(
                 study_name=cfg.name, storage=Run(cfg.name, Path(runs_dir)).storage_url(cfg)
             )
-            curve = Curve(sampler, seed, hv_curve(normalised_points(study.get_trials())))
+            curve = Curve(sampler, seed, hv_of(study.get_trials()))
             curves.append(curve)
             print(f"  {sampler} seed {seed}: hypervolume {curve.hv[-1]:.4f}", flush=True)
     return format_bench(curves, trials)

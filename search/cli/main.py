@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from search.config.objectives import OBJECTIVES
 from search.config.run_config import csv_items
 from search.core.errors import UserError
 
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--max-size-mb", type=float, help="model file at most, MB")
     select.add_argument("--min-accuracy", type=float, help="test accuracy at least (fraction, e.g. 0.97)")
     select.add_argument(
-        "--prefer", choices=["accuracy", "latency", "size"], default="accuracy",
+        "--prefer", choices=list(OBJECTIVES), default="accuracy",
         help="what the chosen model maximises within the budget (default accuracy)",
     )
     select.add_argument("--json", action="store_true", help="print the answer as JSON")

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from search.config.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, directions
 from search.core.errors import UserError
+from search.study.samplers import SAMPLERS, create_sampler
 
-OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}
-SAMPLERS = ("tpe", "random", "nsga2")
 LATENCY_MODES = ("measure", "predict", "hybrid")
 BACKENDS = ("optuna", "ray")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -41,7 +41,7 @@ class RunConfig:
     lr: float | None = None  # None: per architecture, see models.TRAINING
     finetune_lr: float | None = None
     space: str = "auto"  # auto: the vit preset for ViTs, default otherwise
-    objectives: tuple[str, ...] = ("accuracy", "latency", "size")
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     sampler: str = "tpe"
     sampler_seed: int | None = None  # None: the run's seed
     warm_start: bool = True  # enqueue each technique's canonical recipe after the baseline
@@ -128,14 +128,14 @@ class RunConfig:
         if self.trial_timeout is not None and self.trial_timeout <= 0:
             raise UserError("--trial-timeout must be a positive number of seconds")
         if not self.objectives:
-            raise UserError("--objectives needs at least one of accuracy, latency, size")
+            raise UserError(f"--objectives needs at least one of {', '.join(OBJECTIVES)}")
         for obj in self.objectives:
             if obj not in OBJECTIVES:
-                raise UserError(f"unknown objective {obj!r}; choose from accuracy, latency, size")
+                raise UserError(f"unknown objective {obj!r}; choose from {', '.join(OBJECTIVES)}")
         if len(set(self.objectives)) != len(self.objectives):
             raise UserError("--objectives lists an objective twice")
         if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+            raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS.names())}")
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
             raise UserError("--min-accuracy is a fraction in [0, 1], e.g. 0.97")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
@@ -148,8 +148,17 @@ class RunConfig:
                 raise UserError(f"--{key.replace('_', '-')} must be positive")
 
     @property
+    def effective_sampler_seed(self) -> int:
+        """The sampler's seed: ``sampler_seed``, else the run's ``seed``."""
+        return self.seed if self.sampler_seed is None else self.sampler_seed
+
+    def make_sampler(self) -> Any:
+        """A fresh Optuna sampler for this run (``--sampler``, seeded)."""
+        return create_sampler(self.sampler, self.effective_sampler_seed, self.trials)
+
+    @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[o] for o in self.objectives]
+        return directions(self.objectives)
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

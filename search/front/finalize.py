@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.candidate.build import INPUT_NAME
 from search.candidate.evaluate import onnx_accuracy
-from search.config.run_config import OBJECTIVES, RunConfig
+from search.config.objectives import directions as objective_directions
+from search.config.run_config import RunConfig
 from search.core.atomic import write_json, write_with
 from search.core.errors import UserError
 from search.front.pareto import pareto_front
@@ -38,7 +39,6 @@ from targets.latency import LatencyPlan
 PASSES = 3
 
 
-METRIC_OF = {"accuracy": "accuracy", "latency": "latency_ms", "size": "size_mb"}
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -79,7 +79,7 @@ def front_trials(study: optuna.Study, objectives: tuple[str, ...]) -> list[Froze
     done = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)
     ]
-    directions = [OBJECTIVES[o] for o in objectives]
+    directions = objective_directions(objectives)
     return [done[i] for i in pareto_front([t.values for t in done], directions)]
 
 
@@ -146,7 +146,7 @@ def side_by_side(target: Target, paths: list[Path], input_shape: tuple[int, ...]
     (a predicting target gives the same answer every pass, so it makes one)."""
     with target.exclusive():  # one hold for all passes: nothing else runs on the device meanwhile
         passes = [[target.latency(p, input_shape) for p in paths]]
-        if not all(lat.source.startswith("predicted") for lat in passes[0]):
+        if target.measures:
             passes += [[target.latency(p, input_shape) for p in paths] for _ in range(PASSES - 1)]
     return [
         replace(

@@ -1,10 +1,16 @@
-"""Pareto maths on plain numbers: every objective is turned into minimisation first."""
+"""Pareto maths on plain numbers: every objective is turned into minimisation first.
+
+Also the one normalised hypervolume of a run (:func:`hypervolume_curve`), shared by the report and the
+benchmarks.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from search.config.objectives import OBJECTIVES
 
 DIRECTIONS = ("minimize", "maximize")
 
@@ -64,3 +70,42 @@ def hypervolume(
     if len(inside) == 0:
         return 0.0
     return float(compute_hypervolume(inside, ref))
+
+
+def normalised(
+    values: Mapping[str, float], baseline: Mapping[str, float], objectives: Sequence[str]
+) -> tuple[float, ...]:
+    """A trial's point in the unit box of the normalised hypervolume.
+
+    Each objective is taken relative to the baseline's value (``ObjectiveSpec.normalised``: points of
+    accuracy lost, or the fraction of the baseline's latency and size), divided by the objective's
+    ``hv_edge`` and clipped to [0, 1]: 0 is as good as the baseline or better for accuracy and nothing
+    at all for latency and size, 1 is the edge of the box (5 points lost, the baseline's own latency
+    or size).
+    """
+    out = []
+    for name in objectives:
+        spec = OBJECTIVES[name]
+        out.append(min(1.0, max(0.0, spec.normalised(values[name], baseline[name]) / spec.hv_edge)))
+    return tuple(out)
+
+
+def hypervolume_curve(
+    points: Sequence[Mapping[str, float] | None], baseline: Mapping[str, float], objectives: Sequence[str]
+) -> list[float]:
+    """The normalised hypervolume after each trial, in [0, 1] and never decreasing: the one definition
+    behind ``report.html`` and ``edgepareto bench search``.
+
+    ``points`` holds each trial's objective values in trial order (validation split), None for a
+    trial that adds no point (failed, pruned, running or infeasible); ``baseline`` holds the values of
+    the uncompressed baseline the run compares with. The reference box is the unit box of
+    :func:`normalised`, fixed by the baseline alone, so runs and samplers on the same task compare.
+    """
+    minimised = ["minimize"] * len(objectives)
+    seen: list[tuple[float, ...]] = []
+    curve = []
+    for values in points:
+        if values is not None:
+            seen.append(normalised(values, baseline, objectives))
+        curve.append(hypervolume(seen, minimised, [1.0] * len(objectives)) if seen else 0.0)
+    return curve

@@ -20,18 +20,20 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from search.config.objectives import OBJECTIVES
 from search.core.atomic import write_with
-from search.front.pareto import hypervolume
+from search.front.pareto import hypervolume_curve as hypervolume_curve_of
 
 if TYPE_CHECKING:  # type only: the front reads runs and hands them here, never the other way round
     from search.front.run import Report
 
 REPORT_NAME = "report.html"
-#: Objective name -> its column in trials.csv (validation metrics).
-TRIAL_COLUMN = {"accuracy": "val_accuracy", "latency": "latency_ms", "size": "size_mb"}
-#: Reference box of the normalised hypervolume: minimised objectives up to this times their largest
-#: value among the completed trials; accuracy (a fraction) from 0 to 1.
-HV_MARGIN = 1.1
+#: How each objective enters the normalised hypervolume, as the page explains it.
+HV_BOX = {
+    name: (f"{name}: 0 to {spec.hv_edge:g} points lost against the baseline" if spec.relative == "drop"
+           else f"{name}: 0 to {spec.hv_edge:g}× the baseline's")
+    for name, spec in OBJECTIVES.items()
+}
 #: Parallel coordinates: where a conditional parameter that a trial did not use is drawn.
 ABSENT = "n/a"
 #: Parallel coordinates: the validation metrics after the parameters (label, column, factor, tick format).
@@ -96,36 +98,40 @@ def _fmt(value: Any, spec: str, missing: str = "-") -> str:
 # ---- hypervolume ------------------------------------------------------------------------------
 
 
+def baseline_values(trials: pd.DataFrame, objectives: Sequence[str]) -> dict[str, float] | None:
+    """Validation values of the run's reference baseline: the first completed baseline trial (the
+    first model's, whose trial comes first); None when there is none."""
+    if "baseline" not in trials:
+        return None
+    done = completed(trials.sort_values("trial"))
+    rows = done[_truthy(done["baseline"])]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    return {n: float(row[OBJECTIVES[n].trial_column]) for n in objectives}
+
+
 def hypervolume_curve(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.Series:
     """Normalised hypervolume of the feasible completed trials after each trial, indexed by trial number.
 
-    Validation metrics from ``trials.csv``. Each objective is scaled into [0, 1]: accuracy (a fraction)
-    as it is, with reference 0; a minimised objective divided by ``HV_MARGIN`` times its largest value
-    among the completed trials (feasible or not: a fixed box for the whole run), with reference 1. The
-    reference box is the unit box, so the result lies in [0, 1] and never decreases; failed, pruned,
-    running or infeasible trials add no point.
+    Validation metrics from ``trials.csv``, relative to the baseline trial's, in the unit box of
+    :func:`search.front.pareto.hypervolume_curve` (the one definition, also used by ``edgepareto bench
+    search``). Failed, pruned, running or infeasible trials add no point; without a completed baseline
+    the curve is all zeros.
     """
     names = list(objectives)
-    directions = [objectives[n] for n in names]
-    cols = [TRIAL_COLUMN[n] for n in names]
+    cols = [OBJECTIVES[n].trial_column for n in names]
     ordered = trials.sort_values("trial")
     numbers = ordered["trial"].astype(int).tolist()
+    baseline = baseline_values(ordered, names)
     done = completed(ordered).dropna(subset=cols)
-    scale = np.ones(len(names))
-    reference = np.zeros(len(names))
-    for i, (col, direction) in enumerate(zip(cols, directions)):
-        if direction == "minimize":
-            top = float(done[col].astype(float).max()) if len(done) else 1.0
-            scale[i] = top * HV_MARGIN if top > 0 else 1.0
-            reference[i] = 1.0
     ok = done[done["feasible"]]
-    scaled = {int(t): tuple(row) for t, row in zip(ok["trial"], ok[cols].astype(float).to_numpy() / scale)}
-    seen: list[tuple[float, ...]] = []
-    curve = []
-    for number in numbers:
-        if number in scaled:
-            seen.append(scaled[number])
-        curve.append(hypervolume(seen, directions, reference) if seen else 0.0)
+    values = {
+        int(t): dict(zip(names, map(float, row))) for t, row in zip(ok["trial"], ok[cols].to_numpy())
+    }
+    curve = [0.0] * len(numbers) if baseline is None else hypervolume_curve_of(
+        [values.get(n) for n in numbers], baseline, names
+    )
     return pd.Series(curve, index=pd.Index(numbers, name="trial"), name="hypervolume", dtype=float)
 
 
@@ -464,7 +470,7 @@ def _figure_html(fig: go.Figure, div_id: str, with_js: bool) -> str:
 def build_page(report: Report) -> str:
     """The whole self-contained page."""
     s, cfg = report.summary, report.summary.get("config", {})
-    objectives = s.get("objectives") or {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}
+    objectives = s.get("objectives") or {n: spec.direction for n, spec in OBJECTIVES.items()}
     phrase = latency_phrase(report)
     mode = "predicted" if latency_predicted(report.pareto) else "measured"
     test_n = s.get("split_sizes", {}).get("test")
@@ -477,10 +483,7 @@ def build_page(report: Report) -> str:
     ]
     plots = {name: _figure_html(fig, name, i == 0) for i, (name, fig) in enumerate(figures)}
     links = model_links(report.pareto, report.trials, report.run_dir)
-    box = ", ".join(
-        f"{k} from 0 to 1" if v == "maximize" else f"{k} from 0 to {HV_MARGIN:g} × its largest value"
-        for k, v in objectives.items()
-    )
+    box = ", ".join(HV_BOX[k] for k in objectives if k in HV_BOX)
     title = html.escape(str(s.get("run", report.run_dir.name)))
     return f"""<!DOCTYPE html>
 <html lang="en">

@@ -14,13 +14,17 @@ from typing import Any
 
 import pandas as pd
 
+from search.config.objectives import OBJECTIVES
 from search.core.errors import UserError
 
-#: What each preference optimises first, then the tie-breaks: (column, ascending).
+#: What each preference optimises first, then the tie-breaks in the objectives table's order:
+#: (pareto.csv column, ascending).
 PREFERENCES: dict[str, tuple[tuple[str, bool], ...]] = {
-    "accuracy": (("test_accuracy", False), ("latency_ms", True), ("size_mb", True)),
-    "latency": (("latency_ms", True), ("test_accuracy", False), ("size_mb", True)),
-    "size": (("size_mb", True), ("test_accuracy", False), ("latency_ms", True)),
+    first: tuple(
+        (OBJECTIVES[n].pareto_column, OBJECTIVES[n].direction == "minimize")
+        for n in (first, *(o for o in OBJECTIVES if o != first))
+    )
+    for first in OBJECTIVES
 }
 
 

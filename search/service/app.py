@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, confloat, create_model
 
+from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.errors import UserError
 from search.outputs.selection import plain_record
@@ -102,7 +103,7 @@ class SelectRequest(BaseModel):
     max_latency_ms: FiniteFloat | StrictInt | None = Field(default=None, gt=0)  # type: ignore[valid-type]
     max_size_mb: FiniteFloat | StrictInt | None = Field(default=None, gt=0)  # type: ignore[valid-type]
     min_accuracy: FiniteFloat | StrictInt | None = Field(default=None, ge=0, le=1)  # type: ignore[valid-type]
-    prefer: Literal["accuracy", "latency", "size"] = "accuracy"
+    prefer: Literal[tuple(OBJECTIVES)] = "accuracy"  # type: ignore[valid-type]
 
 
 class Problem(BaseModel):

@@ -23,6 +23,7 @@ import yaml
 from optuna.trial import TrialState
 from torch import nn
 
+from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.atomic import write_text
 from search.core.errors import UserError
@@ -42,7 +43,6 @@ from search.study.objective import BASELINE_ATTR, Objective
 from search.study.progress import Progress
 from search.study.runner import announce, run_trial
 from search.study.runs_root import RunsRoot, open_root
-from search.study.samplers import SAMPLERS
 from search.task import models
 from search.task.baseline import CACHE_DIR, Task, prepare_all
 from spaces import Space
@@ -56,8 +56,6 @@ CONFIG_ATTR = "edgepareto:config"
 SPACE_ATTR = "edgepareto:space"
 
 
-#: Objective values as named in the study (optuna-dashboard's axes): validation split, with units.
-METRIC_NAMES = {"accuracy": "val_accuracy", "latency": "latency_ms", "size": "size_mb"}
 
 
 #: Seconds between looks at the study while the last trials run in other processes.
@@ -132,9 +130,9 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     run.mirror.push(name)
     study = optuna.create_study(
         study_name=name, storage=storage or open_storage(run.storage_url(cfg)),
-        directions=cfg.directions, sampler=SAMPLERS[cfg.sampler](cfg),
+        directions=cfg.directions, sampler=cfg.make_sampler(),
     )
-    study.set_metric_names([METRIC_NAMES[o] for o in cfg.objectives])  # as optuna-dashboard shows them
+    study.set_metric_names([OBJECTIVES[o].study_metric for o in cfg.objectives])  # optuna-dashboard axes
     study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
     study.set_user_attr(SPACE_ATTR, space.to_mapping())
     for model in space.models:
@@ -204,7 +202,7 @@ def resume_search(
     try:
         study = optuna.load_study(
             study_name=name, storage=open_storage(run.storage_url(cfg)),
-            sampler=SAMPLERS[cfg.sampler](cfg),
+            sampler=cfg.make_sampler(),
         )
     except KeyError:
         raise UserError(f"the storage of run {name!r} has no study of that name") from None
@@ -314,7 +312,7 @@ def run_worker(
     # each worker samples with its own seed: equal seeds would propose the same candidates
     sampler_cfg = cfg.replace(sampler_seed=random.SystemRandom().randrange(2**31))
     study = optuna.load_study(
-        study_name=name, storage=study_storage, sampler=SAMPLERS[cfg.sampler](sampler_cfg)
+        study_name=name, storage=study_storage, sampler=sampler_cfg.make_sampler()
     )
     run.dir.mkdir(parents=True, exist_ok=True)
     progress.log(f"worker on run {name}: {finished_count(study)} of {cfg.trials} trials done")
@@ -336,9 +334,8 @@ def _start_backend(cfg: RunConfig) -> None:
 def _plan(cfg: RunConfig, runs_root: Path) -> LatencyPlan:
     """The run's latency plan; a remote device is checked to be reachable before any training."""
     plan = plan_latency(cfg.target, cfg.latency, cfg.agent, cfg.threads, cfg.repeats, runs_root)
-    check = getattr(plan.measurer, "check", None)
-    if callable(check) and plan.mode != "predict":
-        check()
+    if plan.measurer is not None and plan.mode != "predict":
+        plan.measurer.check()
     return plan
 
 

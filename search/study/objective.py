@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from search.candidate.build import build
 from search.candidate.evaluate import Metrics, evaluate
+from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json
 from search.front.pareto import is_dominated
@@ -44,8 +45,7 @@ def baseline_accuracy_key(model: str) -> str:
 
 
 def objective_values(metrics: Metrics, objectives: tuple[str, ...]) -> list[float]:
-    by_name = {"accuracy": metrics.accuracy, "latency": metrics.latency_ms, "size": metrics.size_mb}
-    return [by_name[o] for o in objectives]
+    return [float(getattr(metrics, OBJECTIVES[o].attr)) for o in objectives]
 
 
 def trial_dir(run_dir: Path, number: int) -> Path:

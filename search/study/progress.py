@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-UNITS = {"accuracy": ("{:.4f}", ""), "latency": ("{:.3f}", " ms"), "size": ("{:.2f}", " MB")}
+from search.config.objectives import OBJECTIVES
 
 
 class Progress:
@@ -73,8 +73,7 @@ class Progress:
             return "-"
         parts = []
         for obj, value in self.best.items():
-            fmt, unit = UNITS[obj]
-            parts.append(f"{obj} {fmt.format(value)}{unit}")
+            parts.append(f"{obj} {OBJECTIVES[obj].format(value)}")
         return ", ".join(parts)
 
     def _elapsed(self) -> str:

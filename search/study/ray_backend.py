@@ -115,8 +115,6 @@ def _trainable(
 def _searcher(cfg: RunConfig, study: optuna.Study, objective: Objective, progress: Progress) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.study.samplers import SAMPLERS
-
     space = objective.space
 
     def define_by_run(trial: Any) -> dict[str, Any]:
@@ -158,7 +156,7 @@ def _searcher(cfg: RunConfig, study: optuna.Study, objective: Objective, progres
     return Searcher(
         space=define_by_run, metric=list(cfg.objectives),
         mode=["max" if d == "maximize" else "min" for d in cfg.directions],
-        sampler=SAMPLERS[cfg.sampler](cfg), study_name=study.study_name, storage=study._storage,
+        sampler=cfg.make_sampler(), study_name=study.study_name, storage=study._storage,
     )
 
 

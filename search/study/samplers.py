@@ -1,24 +1,50 @@
-"""The Optuna samplers a search can use, by name (``--sampler``)."""
+"""The Optuna samplers a search can use, by name (``--sampler``): one registry, read by the config's
+validation, the Optuna loop, workers and the Ray backend.
+
+A factory takes the sampler's seed and the run's trial budget. Optuna is imported when a sampler is
+built, so validating a config stays cheap.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import optuna
+from search.core.registry import Registry
 
-from search.config.run_config import RunConfig
+if TYPE_CHECKING:
+    import optuna
+
+SamplerFactory = Callable[[int, int], "optuna.samplers.BaseSampler"]
+SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
 
 
-def _seed(cfg: RunConfig) -> int:
-    return cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed
+@SAMPLERS.register("tpe")
+def tpe(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """Multivariate TPE with grouping: models the conditional (define-by-run) space jointly."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, n_startup_trials=max(4, min(10, trials // 4)),
+    )
 
 
-SAMPLERS: dict[str, Callable[[RunConfig], optuna.samplers.BaseSampler]] = {
-    # multivariate TPE with grouping models the conditional (define-by-run) space jointly
-    "tpe": lambda cfg: optuna.samplers.TPESampler(
-        seed=_seed(cfg), multivariate=True, group=True,
-        n_startup_trials=max(4, min(10, cfg.trials // 4)),
-    ),
-    "random": lambda cfg: optuna.samplers.RandomSampler(seed=_seed(cfg)),
-    "nsga2": lambda cfg: optuna.samplers.NSGAIISampler(seed=_seed(cfg), population_size=8),
-}
+@SAMPLERS.register("random")
+def random(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """Uniform random search: the baseline every other sampler must beat (``edgepareto bench search``)."""
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+@SAMPLERS.register("nsga2")
+def nsga2(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """NSGA-II with a small population, so that a short search still sees several generations."""
+    import optuna
+
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+
+
+def create_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """The sampler ``name`` (a ``UserError`` naming the known ones otherwise)."""
+    return SAMPLERS.get(name)(seed, trials)
