@@ -28,6 +28,9 @@ class Context:
     batch_size: int = 64
     lr: float = 1e-3
     on_progress: Callable[[str], None] = field(default=lambda _msg: None)
+    #: Called between batches of training and BatchNorm recalibration: the search passes its device
+    #: slot's checkpoint, so that a parallel trial's latency measurement waits one batch at most.
+    checkpoint: Callable[[], None] = field(default=lambda: None)
 
     @property
     def example_input(self) -> torch.Tensor:

@@ -35,4 +35,5 @@ class Distill(TorchTechnique):
             epochs=epochs, lr=ctx.lr, batch_size=ctx.batch_size, seed=ctx.seed,
             teacher=ctx.teacher, temperature=float(cfg["temperature"]), alpha=float(cfg["alpha"]),
             on_epoch=lambda e, loss: ctx.on_progress(f"fine-tune {e}/{epochs} loss {loss:.3f}"),
+            checkpoint=ctx.checkpoint,
         )

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from targets.slot import checkpoint as slot_checkpoint
 
+def no_checkpoint() -> None:
+    """The default checkpoint hook: nothing waits."""
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,11 +71,13 @@ def fit(
     temperature: float = 4.0,
     alpha: float = 0.0,
     on_epoch: Callable[[int, float], None] | None = None,
+    checkpoint: Callable[[], None] = no_checkpoint,
 ) -> nn.Module:
     """AdamW with a one-cycle schedule; distils from ``teacher`` when ``alpha > 0``.
 
     Models with a distillation head (timm's distilled DeiT) train both heads (``student_loss``)
-    and average them at inference, as timm does in eval mode.
+    and average them at inference, as timm does in eval mode. ``checkpoint`` is called before every
+    batch (the search passes its device slot's, so a parallel trial's measurement waits one batch).
     """
     dev = device()
     model.to(dev)
@@ -94,7 +97,7 @@ def fit(
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for i in range(0, len(x), batch_size):
-            slot_checkpoint()  # a parallel trial's measurement waits one batch, not this whole trial
+            checkpoint()
             idx = order[i : i + batch_size]
             xb, yb = x[idx].to(dev), y[idx].to(dev)
             outputs = model(xb)
@@ -127,7 +130,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> nn.Module:
+def recalibrate_batchnorm(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 128, checkpoint: Callable[[], None] = no_checkpoint,
+) -> nn.Module:
     """Re-estimate BatchNorm running statistics on ``x`` (exact averages, weights untouched).
 
     Structural changes shift every layer's activation statistics; with stale BN statistics a
@@ -143,7 +148,7 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 1
         m.momentum = None  # cumulative moving average over the batches below
     model.train()
     for i in range(0, len(x), batch_size):
-        slot_checkpoint()
+        checkpoint()
         model(x[i : i + batch_size])
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum

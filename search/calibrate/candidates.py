@@ -21,6 +21,7 @@ from search.task.baseline import Task
 from search.task.data import load_dataset
 from spaces import Candidate, Context, Space
 from spaces.space import resolve
+from targets.slot import checkpoint as slot_checkpoint
 
 #: Techniques that change weights only, never the graph a device runs.
 WEIGHTS_ONLY = ("distill",)
@@ -50,7 +51,7 @@ def untrained_task(
     task = Task(base, data, img_size, mean, std, model)
     ctx = Context(
         train_x=data.train.x[:context_images], train_y=data.train.y[:context_images], teacher=base,
-        seed=seed,
+        seed=seed, checkpoint=slot_checkpoint,
     )
     return task, ctx
 

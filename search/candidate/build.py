@@ -59,7 +59,7 @@ def build(
             stage(step.technique)
             torch.manual_seed(ctx.seed)
             model = technique.apply(model, step.params, ctx)
-            recalibrate_batchnorm(model, ctx.train_x[:RECALIBRATION_IMAGES])
+            recalibrate_batchnorm(model, ctx.train_x[:RECALIBRATION_IMAGES], checkpoint=ctx.checkpoint)
     for _step, technique in steps:
         if isinstance(technique, TorchTechnique):
             model = technique.finalize(model)

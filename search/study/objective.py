@@ -75,7 +75,7 @@ class Objective:
             train_x=data.train.x, train_y=data.train.y,
             teacher=task.base if task.teacher is None else task.teacher,
             seed=self.cfg.seed, batch_size=self.cfg.batch_size, lr=task.finetune_lr,
-            on_progress=self.progress.stage,
+            on_progress=self.progress.stage, checkpoint=slot_checkpoint,
         )
 
     def __call__(self, trial: optuna.Trial) -> list[float]:

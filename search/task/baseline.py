@@ -17,6 +17,7 @@ from search.core.errors import UserError
 from search.task import models
 from search.task.data import Dataset, load_dataset
 from spaces.train import fit, predict
+from targets.slot import checkpoint as slot_checkpoint
 
 CACHE_DIR = ".cache/baselines"
 
@@ -137,6 +138,7 @@ def cached_baseline(
         model, data.train.x, data.train.y, epochs=epochs, lr=lr,
         batch_size=cfg.batch_size, seed=cfg.seed,
         on_epoch=lambda e, loss: log(f"{role}: {name} epoch {e}/{epochs} loss {loss:.4f}"),
+        checkpoint=slot_checkpoint,
     )
     val_acc = float((predict(model, data.val.x) == data.val.y).float().mean())
     write_with(weights, lambda tmp: torch.save(model.state_dict(), tmp))
