@@ -26,6 +26,7 @@ import yaml
 from torch import nn
 
 from search.core.errors import UserError
+from search.core.text import first_line
 from spaces.base import TECHNIQUES, Candidate, Step
 from spaces.params import Param, suggest_all
 from spaces.vit import is_vit
@@ -74,7 +75,7 @@ class Space:
         try:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"cannot read space file {path}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"cannot read space file {path}: {first_line(exc)}") from None
         return cls.from_mapping(data, default_name=path.stem, where=str(path))
 
     @classmethod

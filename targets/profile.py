@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from search.core.errors import UserError
+from search.core.text import first_line
 from targets.base import TARGETS, Latency, Target
 from targets.graph import GraphCost, NodeCost, analyze
 
@@ -53,7 +54,7 @@ class Profile:
         try:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"cannot read profile {path}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"cannot read profile {path}: {first_line(exc)}") from None
         return cls.from_mapping(data, str(path))
 
     @classmethod

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from search.core.errors import CandidateError, UserError
+from search.core.text import one_line
 from targets.base import TARGETS, Latency, Target
 
 TOKEN_ENV = "EDGEPARETO_AGENT_TOKEN"
@@ -115,7 +116,7 @@ class RemoteTarget(Target):
             )
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         return UserError(
-            f"agent {self.url} is not reachable: {_one_line(reason)} (is edgepareto agent running there?)"
+            f"agent {self.url} is not reachable: {one_line(reason)} (is edgepareto agent running there?)"
         )
 
     def check(self) -> dict[str, Any]:
@@ -163,13 +164,13 @@ class RemoteTarget(Target):
                 raise CandidateError(f"agent {self.url}: {exc.code} {_message(exc)}") from None
             except urllib.error.URLError as exc:
                 if isinstance(exc.reason, (ConnectionResetError, BrokenPipeError)):  # cut off mid-upload
-                    reason = _one_line(exc.reason)
+                    reason = one_line(exc.reason)
                     raise CandidateError(f"agent {self.url}: connection failed: {reason}") from None
                 raise self._unusable(exc) from None
             except TimeoutError:
                 raise CandidateError(f"agent {self.url}: no answer within {self.timeout_s:g} s") from None
             except (OSError, http.client.HTTPException) as exc:  # reset mid-request: died on this model?
-                raise CandidateError(f"agent {self.url}: connection failed: {_one_line(exc)}") from None
+                raise CandidateError(f"agent {self.url}: connection failed: {one_line(exc)}") from None
         try:
             median, p90 = float(answer["median_ms"]), float(answer["p90_ms"])
             repeats = int(answer["repeats"])
@@ -201,10 +202,5 @@ def _message(exc: urllib.error.HTTPError) -> str:
     except (ValueError, OSError):
         body = None
     if isinstance(body, dict) and body.get("error"):
-        return _one_line(body["error"])
-    return _one_line(exc.reason)
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    flat = " ".join(str(text).split()) or "no message"
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+        return one_line(body["error"])
+    return one_line(exc.reason)

@@ -24,6 +24,7 @@ import pandas as pd
 
 from search.core.atomic import write_with
 from search.core.errors import UserError
+from search.core.layout import trial_dir
 
 SPACE = "techniques:\n  prune: {ratio: [0.2, 0.6]}\n  distill: {enabled: always, epochs: 2}\n"
 SETUPS = {  # name -> (extra search flags, extra workers, trials at once, description)
@@ -112,7 +113,7 @@ def run_setup(
     if workers:
         # join once the driver runs its first trial: the study exists, and so do its tables (two
         # processes creating the tables of a new storage at once can collide)
-        while not (runs / name / "trials" / "0000").is_dir():
+        while not trial_dir(runs / name, 0).is_dir():
             if driver.poll() is not None:
                 _wait(driver, setup)
             time.sleep(0.2)

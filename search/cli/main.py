@@ -16,6 +16,7 @@ import yaml
 from search.config.objectives import OBJECTIVES
 from search.config.run_config import csv_items
 from search.core.errors import UserError
+from search.core.text import first_line, one_line
 
 EXIT_USAGE = 2
 EXIT_NO_FIT = 3  # edgepareto select: no Pareto model meets the budget
@@ -259,7 +260,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read config {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping of settings")
     return data
@@ -411,7 +412,7 @@ def _analyze(args: argparse.Namespace) -> int:
     try:
         cost = analyze(path, batch=args.batch)
     except Exception as exc:
-        raise UserError(f"cannot analyse {path}: {' '.join(str(exc).split())[:300]}") from None
+        raise UserError(f"cannot analyse {path}: {one_line(exc)}") from None
     print(format_cost(cost, per_node=args.nodes))
     return 0
 

@@ -14,7 +14,9 @@ from typing import Any
 import pandas as pd
 
 from search.config.run_config import RunConfig
+from search.core.cells import latency_label
 from search.core.errors import UserError
+from search.core.layout import RESULT_FILES
 from search.outputs.selection import Budget, Selection, select
 
 
@@ -55,19 +57,6 @@ class Report:
         return write_report(self)
 
 
-def _errors(pareto: pd.DataFrame) -> list[float | None]:
-    if "latency_error_pct" not in pareto:
-        return [None] * len(pareto)
-    return [None if pd.isna(e) else float(e) for e in pareto["latency_error_pct"]]
-
-
-def _source_label(source: str, error_pct: float | None) -> str:
-    """``measured``, ``measured:remote``, ``predicted:analytic``, ``predicted ±8%``."""
-    if error_pct is not None and str(source).startswith("predicted"):
-        return f"predicted ±{error_pct:.0f}%"
-    return str(source)
-
-
 def format_table(pareto: pd.DataFrame) -> str:
     """The readable table printed at the end of a search and by ``edgepareto show``."""
     view = pd.DataFrame({
@@ -85,8 +74,9 @@ def format_table(pareto: pd.DataFrame) -> str:
     if "model" in pareto and pareto["model"].nunique() > 1:  # several base models in one study
         view.insert(1, "model", pareto["model"])
     if "latency_source" in pareto and (pareto["latency_source"] != "measured").any():
+        errors = pareto.get("latency_error_pct", [None] * len(pareto))
         view.insert(view.columns.get_loc("speed-up"), "latency from", [
-            _source_label(src, err) for src, err in zip(pareto["latency_source"], _errors(pareto))
+            latency_label(src, err) for src, err in zip(pareto["latency_source"], errors)
         ])
     return view.to_string(index=False)
 
@@ -98,7 +88,7 @@ def load_run(path: str | Path) -> Report:
 
 def load_report(run_dir: Path) -> Report:
     """Read a finished run back from its files (``edgepareto show``)."""
-    files = [run_dir / n for n in ("pareto.csv", "trials.csv", "summary.json")]
+    files = [run_dir / n for n in RESULT_FILES]
     if not run_dir.is_dir():
         raise UserError(f"no run at {run_dir}")
     if not all(f.is_file() for f in files):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import secrets
 import shutil
@@ -20,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import onnx
 import pandas as pd
 
+from search.core.cells import latency_label, plain
 from search.core.errors import UserError
+from search.core.layout import MODEL_FILE, PARAMS_FILE, trial_dir, trial_name
 
 if TYPE_CHECKING:  # type only: the front reads runs and hands them here, never the other way round
     from search.front.run import Report
@@ -86,11 +87,11 @@ def model_card(report: Report, row: pd.Series, model_file: Path) -> dict[str, An
     params = _technique_params(report.run_dir, number, row)
     source = final if final is not None else row
     latency = {
-        "ms": _value(source.get("latency_ms")),
-        "p90_ms": _value(source.get("latency_p90_ms")),
-        "source": _value(source.get("latency_source")),
-        "error_pct": _value(source.get("latency_error_pct")),
-        "label": _latency_label(source.get("latency_source"), source.get("latency_error_pct")),
+        "ms": plain(source.get("latency_ms")),
+        "p90_ms": plain(source.get("latency_p90_ms")),
+        "source": plain(source.get("latency_source")),
+        "error_pct": plain(source.get("latency_error_pct")),
+        "label": latency_label(source.get("latency_source"), source.get("latency_error_pct")),
         # the front is re-timed at the end on the final target; other trials keep the search's timing
         "when": "final re-measurement of the front" if final is not None else "during the search",
         "target": summary.get("target") if final is not None else summary.get("latency"),
@@ -105,17 +106,17 @@ def model_card(report: Report, row: pd.Series, model_file: Path) -> dict[str, An
         "technique_params": params["candidate"],
         "search_params": params["optuna"],
         "metrics": {
-            "test_accuracy": _value(final["test_accuracy"]) if final is not None else None,
-            "accuracy_drop_pt": _value(final["accuracy_drop_pt"]) if final is not None else None,
-            "speedup": _value(final["speedup"]) if final is not None else None,
-            "compression": _value(final["compression"]) if final is not None else None,
-            "val_accuracy": _value(row.get("val_accuracy")),
+            "test_accuracy": plain(final["test_accuracy"]) if final is not None else None,
+            "accuracy_drop_pt": plain(final["accuracy_drop_pt"]) if final is not None else None,
+            "speedup": plain(final["speedup"]) if final is not None else None,
+            "compression": plain(final["compression"]) if final is not None else None,
+            "val_accuracy": plain(row.get("val_accuracy")),
             "latency": latency,
-            "size_mb": _value(row.get("size_mb")),
-            "compressed_mb": _value(row.get("compressed_mb")),
+            "size_mb": plain(row.get("size_mb")),
+            "compressed_mb": plain(row.get("compressed_mb")),
             "params": _count(row.get("params")),
             "macs": _count(row.get("macs")),
-            "sparsity": _value(row.get("sparsity")),
+            "sparsity": plain(row.get("sparsity")),
             # the drop, speed-up and compression are relative to the run's first baseline
             "reference": {"trial": int(reference["trial"]), "model": str(reference["model"])},
             "note": "test_accuracy and the ratios exist for Pareto and baseline trials only (test split); "
@@ -164,10 +165,10 @@ def _model_file(report: Report, row: pd.Series, trial: int) -> Path:
     name = report.run_dir.name
     state = str(row["state"])
     if state != "COMPLETE":
-        reason = _value(row.get("fail_reason"))
+        reason = plain(row.get("fail_reason"))
         why = f": {' '.join(str(reason).split())}" if reason else ""
         raise UserError(f"trial {trial} of run {name} did not complete ({state}{why}); it has no model")
-    artifact = _value(row.get("artifact")) or f"trials/{trial:04d}/model.onnx"
+    artifact = plain(row.get("artifact")) or f"{trial_name(trial)}/{MODEL_FILE}"
     path = report.run_dir / str(artifact)
     if not path.is_file():
         raise UserError(f"trial {trial} of run {name} has no model file ({artifact} is missing)")
@@ -203,37 +204,16 @@ def _io_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 def _technique_params(run_dir: Path, number: int, row: pd.Series) -> dict[str, Any]:
     """The trial's technique settings (params.json) and its raw search parameters."""
     optuna = json.loads(row["params_json"]) if isinstance(row.get("params_json"), str) else {}
-    file = run_dir / "trials" / f"{number:04d}" / "params.json"
+    file = trial_dir(run_dir, number) / PARAMS_FILE
     if file.is_file():
         saved = json.loads(file.read_text())
         return {"candidate": saved.get("candidate", {}), "optuna": saved.get("optuna_params", optuna)}
     return {"candidate": None, "optuna": optuna}
 
 
-def _latency_label(source: Any, error_pct: Any) -> str | None:
-    """``measured``, ``measured:remote``, ``predicted ±8%``: which it is, and how far to trust it."""
-    source, error_pct = _value(source), _value(error_pct)
-    if source is None:
-        return None
-    if error_pct is not None and str(source).startswith("predicted"):
-        return f"predicted ±{error_pct:.0f}%"
-    return str(source)
-
-
-def _value(v: Any) -> Any:
-    """A pandas/numpy cell as plain JSON: NaN and empty become None, numpy scalars Python ones."""
-    if v is None or (isinstance(v, str) and not v):
-        return None
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float):
-        return None if math.isnan(v) else v
-    return v
-
-
 def _count(v: Any) -> int | None:
     """A count column (params, MACs): read as float when the column has gaps."""
-    v = _value(v)
+    v = plain(v)
     return None if v is None else int(v)
 
 

@@ -22,12 +22,13 @@ import plotly.io as pio
 
 from search.config.objectives import OBJECTIVES
 from search.core.atomic import write_with
+from search.core.layout import REPORT_FILE
 from search.front.pareto import hypervolume_curve as hypervolume_curve_of
 
 if TYPE_CHECKING:  # type only: the front reads runs and hands them here, never the other way round
     from search.front.run import Report
 
-REPORT_NAME = "report.html"
+REPORT_NAME = REPORT_FILE
 #: How each objective enters the normalised hypervolume, as the page explains it.
 HV_BOX = {
     name: (f"{name}: 0 to {spec.hv_edge:g} points lost against the baseline" if spec.relative == "drop"

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from search.config.objectives import OBJECTIVES
+from search.core.cells import plain_record
 from search.core.errors import UserError
 
 #: What each preference optimises first, then the tie-breaks in the objectives table's order:
@@ -120,17 +121,6 @@ def select(pareto: pd.DataFrame, budget: Budget, prefer: str = "accuracy") -> Se
         return Selection(True, fitting[0], budget, prefer, {}, len(fitting))
     closest = min(rows, key=lambda r: sum(budget.shortfalls(r).values()))  # min keeps the first of ties
     return Selection(False, closest, budget, prefer, budget.shortfalls(closest), 0)
-
-
-def plain_record(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A table row as plain JSON-able Python values (numpy scalars unwrapped, NaN and infinities as
-    None)."""
-    out = {}
-    for key, value in row.items():
-        if hasattr(value, "item"):
-            value = value.item()
-        out[key] = None if isinstance(value, float) and not math.isfinite(value) else value
-    return out
 
 
 def _number(value: Any) -> bool:

@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
+from search.core.cells import plain_record
 from search.core.errors import UserError
-from search.outputs.selection import plain_record
+from search.core.layout import MODEL_FILE, TRIALS_DIR, trial_dir
 from search.service.scheduler import Progress, Scheduler, describe, read_progress, trials_of
 from search.service.store import FINAL, Job, JobStore
 from spaces.space import AUTO, PRESETS
@@ -349,8 +350,8 @@ def create_app(settings: Settings) -> FastAPI:
              response_class=FileResponse, responses=_responses(404))
     def model(search_id: str, trial: int) -> FileResponse:
         job = job_or_404(search_id)
-        folder = (run_dir(job) / "trials").resolve()
-        path = (folder / f"{trial:04d}" / "model.onnx").resolve()
+        folder = (run_dir(job) / TRIALS_DIR).resolve()
+        path = (trial_dir(run_dir(job), trial) / MODEL_FILE).resolve()
         if trial < 0 or not path.is_relative_to(folder) or not path.is_file():
             raise HTTPException(404, f"search {job.id} has no model for trial {trial}")
         return FileResponse(path, media_type="application/octet-stream",

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from search.core.text import one_line
 from search.service.store import Job, JobStore
 
 #: Where the service keeps job files (config, log) inside the runs root.
@@ -249,7 +250,7 @@ def last_error(log: Path, code: int) -> str:
         lines = []
     errors = [ln for ln in lines if ln.startswith("edgepareto: ")]
     line = (errors or lines or [f"worker exited with code {code}"])[-1]
-    return line.removeprefix("edgepareto: error: ")[:500]
+    return one_line(line.removeprefix("edgepareto: error: "), 500)
 
 
 def _is_worker(pid: int, job_id: str) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from search.core.errors import UserError
+from search.core.text import one_line
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
@@ -63,7 +64,7 @@ class JobStore:
             self.engine = sa.create_engine(url, future=True)
             _META.create_all(self.engine)
         except Exception as exc:
-            reason = " ".join(str(exc).split())[:200]
+            reason = one_line(exc, 200)
             raise UserError(f"cannot open the jobs database {url}: {reason}") from None
 
     def add(self, config: dict[str, Any]) -> Job:

@@ -24,6 +24,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search.core.errors import UserError
+from search.core.text import one_line
 
 HEARTBEAT_S = 5
 GRACE_S = 30
@@ -45,7 +46,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             if attempt == 0 and "already exists" in str(exc):  # another process made the tables meanwhile
                 time.sleep(0.5)
                 continue
-            raise UserError(f"cannot open storage {url}: {' '.join(str(exc).split())[:300]}") from None
+            raise UserError(f"cannot open storage {url}: {one_line(exc)}") from None
     raise AssertionError("unreachable")
 
 

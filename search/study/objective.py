@@ -22,6 +22,7 @@ from search.candidate.evaluate import Metrics, evaluate
 from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json
+from search.core.layout import METRICS_FILE, PARAMS_FILE, trial_dir
 from search.front.pareto import is_dominated
 from search.study.cluster import BASELINE_ATTR
 from search.study.constraints import MODEL_ATTR, budget_constraints, is_feasible
@@ -46,10 +47,6 @@ def baseline_accuracy_key(model: str) -> str:
 
 def objective_values(metrics: Metrics, objectives: tuple[str, ...]) -> list[float]:
     return [float(getattr(metrics, OBJECTIVES[o].attr)) for o in objectives]
-
-
-def trial_dir(run_dir: Path, number: int) -> Path:
-    return run_dir / "trials" / f"{number:04d}"
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ class Objective:
             "trial": trial.number, "model": model_name, "techniques": candidate.label(),
             "candidate": candidate.to_dict(), "optuna_params": trial.params,
         }
-        write_json(out / "params.json", record)
+        write_json(out / PARAMS_FILE, record)
         trial.set_user_attr(MODEL_ATTR, model_name)
         trial.set_user_attr("techniques", candidate.label())
         trial.set_user_attr("candidate", candidate.to_dict())
@@ -114,7 +111,7 @@ class Objective:
                 trial.set_user_attr("infeasible_reason", "; ".join(verdict.reasons))
         for key, value in violations.items():
             trial.set_constraint(key, value)
-        write_json(out / "metrics.json", {"split": "val", **metrics.to_dict(), "constraints": violations})
+        write_json(out / METRICS_FILE, {"split": "val", **metrics.to_dict(), "constraints": violations})
         if baseline:
             trial.study.set_user_attr(baseline_accuracy_key(model_name), metrics.accuracy)
         return objective_values(metrics, self.cfg.objectives)

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from search.config.run_config import RunConfig
 from search.core.errors import UserError
+from search.core.text import one_line
 from search.study.cluster import BASELINE_ATTR, finished_count, open_storage
 from search.study.objective import Objective
 from search.study.progress import Progress
@@ -64,7 +65,7 @@ def connect(address: str | None) -> None:
         )
     except Exception as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise UserError(f"cannot start {where}: {' '.join(str(exc).split())[:300]}") from None
+        raise UserError(f"cannot start {where}: {one_line(exc)}") from None
 
 
 def _reachable(address: str | None, timeout: float = 5.0) -> None:

@@ -20,10 +20,12 @@ from optuna.trial import TrialState
 
 from search.core.atomic import write_json
 from search.core.errors import UserError
+from search.core.layout import METRICS_FILE, trial_dir
+from search.core.text import reason
 from search.study.cluster import OWNER_ATTR, Heartbeat, owner
 from search.study.constraints import is_feasible
 from search.study.interrupt import Interrupts
-from search.study.objective import Objective, trial_dir
+from search.study.objective import Objective
 from search.study.progress import Progress
 from search.study.watchdog import Deadline, deadline
 from targets.slot import slot_for
@@ -41,11 +43,6 @@ class Outcome:
     reason: str | None = None
 
 
-def reason_of(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or "no message"
-    return f"{type(exc).__name__}: {text[:400]}"
-
-
 def set_threads(cpus: int | None) -> None:
     """Torch (and, through ``torch.get_num_threads``, the accuracy session) use ``cpus`` threads."""
     if cpus is not None and torch.get_num_threads() != cpus:
@@ -61,7 +58,7 @@ def run_trial(
     try:
         objective.publish(trial.number)
     except Exception as exc:  # the artifacts did not reach the other machines: not a usable trial
-        return _failed(trial, objective, f"cannot copy the trial to the shared runs root: {reason_of(exc)}")
+        return _failed(trial, objective, f"cannot copy the trial to the shared runs root: {reason(exc)}")
     return outcome
 
 
@@ -83,7 +80,7 @@ def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | Non
     except Exception as exc:  # any failure of a candidate is a FAIL trial, never a crash
         if interrupts is not None:
             interrupts.check()  # ...unless it was Ctrl-C that some library turned into an error
-        return _failed(trial, objective, limit.reason if limit.fired else reason_of(exc))
+        return _failed(trial, objective, limit.reason if limit.fired else reason(exc))
     if limit.fired:  # the timeout's exception was swallowed somewhere: the result is not trustworthy
         return _failed(trial, objective, limit.reason)
     if device_slot:  # how long this trial's measurements waited for other trials' work on the device
@@ -106,7 +103,7 @@ def _failed(trial: optuna.Trial, objective: Objective, reason: str) -> Outcome:
         trial.set_user_attr("fail_reason", reason)
     out = trial_dir(objective.run_dir, trial.number)
     if out.is_dir():
-        write_json(out / "metrics.json", {"state": "FAIL", "fail_reason": reason})
+        write_json(out / METRICS_FILE, {"state": "FAIL", "fail_reason": reason})
     return Outcome(TrialState.FAIL, None, reason)
 
 

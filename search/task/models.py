@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from search.core.errors import UserError
+from search.core.text import first_line, one_line
 
 
 def check_model_name(name: str) -> None:
@@ -120,9 +121,9 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
         try:  # a whole saved model needs full unpickling: only load files you trust
             obj = torch.load(file, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise UserError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+            raise UserError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
     except Exception as exc:
-        raise UserError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
     if isinstance(obj, nn.Module):
         return obj.eval()
     if isinstance(obj, dict):
@@ -136,10 +137,5 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
         model.load_state_dict(obj, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
-        raise UserError(f"checkpoint {path} does not match the model: {detail[:300]}") from None
+        raise UserError(f"checkpoint {path} does not match the model: {one_line(detail)}") from None
     return model.eval()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
