@@ -99,6 +99,31 @@ def ort_reason(exc: BaseException) -> str:
     return one_line(text)
 
 
+def fixed_input(input_shape: tuple[int, ...]) -> np.ndarray:
+    """The one input every latency is timed on: fixed random float32 values (seed 0)."""
+    return np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+
+
+def time_runs(
+    session: Any, feed: dict[str, np.ndarray], warmup: int, repeats: int, deadline: float | None = None,
+) -> tuple[list[float], bool]:
+    """The one timing loop (the agent on a device, and the ``host`` target here): ``warmup`` untimed
+    runs, then the wall-clock seconds of ``repeats`` runs. Past ``deadline`` (a ``perf_counter``
+    value) it stops early, after at least one timed run; the flag says whether it did."""
+    times: list[float] = []
+    for i in range(warmup):
+        if deadline is not None and i and time.perf_counter() > deadline:
+            return times, True
+        session.run(None, feed)
+    for _ in range(repeats):
+        if deadline is not None and times and time.perf_counter() > deadline:
+            return times, True
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return times, False
+
+
 class Slot:
     """One measurement at a time, first come first served, with a bounded number of waiters.
 
@@ -226,24 +251,10 @@ class Agent:
         del model
         if not inputs:
             raise HttpError(400, "cannot measure a model without inputs")
-        feed = {inputs[0].name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
-        times: list[float] = []
+        feed = {inputs[0].name: fixed_input(input_shape)}
         started = time.time()
-        deadline = time.perf_counter() + self.timeout_s
-        truncated = False
         try:
-            for i in range(warmup):
-                if i and time.perf_counter() > deadline:
-                    truncated = True
-                    break
-                session.run(None, feed)
-            for _ in range(repeats):
-                if times and time.perf_counter() > deadline:
-                    truncated = True
-                    break
-                start = time.perf_counter()
-                session.run(None, feed)
-                times.append(time.perf_counter() - start)
+            times, truncated = time_runs(session, feed, warmup, repeats, time.perf_counter() + self.timeout_s)
         except Exception as exc:
             shape = ",".join(map(str, input_shape))
             raise HttpError(400, f"cannot run model on float32 input {shape}: {ort_reason(exc)}") from None
@@ -473,17 +484,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def read_token(path: str) -> str:
+def check_token(token: str, where: str, min_length: int = 1) -> str:
+    """The one rule for a bearer token, wherever it comes from (the agent's and the service's token
+    files, ``$EDGEPARETO_TOKEN``, ``$EDGEPARETO_AGENT_TOKEN``): surrounding whitespace is dropped, and
+    what is left is one printable word of at least ``min_length`` characters."""
+    token = token.strip()
+    if not token:
+        raise UsageError(f"{where} is empty")
+    if any(c.isspace() for c in token) or not token.isprintable():
+        raise UsageError(f"{where} must hold one token without spaces")
+    if len(token) < min_length:
+        raise UsageError(f"{where}: the token is too short ({len(token)} characters; at least {min_length})")
+    return token
+
+
+def read_token(path: str, min_length: int = 1) -> str:
+    """The token in the file ``path`` (``~`` expanded), by :func:`check_token`'s rule."""
     try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not token:
-        raise UsageError(f"token file {path} is empty")
-    if any(c.isspace() for c in token) or not token.isprintable():
-        raise UsageError(f"token file {path} must hold one token without spaces")
-    return token
+    return check_token(text, f"token file {path}", min_length)
 
 
 def serve(args: argparse.Namespace, token: str) -> Server:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from targets.agent import session_options
+from targets.agent import fixed_input, session_options, time_runs
 from targets.base import TARGETS, Latency, Target
 from targets.slot import slot_for
 
@@ -21,23 +20,6 @@ HOST_DEVICE = "host"
 def cpu_session(onnx_path: Path | str, threads: int) -> ort.InferenceSession:
     """A CPU session with a fixed thread count and full graph optimisation, as deployed."""
     return ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
-
-
-def time_session(
-    session: ort.InferenceSession, input_shape: tuple[int, ...], warmup: int, repeats: int
-) -> np.ndarray:
-    """Wall-clock seconds of ``repeats`` runs on one fixed random batch, after ``warmup`` runs."""
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
-    feed = {name: x}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = np.empty(repeats)
-    for i in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times[i] = time.perf_counter() - start
-    return times
 
 
 @TARGETS.register("host")
@@ -55,7 +37,10 @@ class HostTarget(Target):
     def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency:
         session = cpu_session(onnx_path, self.threads)
         with self.exclusive():  # no other trial's work runs on this CPU meanwhile
-            times = time_session(session, input_shape, self.warmup, self.repeats)
+            runs, _ = time_runs(
+                session, {session.get_inputs()[0].name: fixed_input(input_shape)}, self.warmup, self.repeats
+            )
+        times = np.asarray(runs)
         return Latency(
             median_ms=float(np.median(times) * 1e3),
             p90_ms=float(np.percentile(times, 90) * 1e3),

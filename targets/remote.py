@@ -20,6 +20,8 @@ from typing import Any
 
 from search.core.errors import CandidateError, UserError
 from search.core.text import one_line
+from targets.agent import UsageError, check_token
+from targets.agent import read_token as read_agent_token
 from targets.base import TARGETS, Latency, Target
 
 TOKEN_ENV = "EDGEPARETO_AGENT_TOKEN"
@@ -49,24 +51,21 @@ def parse_url(url: str | None) -> str:
 
 
 def read_token() -> str:
-    """The token from ``EDGEPARETO_AGENT_TOKEN``, else from the file ``EDGEPARETO_AGENT_TOKEN_FILE`` names."""
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if token:
-        return token
+    """The token from ``EDGEPARETO_AGENT_TOKEN``, else from the file ``EDGEPARETO_AGENT_TOKEN_FILE`` names,
+    by the agent's own rule (``targets.agent.check_token``)."""
+    token = os.environ.get(TOKEN_ENV, "")
     path = os.environ.get(TOKEN_FILE_ENV, "").strip()
-    if not path:
-        raise UserError(
-            f"the remote target needs the agent's token: set {TOKEN_ENV} or {TOKEN_FILE_ENV} "
-            "(the file given to edgepareto agent --token-file)"
-        )
     try:
-        token = Path(path).expanduser().read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise UserError(f"cannot read {TOKEN_FILE_ENV}={path}: {reason}") from None
-    if not token:
-        raise UserError(f"{TOKEN_FILE_ENV}={path} is empty")
-    return token
+        if token.strip():
+            return check_token(token, f"${TOKEN_ENV}")
+        if path:
+            return read_agent_token(path)
+    except UsageError as exc:
+        raise UserError(str(exc)) from None
+    raise UserError(
+        f"the remote target needs the agent's token: set {TOKEN_ENV} or {TOKEN_FILE_ENV} "
+        "(the file given to edgepareto agent --token-file)"
+    )
 
 
 @TARGETS.register("remote")

@@ -7,25 +7,25 @@ import sys
 from pathlib import Path
 
 from search.core.errors import UserError
+from targets.agent import UsageError, check_token
+from targets.agent import read_token as read_agent_token
 
 TOKEN_ENV = "EDGEPARETO_TOKEN"
 MIN_TOKEN = 16
 
 
 def read_token(token_file: str | None) -> str:
-    """The bearer token: the first line of ``token_file``, else ``$EDGEPARETO_TOKEN``; required."""
-    if token_file:
-        try:
-            token = (Path(token_file).read_text().splitlines() or [""])[0].strip()
-        except OSError as exc:
-            raise UserError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
-    else:
-        token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
+    """The bearer token from ``token_file``, else ``$EDGEPARETO_TOKEN``; required, by the agent's rule
+    (``targets.agent.check_token``) and at least ``MIN_TOKEN`` characters."""
+    env = os.environ.get(TOKEN_ENV, "")
+    if not token_file and not env.strip():
         raise UserError(f"serve needs a bearer token: --token-file FILE or ${TOKEN_ENV}")
-    if len(token) < MIN_TOKEN:
-        raise UserError(f"the token is too short ({len(token)} characters; at least {MIN_TOKEN})")
-    return token
+    try:
+        if token_file:
+            return read_agent_token(token_file, MIN_TOKEN)
+        return check_token(env, f"${TOKEN_ENV}", MIN_TOKEN)
+    except UsageError as exc:
+        raise UserError(str(exc)) from None
 
 
 def serve(
