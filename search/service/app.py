@@ -31,6 +31,7 @@ from search.config.run_config import RunConfig
 from search.core.cells import plain_record
 from search.core.errors import UserError
 from search.core.layout import MODEL_FILE, TRIALS_DIR, trial_dir
+from search.core.paths import is_file_reference
 from search.service.scheduler import Progress, Scheduler, describe, read_progress, trials_of
 from search.service.store import FINAL, Job, JobStore
 from spaces.space import AUTO, PRESETS
@@ -147,8 +148,8 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
         value = config.get(key)
         if not isinstance(value, str) or value in NOT_PATHS.get(key, ()):
             continue
-        if key == "teacher" and "/" not in value and not value.endswith((".pt", ".pth", ".ckpt", ".bin")):
-            continue  # a timm model name
+        if key == "teacher" and not is_file_reference(value):
+            continue  # a timm model name: the worker never looks it up on disk
         path = _under(settings.data_root, value)
         if path is None:
             raise _invalid(key, f"{key} must be a path under the server's data root")

@@ -14,6 +14,7 @@ from torch import nn
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json, write_with
 from search.core.errors import UserError
+from search.core.paths import is_file_reference
 from search.task import models
 from search.task.data import Dataset, load_dataset
 from spaces.train import fit, predict
@@ -45,10 +46,11 @@ def check_names(cfg: RunConfig) -> None:
     """Fail fast, before any data is read, on an unknown model or teacher name."""
     for name in cfg.models:
         models.check_model_name(name)
-    if cfg.teacher != "base" and not Path(cfg.teacher).is_file():
-        if Path(cfg.teacher).suffix in CHECKPOINT_SUFFIXES:
+    if cfg.teacher != "base":
+        if not is_file_reference(cfg.teacher):
+            models.check_model_name(cfg.teacher)
+        elif not Path(cfg.teacher).is_file():
             raise UserError(f"teacher checkpoint {cfg.teacher} does not exist")
-        models.check_model_name(cfg.teacher)
 
 
 def prepare_all(
@@ -84,10 +86,6 @@ def prepare(
     )
 
 
-#: A ``--teacher`` with one of these suffixes is a file, never a model name.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-
-
 def load_teacher(
     cfg: RunConfig, student: str, data: Dataset, runs_root: Path, log: Callable[[str], None]
 ) -> nn.Module | None:
@@ -96,7 +94,7 @@ def load_teacher(
     (cached like a baseline), e.g. a CNN teaching a ViT as in DeiT."""
     if cfg.teacher == "base":
         return None
-    if Path(cfg.teacher).is_file():
+    if is_file_reference(cfg.teacher):  # a file (checked by check_names), never a name found on disk
         torch.manual_seed(cfg.seed)
         shell = models.create(student, data.num_classes, cfg.img_size, cfg.patch_size)
         teacher = models.load_checkpoint(shell, cfg.teacher)
