@@ -87,13 +87,16 @@ class RunConfig:
         if self.patch_size is not None:
             _at_least("patch-size", self.patch_size, 1)
             if self.img_size % self.patch_size:
-                raise UserError(f"--patch-size {self.patch_size} does not divide --img-size {self.img_size}")
+                raise UserError(
+                    f"--patch-size {self.patch_size} does not divide --img-size {self.img_size}",
+                    field="patch_size",
+                )
         if not self.models or not all(isinstance(m, str) and m for m in self.models):
-            raise UserError("--model needs at least one timm model name")
+            raise UserError("--model needs at least one timm model name", field="model")
         if len(set(self.models)) != len(self.models):
-            raise UserError("--model lists a model twice")
+            raise UserError("--model lists a model twice", field="model")
         if self.checkpoint is not None and len(self.models) > 1:
-            raise UserError("--checkpoint needs a single --model")
+            raise UserError("--checkpoint needs a single --model", field="checkpoint")
         if self.epochs is not None:
             _at_least("epochs", self.epochs, 0)
         _at_least("batch-size", self.batch_size, 1)
@@ -101,22 +104,24 @@ class RunConfig:
         _at_least("repeats", self.repeats, 5)
         for key in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, key) < 0.5:
-                raise UserError(f"--{key.replace('_', '-')} must lie in (0, 0.5)")
+                raise UserError(f"--{key.replace('_', '-')} must lie in (0, 0.5)", field=key)
         for key in ("lr", "finetune_lr"):
             if getattr(self, key) is not None and not 0 < getattr(self, key) <= 1:
-                raise UserError(f"--{key.replace('_', '-')} must lie in (0, 1]")
+                raise UserError(f"--{key.replace('_', '-')} must lie in (0, 1]", field=key)
         if self.timeout is not None and self.timeout <= 0:
-            raise UserError("--timeout must be a positive number of seconds")
+            raise UserError("--timeout must be a positive number of seconds", field="timeout")
         if self.backend not in BACKENDS:
-            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+            raise UserError(
+                f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}", field="backend",
+            )
         if self.backend != "ray":
             for key in ("ray_address", "max_concurrent"):
                 if getattr(self, key) is not None:
-                    raise UserError(f"--{key.replace('_', '-')} needs --backend ray")
+                    raise UserError(f"--{key.replace('_', '-')} needs --backend ray", field=key)
             if self.gpus_per_trial:
                 raise UserError(
                     "--gpus-per-trial needs --backend ray (the optuna backend trains on a GPU "
-                    "whenever torch sees one)"
+                    "whenever torch sees one)", field="gpus_per_trial",
                 )
         if self.cpus_per_trial is not None:
             _at_least("cpus-per-trial", self.cpus_per_trial, 1)
@@ -124,28 +129,40 @@ class RunConfig:
             _at_least("max-concurrent", self.max_concurrent, 1)
         if isinstance(self.gpus_per_trial, bool) or not isinstance(self.gpus_per_trial, (int, float)) \
                 or self.gpus_per_trial < 0:
-            raise UserError(f"--gpus-per-trial must be a number of at least 0, got {self.gpus_per_trial!r}")
+            raise UserError(
+                f"--gpus-per-trial must be a number of at least 0, got {self.gpus_per_trial!r}",
+                field="gpus_per_trial",
+            )
         if self.trial_timeout is not None and self.trial_timeout <= 0:
-            raise UserError("--trial-timeout must be a positive number of seconds")
+            raise UserError("--trial-timeout must be a positive number of seconds", field="trial_timeout")
         if not self.objectives:
-            raise UserError(f"--objectives needs at least one of {', '.join(OBJECTIVES)}")
+            raise UserError(f"--objectives needs at least one of {', '.join(OBJECTIVES)}", field="objectives")
         for obj in self.objectives:
             if obj not in OBJECTIVES:
-                raise UserError(f"unknown objective {obj!r}; choose from {', '.join(OBJECTIVES)}")
+                raise UserError(
+                    f"unknown objective {obj!r}; choose from {', '.join(OBJECTIVES)}", field="objectives",
+                )
         if len(set(self.objectives)) != len(self.objectives):
-            raise UserError("--objectives lists an objective twice")
+            raise UserError("--objectives lists an objective twice", field="objectives")
         if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS.names())}")
+            raise UserError(
+                f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS.names())}",
+                field="sampler",
+            )
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
-            raise UserError("--min-accuracy is a fraction in [0, 1], e.g. 0.97")
+            raise UserError("--min-accuracy is a fraction in [0, 1], e.g. 0.97", field="min_accuracy")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
-            raise UserError("--max-accuracy-drop is in accuracy points and cannot be negative")
+            raise UserError(
+                "--max-accuracy-drop is in accuracy points and cannot be negative", field="max_accuracy_drop",
+            )
         if self.latency is not None and self.latency not in LATENCY_MODES:
-            raise UserError(f"--latency must be one of {', '.join(LATENCY_MODES)}, got {self.latency!r}")
+            raise UserError(
+                f"--latency must be one of {', '.join(LATENCY_MODES)}, got {self.latency!r}", field="latency",
+            )
         for key in ("max_latency_ms", "max_size_mb"):
             value = getattr(self, key)
             if value is not None and value <= 0:
-                raise UserError(f"--{key.replace('_', '-')} must be positive")
+                raise UserError(f"--{key.replace('_', '-')} must be positive", field=key)
 
     @property
     def effective_sampler_seed(self) -> int:
@@ -181,20 +198,20 @@ class RunConfig:
             if key not in hints:
                 close = difflib.get_close_matches(key, list(hints), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise UserError(f"unknown config key {raw!r}{hint}")
+                raise UserError(f"unknown config key {raw!r}{hint}", field=key)
             if key in values:
-                raise UserError(f"config key {raw!r} is given twice")
-            values[key] = _typed(str(raw), value, hints[key])
+                raise UserError(f"config key {raw!r} is given twice", field=key)
+            values[key] = _typed(str(raw), value, hints[key], key)
         return cls(**values)
 
 
 def check_name(name: str) -> None:
     """A run name is a folder name, never a path: ``UserError`` otherwise."""
     if not NAME_RE.match(name):
-        raise UserError(f"run name {name!r} must be letters, digits, '.', '_' or '-' (max 100)")
+        raise UserError(f"run name {name!r} must be letters, digits, '.', '_' or '-' (max 100)", field="name")
 
 
-def _typed(key: str, value: Any, hint: Any) -> Any:
+def _typed(key: str, value: Any, hint: Any, field: str | None = None) -> Any:
     """``value`` checked against the field's type ``hint`` (ints pass as floats, a comma string as a
     list); raises ``UserError`` naming ``key``."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
@@ -217,7 +234,9 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
                 if isinstance(items, (list, tuple)) and items and all(isinstance(i, str) for i in items):
                     return tuple(items)
     wanted = " or ".join(_TYPE_NAMES.get(o, getattr(o, "__name__", str(o))) for o in options)
-    raise UserError(f"config key {key!r} must be {wanted}, got {value!r} ({type(value).__name__})")
+    raise UserError(
+        f"config key {key!r} must be {wanted}, got {value!r} ({type(value).__name__})", field=field,
+    )
 
 
 _TYPE_NAMES: dict[Any, str] = {
@@ -233,4 +252,6 @@ def csv_items(text: str) -> tuple[str, ...]:
 
 def _at_least(flag: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"--{flag} must be an integer of at least {low}, got {value!r}")
+        raise UserError(
+            f"--{flag} must be an integer of at least {low}, got {value!r}", field=flag.replace("-", "_"),
+        )

@@ -41,9 +41,13 @@ class Budget:
         for key in ("max_latency_ms", "max_size_mb"):
             value = getattr(self, key)
             if value is not None and not (_number(value) and value > 0):
-                raise UserError(f"--{key.replace('_', '-')} must be a positive number, got {value!r}")
+                flag = key.replace("_", "-")
+                raise UserError(f"--{flag} must be a positive number, got {value!r}", field=key)
         if self.min_accuracy is not None and not (_number(self.min_accuracy) and 0 <= self.min_accuracy <= 1):
-            raise UserError(f"--min-accuracy is a fraction in [0, 1], e.g. 0.97, got {self.min_accuracy!r}")
+            raise UserError(
+                f"--min-accuracy is a fraction in [0, 1], e.g. 0.97, got {self.min_accuracy!r}",
+                field="min_accuracy",
+            )
 
     def shortfalls(self, row: Mapping[str, Any]) -> dict[str, float]:
         """How far ``row`` misses each limit, relative to the limit (0.1: 10% over); empty if it fits."""
@@ -110,7 +114,7 @@ def select(pareto: pd.DataFrame, budget: Budget, prefer: str = "accuracy") -> Se
     criteria of ``PREFERENCES``, then to the lower trial number. When none fits, the model with the
     smallest summed relative shortfall (ties by the same order)."""
     if prefer not in PREFERENCES:
-        raise UserError(f"--prefer must be one of {', '.join(PREFERENCES)}, got {prefer!r}")
+        raise UserError(f"--prefer must be one of {', '.join(PREFERENCES)}, got {prefer!r}", field="prefer")
     if pareto.empty:
         raise UserError("the run has no Pareto models to select from")
     order = [c for c, _ in PREFERENCES[prefer]] + ["trial"]

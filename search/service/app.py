@@ -9,7 +9,6 @@ request bodies are capped (413); validation errors are 422 naming the field.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import types
 import typing
@@ -159,21 +158,8 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
     try:
         RunConfig.from_dict(config)
     except UserError as exc:
-        raise _invalid(_field_named(str(exc)), str(exc)) from None
+        raise _invalid(exc.field, str(exc)) from None
     return config
-
-
-def _field_named(message: str) -> str | None:
-    """The RunConfig field a validation message is about: its flag, its key, or its name in words
-    ("unknown objective ..." is about ``objectives``)."""
-    for f in fields(RunConfig):
-        if f"--{f.name.replace('_', '-')}" in message or f"'{f.name}'" in message:
-            return f.name
-    for f in fields(RunConfig):
-        words = f.name.replace("_", " ")
-        if re.search(rf"\b{re.escape(words.removesuffix('s'))}s?\b", message):
-            return f.name
-    return None
 
 
 BEARER = HTTPBearer(auto_error=False)
@@ -368,7 +354,7 @@ def create_app(settings: Settings) -> FastAPI:
                 budget.max_latency_ms, budget.max_size_mb, budget.min_accuracy, budget.prefer
             )
         except UserError as exc:
-            raise _invalid(None, str(exc)) from None
+            raise _invalid(exc.field, str(exc)) from None
         return choice.to_dict() | {"model": public(choice.model, job)}
 
     @app.delete("/v1/searches/{search_id}", status_code=202, dependencies=v1, tags=["searches"],
