@@ -26,6 +26,7 @@ import yaml
 from torch import nn
 
 from search.core.errors import UserError
+from search.core.paths import SPACE_SUFFIXES, is_file_reference
 from search.core.text import first_line
 from spaces.base import TECHNIQUES, Candidate, Step
 from spaces.params import Param, suggest_all
@@ -68,7 +69,7 @@ class Space:
             raise UserError("space 'auto' is resolved per model; call spaces.space.resolve first")
         if spec in PRESETS:
             path = PRESET_DIR / f"{spec}.yaml"
-        elif not path.is_file():
+        elif not is_file_reference(spec, SPACE_SUFFIXES) or not path.is_file():
             raise UserError(
                 f"space {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file"
             )

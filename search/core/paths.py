@@ -1,9 +1,10 @@
 """Is a setting a file or a name? One rule for the CLI, the worker and the service.
 
-``--teacher`` takes ``base``, a timm model name, or a checkpoint file. A value is a file when it holds
-a path separator or ends in a checkpoint suffix; anything else is a model name and is never looked up
-on disk. The service confines every file to its data root by this same rule, so a name that happens
-to match a file in the worker's folder (``service.db``) can never be loaded as a checkpoint.
+``--teacher`` takes ``base``, a timm model name, or a checkpoint file; ``--space`` takes ``auto``, a
+preset name, or a YAML file. A value is a file when it holds a path separator or ends in one of the
+setting's file suffixes; anything else is a name and is never looked up on disk. The service confines
+every file to its data root by this same rule, so a name that happens to match a file in the worker's
+folder (``service.db``) can never be loaded as a checkpoint or a space.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from pathlib import PurePath
 
 #: Suffixes of checkpoint files (PyTorch, timm training checkpoints, safetensors).
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+#: Suffixes of search-space files.
+SPACE_SUFFIXES = (".yaml", ".yml")
 
 
-def is_file_reference(value: str) -> bool:
-    """Whether ``value`` names a file (a separator, or a checkpoint suffix) rather than a model."""
-    return "/" in value or "\\" in value or PurePath(value).suffix.lower() in CHECKPOINT_SUFFIXES
+def is_file_reference(value: str, suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> bool:
+    """Whether ``value`` names a file (a separator, or one of ``suffixes``) rather than a name."""
+    return "/" in value or "\\" in value or PurePath(value).suffix.lower() in suffixes

@@ -17,13 +17,15 @@ from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-import plotly.io as pio
 
 from search.config.objectives import OBJECTIVES
 from search.core.atomic import write_with
 from search.core.layout import REPORT_FILE
+from search.core.optional import require
 from search.front.pareto import hypervolume_curve as hypervolume_curve_of
+
+go = require("plotly.graph_objects", "report.html")
+pio = require("plotly.io", "report.html")
 
 if TYPE_CHECKING:  # type only: the front reads runs and hands them here, never the other way round
     from search.front.run import Report

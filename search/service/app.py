@@ -30,16 +30,18 @@ from search.config.run_config import RunConfig
 from search.core.cells import plain_record
 from search.core.errors import UserError
 from search.core.layout import MODEL_FILE, TRIALS_DIR, trial_dir
-from search.core.paths import is_file_reference
+from search.core.paths import CHECKPOINT_SUFFIXES, SPACE_SUFFIXES, is_file_reference
 from search.service.scheduler import Progress, Scheduler, describe, read_progress, trials_of
 from search.service.store import FINAL, Job, JobStore
-from spaces.space import AUTO, PRESETS
 
 #: Settings the server decides, never a request: where runs go and which database holds their study.
 SERVER_FIELDS = ("name", "runs_dir", "storage")
 #: Settings that may name files; they must lie under the data root (other values are names).
 PATH_FIELDS = ("data", "checkpoint", "teacher", "space")
-NOT_PATHS = {"data": ("digits",), "teacher": ("base",), "space": (AUTO, *PRESETS)}
+#: Settings whose values are files or names by ``core.paths.is_file_reference`` (names pass unchanged,
+#: and the worker reads them as names, never as files); for the others only these values are names.
+NAMED_BY_RULE = {"teacher": CHECKPOINT_SUFFIXES, "space": SPACE_SUFFIXES}
+NOT_PATHS = {"data": ("digits",)}
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,8 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
         value = config.get(key)
         if not isinstance(value, str) or value in NOT_PATHS.get(key, ()):
             continue
-        if key == "teacher" and not is_file_reference(value):
-            continue  # a timm model name: the worker never looks it up on disk
+        if key in NAMED_BY_RULE and not is_file_reference(value, NAMED_BY_RULE[key]):
+            continue  # a model or preset name: the worker never looks it up on disk
         path = _under(settings.data_root, value)
         if path is None:
             raise _invalid(key, f"{key} must be a path under the server's data root")
@@ -390,7 +392,7 @@ def live_trials(run: Path, name: str) -> pd.DataFrame:
         return pd.DataFrame()
     import optuna
 
-    from search.front.finalize import trials_frame
+    from search.front.trials import trials_frame
 
     storage = None
     try:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from search.core.errors import UserError
+from search.core.optional import require
 from targets.agent import UsageError, check_token
 from targets.agent import read_token as read_agent_token
 
@@ -32,7 +33,7 @@ def serve(
     host: str, port: int, runs_dir: Path, data_root: Path, db_url: str | None, max_running: int,
     token_file: str | None, max_body_bytes: int, ray_address: str | None,
 ) -> None:
-    import uvicorn
+    uvicorn = require("uvicorn", "edgepareto serve")
 
     from search.service.app import Settings, create_app
 

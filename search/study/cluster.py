@@ -24,6 +24,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search.core.errors import UserError
+from search.core.optional import require
 from search.core.text import one_line
 
 HEARTBEAT_S = 5
@@ -38,7 +39,10 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage (SQLite, PostgreSQL, MySQL, ...) with heartbeats; a bad URL is a
-    ``UserError``."""
+    ``UserError``; a PostgreSQL URL without its driver names the package to install."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg2"):
+        require("psycopg2", f"storage {scheme}://...")
     for attempt in range(2):
         try:
             return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import optuna
 from optuna.trial import TrialState
 
-from search.candidate.evaluate import Metrics
-from search.config.run_config import RunConfig
 from search.study.cluster import BASELINE_ATTR
+
+if TYPE_CHECKING:  # types only: feasibility needs neither torch nor the config's validation
+    from search.candidate.evaluate import Metrics
+    from search.config.run_config import RunConfig
 
 MODEL_ATTR = "model"
 

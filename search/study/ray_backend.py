@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from search.config.run_config import RunConfig
 from search.core.errors import UserError
+from search.core.optional import require
 from search.core.text import one_line
 from search.study.cluster import BASELINE_ATTR, finished_count, open_storage
 from search.study.objective import Objective
@@ -43,10 +44,7 @@ NO_RESULT = "the Ray trial ended without a result: its worker process died or ra
 
 def check_ray() -> None:
     """Fail early, with the install command, when Ray Tune is missing."""
-    try:
-        import ray.tune  # noqa: F401
-    except ImportError:
-        raise UserError("--backend ray needs Ray Tune: pip install 'edgepareto[ray]'") from None
+    require("ray.tune", "--backend ray")
 
 
 def connect(address: str | None) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from search.core.errors import UserError
+from search.core.optional import require
 
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -52,12 +53,7 @@ class RunsRoot:
         return self.url is not None
 
     def _fs(self) -> tuple[Any, str]:
-        try:
-            import fsspec
-        except ImportError:
-            raise UserError(
-                f"--runs-dir {self.url} needs fsspec: pip install 'edgepareto[fsspec]'"
-            ) from None
+        fsspec = require("fsspec", f"--runs-dir {self.url}")
         try:
             fs, base = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
