@@ -1,0 +1,147 @@
+"""What the service accepts and answers: settings, request and answer models, and the checks that turn a
+request body into a run config (paths confined to the data root, RunConfig's own validation)."""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, confloat, create_model
+
+from search.config.objectives import OBJECTIVES
+from search.config.run_config import RunConfig
+from search.core.errors import UserError
+from search.core.paths import CHECKPOINT_SUFFIXES, SPACE_SUFFIXES, is_file_reference
+
+#: Settings the server decides, never a request: where runs go and which database holds their study.
+SERVER_FIELDS = ("name", "runs_dir", "storage")
+#: Settings that may name files; they must lie under the data root (other values are names).
+PATH_FIELDS = ("data", "checkpoint", "teacher", "space")
+#: Settings whose values are files or names by ``core.paths.is_file_reference`` (names pass unchanged,
+#: and the worker reads them as names, never as files); for the others only these values are names.
+NAMED_BY_RULE = {"teacher": CHECKPOINT_SUFFIXES, "space": SPACE_SUFFIXES}
+NOT_PATHS = {"data": ("digits",)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How ``edgepareto serve`` was started."""
+
+    token: str
+    runs_dir: Path
+    data_root: Path
+    db_url: str
+    max_running: int = 1
+    max_body_bytes: int = 65536
+    ray_address: str | None = None
+
+
+#: A JSON number that is finite (Python's JSON reader takes NaN and Infinity; no setting means those).
+FiniteFloat = confloat(strict=True, allow_inf_nan=False)
+
+
+def _pydantic_type(hint: Any) -> Any:
+    """A RunConfig field type for request bodies: strict, JSON lists for tuples."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
+    mapped = []
+    for option in options:
+        if option is type(None):
+            mapped.append(type(None))
+        elif option is bool:
+            mapped.append(StrictBool)
+        elif option is int:
+            mapped.append(StrictInt)
+        elif option is float:
+            mapped.extend([StrictInt, FiniteFloat])
+        elif option is str:
+            mapped.append(StrictStr)
+        else:  # tuple[str, ...]
+            mapped.append(list[StrictStr])
+    return typing.Union[tuple(mapped)] if len(mapped) > 1 else mapped[0]  # noqa: UP007
+
+
+def _search_request() -> type[BaseModel]:
+    """The request body of ``POST /v1/searches``: RunConfig's keys (as in run.yaml), the server's own
+    settings left out; unknown keys are refused."""
+    hints = typing.get_type_hints(RunConfig)
+    defaults = RunConfig()
+    spec = {}
+    for f in fields(RunConfig):
+        if f.name in SERVER_FIELDS:
+            continue
+        default = getattr(defaults, f.name)
+        default = list(default) if isinstance(default, tuple) else default
+        spec[f.name] = (_pydantic_type(hints[f.name]), Field(default=default))
+    return create_model("SearchRequest", __config__=ConfigDict(extra="forbid"), **spec)
+
+
+SearchRequest = _search_request()
+
+
+class SelectRequest(BaseModel):
+    """A budget: the same options as ``edgepareto select``."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_latency_ms: FiniteFloat | StrictInt | None = Field(default=None, gt=0)  # type: ignore[valid-type]
+    max_size_mb: FiniteFloat | StrictInt | None = Field(default=None, gt=0)  # type: ignore[valid-type]
+    min_accuracy: FiniteFloat | StrictInt | None = Field(default=None, ge=0, le=1)  # type: ignore[valid-type]
+    prefer: Literal[tuple(OBJECTIVES)] = "accuracy"  # type: ignore[valid-type]
+
+
+class Problem(BaseModel):
+    """An error answer."""
+
+    detail: str
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer (auth and body limit on every /v1)."""
+    text = {401: "no bearer token", 403: "wrong token", 404: "no such search or model",
+            409: "the search is not in a state that allows this", 413: "request body too large"}
+    return {code: {"model": Problem, "description": text[code]} for code in (401, 403, 413, *codes)}
+
+
+class Submitted(BaseModel):
+    id: str
+    state: str
+
+
+def invalid(field: str | None, message: str) -> RequestValidationError:
+    loc = ("body", field) if field else ("body",)
+    return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error", "input": None}])
+
+
+def _under(root: Path, value: str) -> Path | None:
+    """``value`` resolved against ``root``; None when it lies outside or is no path at all."""
+    try:
+        path = (root / value).resolve()
+    except (ValueError, OSError):  # a NUL byte, a loop of links
+        return None
+    return path if path.is_relative_to(root) else None
+
+
+def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
+    """The submitted settings as a run config: paths confined to the data root and made absolute,
+    the server's Ray cluster filled in, then RunConfig's own checks (422 naming the problem)."""
+    config = body.model_dump(exclude_unset=True)
+    for key in PATH_FIELDS:
+        value = config.get(key)
+        if not isinstance(value, str) or value in NOT_PATHS.get(key, ()):
+            continue
+        if key in NAMED_BY_RULE and not is_file_reference(value, NAMED_BY_RULE[key]):
+            continue  # a model or preset name: the worker never looks it up on disk
+        path = _under(settings.data_root, value)
+        if path is None:
+            raise invalid(key, f"{key} must be a path under the server's data root")
+        config[key] = str(path)
+    if settings.ray_address and "backend" not in config:
+        config |= {"backend": "ray", "ray_address": settings.ray_address}
+    try:
+        RunConfig.from_dict(config)
+    except UserError as exc:
+        raise invalid(exc.field, str(exc)) from None
+    return config
