@@ -18,15 +18,16 @@ from search.config.objectives import OBJECTIVES
 from search.core.cells import plain_record
 from search.core.errors import UserError
 
-#: What each preference optimises first, then the tie-breaks in the objectives table's order:
-#: (pareto.csv column, ascending).
-PREFERENCES: dict[str, tuple[tuple[str, bool], ...]] = {
-    first: tuple(
+
+def preference(first: str) -> tuple[tuple[str, bool], ...]:
+    """What ``--prefer first`` optimises first, then the tie-breaks in the objectives table's order:
+    (pareto.csv column, ascending). A ``UserError`` for a name that is not an objective."""
+    if first not in OBJECTIVES:
+        raise UserError(f"--prefer must be one of {', '.join(OBJECTIVES)}, got {first!r}", field="prefer")
+    return tuple(
         (OBJECTIVES[n].pareto_column, OBJECTIVES[n].direction == "minimize")
         for n in (first, *(o for o in OBJECTIVES if o != first))
     )
-    for first in OBJECTIVES
-}
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,13 @@ _LABELS = {"max_latency_ms": "latency", "max_size_mb": "size", "min_accuracy": "
 
 def select(pareto: pd.DataFrame, budget: Budget, prefer: str = "accuracy") -> Selection:
     """The best model of ``pareto`` by ``prefer`` among those within ``budget``; ties go to the next
-    criteria of ``PREFERENCES``, then to the lower trial number. When none fits, the model with the
+    criteria of :func:`preference`, then to the lower trial number. When none fits, the model with the
     smallest summed relative shortfall (ties by the same order)."""
-    if prefer not in PREFERENCES:
-        raise UserError(f"--prefer must be one of {', '.join(PREFERENCES)}, got {prefer!r}", field="prefer")
+    criteria = preference(prefer)
     if pareto.empty:
         raise UserError("the run has no Pareto models to select from")
-    order = [c for c, _ in PREFERENCES[prefer]] + ["trial"]
-    ranked = pareto.sort_values(order, ascending=[a for _, a in PREFERENCES[prefer]] + [True], kind="stable")
+    order = [c for c, _ in criteria] + ["trial"]
+    ranked = pareto.sort_values(order, ascending=[a for _, a in criteria] + [True], kind="stable")
     rows = [plain_record(r) for r in ranked.to_dict(orient="records")]
     fitting = [r for r in rows if not budget.shortfalls(r)]
     if fitting:
