@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # type only: the front reads runs and hands them here, never 
 PREDICT_SOURCE = Path(__file__).with_name("predict_template.py")
 #: Bumped when model.json changes incompatibly.
 CARD_FORMAT = "edgepareto-bundle/1"
-#: How images become inputs, for ImageFolder data (search/data.py) and in predict.py.
+#: How images become inputs, for ImageFolder data (search/task/data.py) and in predict.py.
 RESIZE = "Pillow: image.convert('RGB').resize((S, S), Image.Resampling.BILINEAR)"
 
 
