@@ -21,6 +21,7 @@ from types import TracebackType
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from search.core.errors import UserError
@@ -116,8 +117,11 @@ def running_count(study: optuna.Study) -> int:
 
 
 def _stale_ids(study: optuna.Study) -> set[int]:
+    """Trials whose heartbeat stopped (their process died on any machine), by Optuna's own query. The
+    study's storage is Optuna's cache over the RDB storage: ask it through the heartbeat interface
+    (an attribute of the RDB storage alone would never be found, and no dead worker would be seen)."""
     storage = study._storage
-    if getattr(storage, "heartbeat_interval", None) is None:
+    if not is_heartbeat_enabled(storage):
         return set()
     return set(storage._get_stale_trial_ids(study._study_id))  # Optuna's own staleness query
 

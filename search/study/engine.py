@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import yaml
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from torch import nn
 
@@ -273,8 +274,11 @@ def _loop(
         if outcome.state == TrialState.COMPLETE:
             interrupts.check()  # a swallowed Ctrl-C may have cut the evaluation short
         values = list(outcome.values) if outcome.values else None
-        frozen = study.tell(trial, values, outcome.state, skip_if_finished=True)
-        if frozen.state != outcome.state:  # re-queued by a process that saw no heartbeat meanwhile
+        try:
+            frozen = study.tell(trial, values, outcome.state, skip_if_finished=True)
+        except UpdateFinishedTrialError:  # failed by another process between tell's check and its write
+            frozen = None
+        if frozen is None or frozen.state != outcome.state:  # re-queued by a process that saw no heartbeat
             progress.done(f"dropped: another process re-queued trial {trial.number} meanwhile", None)
             continue
         announce(progress, frozen)

@@ -260,10 +260,6 @@ def test_recover_leaves_live_and_foreign_owners_to_their_heartbeat(tmp_path):
     assert running == [mine.number, foreign.number]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "source bug: cluster._stale_ids reads `heartbeat_interval` from study._storage, which Optuna wraps "
-    "in a _CachedStorage that has no such attribute, so a stale heartbeat is never seen"
-))
 def test_recover_requeues_a_trial_whose_heartbeat_went_stale(tmp_path):
     """A worker on another machine that died (or lost its network): its heartbeat goes stale."""
     storage = optuna.storages.RDBStorage(sqlite_url(tmp_path), heartbeat_interval=1, grace_period=1)

@@ -11,7 +11,6 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import create_trial
 
 from search.config.run_config import RunConfig
@@ -224,11 +223,6 @@ def test_a_trial_requeued_by_another_process_meanwhile_is_dropped(tmp_path):
     assert finished_count(study) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=UpdateFinishedTrialError, reason=(
-    "source bug: _loop's study.tell(..., skip_if_finished=True) checks the state, then writes it; a "
-    "trial another process re-queues in between raises UpdateFinishedTrialError out of the loop "
-    "instead of being dropped"
-))
 def test_a_trial_requeued_by_another_process_while_it_is_told_is_dropped(tmp_path, monkeypatch):
     cfg = RunConfig(trials=1)
     study = new_study(None, cfg)
