@@ -171,7 +171,10 @@ def space_for(spec: str, base_models: Mapping[str, nn.Module]) -> JointSpace:
 
 def load_space(run: Run, cfg: RunConfig) -> JointSpace:
     """The resolved space saved beside a run (``space.yaml``)."""
-    data = yaml.safe_load((run.dir / "space.yaml").read_text())
+    path = run.dir / "space.yaml"
+    if not path.is_file():
+        raise UserError(f"run {run.name!r} in {run.root} has no space.yaml: it cannot be resumed")
+    data = yaml.safe_load(path.read_text())
     if isinstance(data, Mapping) and "models" in data:
         return JointSpace.from_mapping(data, where=run.name)
     return JointSpace(((cfg.models[0], Space.from_mapping(data, where=run.name)),))
