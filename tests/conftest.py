@@ -1,14 +1,15 @@
-"""Shared fixtures: a tiny timm model, the embedded digits data at a small size, a CLI runner."""
+"""Shared fixtures: a tiny timm model, the embedded digits data at a small size, the tiny baseline
+trained once per session and fresh runs dirs seeded with it, a finished search, PostgreSQL.
+
+Helpers that are not fixtures live in ``tests/support``.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 import timm
 import torch
@@ -16,9 +17,9 @@ import torch
 from search.cli.main import main
 from search.task.data import load_dataset
 from spaces import Context
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model", "test_resnet", "--img-size", "16", "--epochs", "2", "--quiet"]
+from tests.support import postgres
+from tests.support.cli import TINY
+from tests.support.runs import Baselines, seed
 
 
 @pytest.fixture(scope="session")
@@ -37,16 +38,40 @@ def ctx(digits16, tiny_model):
     return Context(train_x=digits16.train.x[:256], train_y=digits16.train.y[:256], teacher=tiny_model)
 
 
+# ---------------------------------------------------------------- trained baselines and runs dirs
+
+
 @pytest.fixture(scope="session")
-def shared_runs(tmp_path_factory) -> Path:
-    """A runs root shared by the end-to-end tests, so the tiny baseline is trained once."""
-    return tmp_path_factory.mktemp("runs")
+def baselines(tmp_path_factory) -> Baselines:
+    """Baselines trained once per session (by setting), to seed the runs dirs of searches."""
+    return Baselines(tmp_path_factory.mktemp("baselines"))
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline(baselines) -> Path:
+    """The cache folder (``.cache/baselines/<key>``) of the ``TINY`` model's trained baseline:
+    ``--model test_resnet --img-size 16 --epochs 2``, trained once per session."""
+    (folder,) = baselines.folders()
+    return folder
+
+
+@pytest.fixture
+def runs_dir(tmp_path, tiny_baseline) -> Path:
+    """A fresh runs dir of this test's own (``tmp_path/runs``) that already holds the tiny baseline,
+    so a ``TINY`` search in it does not train it again."""
+    return seed(tmp_path / "runs", tiny_baseline)
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory, tiny_baseline) -> Path:
+    """The runs root of the session's shared finished search (seeded with the tiny baseline)."""
+    return seed(tmp_path_factory.mktemp("runs"), tiny_baseline)
 
 
 @pytest.fixture(scope="session")
 def finished_run(shared_runs) -> Path:
     """A small finished search (8 trials of the tiny model), shared read-only by the results tests:
-    report, select, export. Tests that change files copy it first."""
+    report, select, export, dashboard. Tests that change files copy it first."""
     run = shared_runs / "finished"
     if not run.exists():
         code = main(["search", "--runs-dir", str(shared_runs), "--name", "finished", "--trials", "8", *TINY])
@@ -54,30 +79,30 @@ def finished_run(shared_runs) -> Path:
     return run
 
 
-def run_onnx_file(path: Path, x: torch.Tensor) -> np.ndarray:
-    """The first output of ``path`` on ``x`` in a fresh onnxruntime CPU session."""
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+@pytest.fixture(scope="session")
+def report_run(finished_run, tmp_path_factory) -> Path:
+    """A copy of the shared finished run with its report written (read-only for the report tests)."""
+    from search import load_run
+    from search.outputs.report import write_report
+
+    run = tmp_path_factory.mktemp("report") / finished_run.name
+    shutil.copytree(finished_run, run)
+    assert write_report(load_run(run)) == run / "report.html"
+    return run
 
 
-def building(run: Path, number: int) -> bool:
-    """Trial ``number`` of ``run`` is in its torch or export steps: started, its result not yet
-    written (so not yet reported or told either)."""
-    folder = run / "trials" / f"{number:04d}"
-    return (folder / "params.json").is_file() and not (folder / "metrics.json").exists()
+# ---------------------------------------------------------------- PostgreSQL
 
 
-def run_cli(args: list[str], capfd) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    code = main(args)
-    out, err = capfd.readouterr()
-    return code, out, err
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the session (skips when PostgreSQL is not installed):
+    ``postgresql+psycopg2://edgepareto@127.0.0.1:PORT/edgepareto``."""
+    with postgres.server() as url:
+        yield url
 
 
-def run_module(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m search`` in a subprocess, as a user would."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "search", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, env=env,
-    )
+@pytest.fixture
+def fresh_database(postgres_url: str) -> str:
+    """A new, empty database on the session's server, so that tests don't share Optuna studies."""
+    return postgres.new_database(postgres_url)

@@ -1,137 +1,149 @@
-"""Each technique: shapes, MACs, and outputs unchanged where the technique is lossless."""
+"""The technique contract, checked on every technique registered in ``spaces.TECHNIQUES``: it declares
+its search space (and labels any setting of it), it is the identity at its identity setting where it has
+one, what it makes survives ONNX export (onnxruntime gives torch's numbers), and it is deterministic:
+the same subject, setting and seed give the same result twice."""
+
+from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+import onnx
 import pytest
 import timm
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from search.candidate.build import export_onnx
-from search.candidate.evaluate import compressed_mb
-from spaces import TECHNIQUES, OnnxTechnique, TorchTechnique
-from spaces.lowrank import factorize_conv, factorize_linear, factorize_model, full_rank
-from spaces.params import CategoricalParam
-from spaces.sparsity import sparsity_of
-from spaces.train import distillation_loss, fit
+from spaces import TECHNIQUES, Context, OnnxTechnique, TorchTechnique
+from spaces.params import CategoricalParam, FloatParam, IntParam
+from tests.support.onnx import run_onnx_file
+
+#: Each technique's identity setting (its output equals its input), or None with the reason it has none.
+#: A technique registered without an entry here fails test_every_technique_has_an_identity_decision.
+IDENTITY: dict[str, Mapping[str, Any] | None] = {
+    "prune": None,  # ratio >= 0.1: channels always go
+    "lowrank": {"rank_ratio": 1.0},  # at full rank no split saves MACs: nothing is replaced
+    "vit_lowrank": {"qkv": 1.0, "proj": 1.0, "fc1": 1.0, "fc2": 1.0},  # 1.0: leave this kind alone
+    "sparsity": None,  # level >= 0.1: weights are always zeroed
+    "distill": None,  # at least one epoch of training
+    "quantize": None,  # int8 and fp16 both round the numbers
+    "tokens": {"ratio": 0.05, "start": 0.0},  # 5% of 16 tokens rounds down to none merged
+    "vit_prune": {"head_ratio": 0.0, "mlp_ratio": 0.0, "importance": "l1"},
+    "vit_embed": None,  # ratio >= 0.05: embedding channels always go
+}
+NAMES = TECHNIQUES.names()
 
 
-def macs_params(model, x):
-    return tp.utils.count_ops_and_params(model, x)
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
 
 
-def run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+def vit() -> nn.Module:
+    """test_vit at 16 px with 4 px patches: 16 tokens."""
+    torch.manual_seed(0)
+    return timm.create_model("test_vit", pretrained=False, num_classes=10, img_size=16, patch_size=4).eval()
 
 
-@pytest.mark.parametrize("name", TECHNIQUES.names())
+def subject(cls) -> nn.Module:
+    """The tiny CNN where the technique applies to it, else the tiny ViT."""
+    return cnn() if cls.supports(cnn()) else vit()
+
+
+def setting(cls) -> dict[str, Any]:
+    """The technique's recipe (its canonical moderate setting), else every parameter at its low end."""
+    if cls.recipe is not None:
+        return dict(cls.recipe)
+    return {p.name: p.choices[0] if isinstance(p, CategoricalParam) else p.low for p in cls.params}
+
+
+@pytest.fixture
+def contract_ctx(digits16) -> Context:
+    return Context(train_x=digits16.train.x[:128], train_y=digits16.train.y[:128], batch_size=32, seed=0)
+
+
+def build(cls, cfg: Mapping[str, Any], ctx: Context, tmp: Path) -> tuple[nn.Module | None, Path]:
+    """Apply ``cls`` with ``cfg`` to a fresh subject and export the result: (torch model or None for
+    an ONNX technique, the ONNX file)."""
+    model = subject(cls)
+    tmp.mkdir(parents=True, exist_ok=True)
+    if issubclass(cls, OnnxTechnique):
+        src = export_onnx(model, ctx.example_input, tmp / "src.onnx")
+        cls().apply(src, tmp / "out.onnx", cfg, ctx)
+        return None, tmp / "out.onnx"
+    tech = cls()
+    ctx = replace(ctx, teacher=copy.deepcopy(model))
+    out = tech.finalize(tech.apply(model, cfg, ctx)).eval()
+    return out, export_onnx(out, ctx.example_input, tmp / "out.onnx")
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_registry_contract(name):
     cls = TECHNIQUES.get(name)
     assert issubclass(cls, (TorchTechnique, OnnxTechnique))
     assert cls.params, "every technique declares its search space"
+    assert len({p.name for p in cls.params}) == len(cls.params), "a parameter declared twice"
     sample = {p.name: (p.choices[0] if isinstance(p, CategoricalParam) else p.low) for p in cls.params}
     assert isinstance(cls.label(sample), str) and cls.label(sample)
+    if cls.recipe is not None:  # the recipe is a point of the declared space
+        assert set(cls.recipe) <= {p.name for p in cls.params}
+        assert isinstance(cls.label(dict(cls.recipe)), str)
 
 
-@pytest.mark.parametrize(
-    ("importance", "scope"), [("l1", "uniform"), ("l2", "global"), ("taylor", "uniform")]
-)
-def test_prune_removes_channels_for_real(tiny_model, ctx, importance, scope):
-    x = ctx.train_x[:4]
-    before = tiny_model(x).detach()
-    macs0, params0 = macs_params(tiny_model, x[:1])
-    pruned = TECHNIQUES.get("prune")().apply(
-        tiny_model, {"ratio": 0.5, "importance": importance, "scope": scope}, ctx
-    )
-    macs1, params1 = macs_params(pruned, x[:1])
-    assert pruned(x).shape == before.shape
-    assert params1 < 0.7 * params0 and macs1 < 0.7 * macs0
-    convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
-    assert all(c.out_channels % 8 == 0 or c.out_channels < 8 for c in convs)
+def test_every_technique_has_an_identity_decision():
+    assert set(IDENTITY) == set(NAMES), "add the new technique's identity setting (or None) to IDENTITY"
+    for name, cfg in IDENTITY.items():
+        if cfg is None:
+            continue
+        params = {p.name: p for p in TECHNIQUES.get(name).params}
+        assert set(cfg) == set(params), name
+        for key, value in cfg.items():  # the identity setting lies inside the declared space
+            p = params[key]
+            if isinstance(p, (FloatParam, IntParam)):
+                assert p.low <= value <= p.high, (name, key, value)
+            else:
+                assert value in p.choices, (name, key, value)
 
 
-def test_lowrank_full_rank_is_lossless():
-    torch.manual_seed(0)
-    lin = nn.Linear(24, 16)
-    x = torch.randn(5, 24)
-    assert torch.allclose(factorize_linear(lin, full_rank(lin))(x), lin(x), atol=1e-5)
-    conv = nn.Conv2d(6, 12, 3, stride=2, padding=1)
-    img = torch.randn(2, 6, 9, 9)
-    assert torch.allclose(factorize_conv(conv, full_rank(conv))(img), conv(img), atol=1e-5)
+@pytest.mark.parametrize("name", [n for n in NAMES if IDENTITY.get(n) is not None])
+def test_identity_setting_is_lossless(name, contract_ctx):
+    cls = TECHNIQUES.get(name)
+    model = subject(cls)
+    x = contract_ctx.train_x[:4]
+    with torch.no_grad():
+        before = model(x)
+    out = cls().apply(model, IDENTITY[name], contract_ctx).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(out(x), before, atol=1e-5, rtol=1e-5)
 
 
-def test_lowrank_reduces_macs_and_skips_unprofitable_layers(tiny_model, ctx):
-    x = ctx.train_x[:1]
-    macs0, _ = macs_params(tiny_model, x)
-    depthwise = sum(isinstance(m, nn.Conv2d) and m.groups > 1 for m in tiny_model.modules())
-    replaced = factorize_model(tiny_model, 0.25)
-    assert replaced and tiny_model(x).shape == (1, 10)
-    assert macs_params(tiny_model, x)[0] < macs0
-    assert depthwise == sum(isinstance(m, nn.Conv2d) and m.groups > 1 for m in tiny_model.modules())
-    # at full rank no split saves MACs: nothing is replaced and the model is unchanged
-    assert factorize_model(tiny_model, 1.0) == []
+@pytest.mark.parametrize("name", NAMES)
+def test_result_survives_onnx_export(name, contract_ctx, tmp_path):
+    cls = TECHNIQUES.get(name)
+    model, path = build(cls, setting(cls), contract_ctx, tmp_path)
+    onnx.checker.check_model(onnx.load(str(path)))
+    x = contract_ctx.train_x[:3]
+    got = run_onnx_file(path, x)
+    assert got.shape == (3, 10) and np.isfinite(got).all()
+    if model is not None:  # a torch technique: onnxruntime computes what torch computes
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-4)
 
 
-def test_sparsity_reaches_level_survives_finetune_and_compresses(tiny_model, ctx, tmp_path):
-    tech = TECHNIQUES.get("sparsity")()
-    dense = export_onnx(tiny_model, ctx.example_input, tmp_path / "dense.onnx")
-    model = tech.apply(tiny_model, {"level": 0.8}, ctx)
-    fit(model, ctx.train_x, ctx.train_y, epochs=1, lr=1e-3, batch_size=64, seed=0)
-    model = tech.finalize(model)
-    assert not any(hasattr(m, "weight_orig") for m in model.modules())
-    assert sparsity_of(model) == pytest.approx(0.8, abs=0.01)
-    sparse = export_onnx(model, ctx.example_input, tmp_path / "sparse.onnx")
-    assert compressed_mb(sparse) < 0.5 * compressed_mb(dense)
-
-
-def test_distillation_loss_alpha_zero_is_plain_cross_entropy():
-    torch.manual_seed(0)
-    s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
-    ce = nn.functional.cross_entropy(s, y)
-    assert torch.allclose(distillation_loss(s, t, y, 4.0, 0.0), ce)
-    assert not torch.allclose(distillation_loss(s, t, y, 4.0, 0.5), ce)
-    assert distillation_loss(t, t, y, 4.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_distill_recovers_accuracy_of_a_pruned_student(ctx, digits16):
-    teacher = fit(
-        timm.create_model("test_resnet", num_classes=10), ctx.train_x, ctx.train_y,
-        epochs=3, lr=3e-3, batch_size=64, seed=0,
-    )
-    student = TECHNIQUES.get("prune")().apply(
-        copy.deepcopy(teacher), {"ratio": 0.5, "importance": "l2", "scope": "uniform"}, ctx
-    )
-    x, y = digits16.val.x, digits16.val.y
-    before = (student(x).argmax(1) == y).float().mean()
-    student = TECHNIQUES.get("distill")().apply(
-        student, {"epochs": 2, "temperature": 4.0, "alpha": 0.5}, replace(ctx, teacher=teacher)
-    )
-    after = (student(x).argmax(1) == y).float().mean()
-    assert after > before
-
-
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        {"mode": "dynamic", "per_channel": False},
-        {"mode": "static", "per_channel": True, "calibration": "minmax"},
-        {"mode": "static", "per_channel": False, "calibration": "percentile"},
-        {"mode": "fp16"},
-    ],
-)
-def test_quantize_produces_a_runnable_smaller_model(tiny_model, ctx, tmp_path, cfg):
-    model = fit(tiny_model, ctx.train_x, ctx.train_y, epochs=1, lr=3e-3, batch_size=64, seed=0)
-    src = export_onnx(model, ctx.example_input, tmp_path / "fp32.onnx")
-    dst = tmp_path / "q.onnx"
-    TECHNIQUES.get("quantize")().apply(src, dst, cfg, ctx)
-    x = ctx.train_x[:32]
-    ref, out = run_onnx(src, x), run_onnx(dst, x)
-    assert out.shape == ref.shape and np.isfinite(out).all()
-    assert dst.stat().st_size < 0.8 * src.stat().st_size
-    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.8
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_under_a_seed(name, contract_ctx, tmp_path):
+    cls = TECHNIQUES.get(name)
+    first = build(cls, setting(cls), contract_ctx, tmp_path / "first")
+    second = build(cls, setting(cls), contract_ctx, tmp_path / "second")
+    x = contract_ctx.train_x[:8]
+    np.testing.assert_array_equal(run_onnx_file(first[1], x), run_onnx_file(second[1], x))
+    if first[0] is not None:
+        a, b = first[0].state_dict(), second[0].state_dict()
+        assert list(a) == list(b)
+        for key in a:
+            assert torch.equal(a[key], b[key]), key

@@ -2,10 +2,13 @@
 
 import optuna
 import pandas as pd
+import pytest
 import timm
 import torch
 
-from tests.conftest import TINY, run_cli
+from tests.support.cli import TINY, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def tiny_args(runs, name, *extra):
@@ -28,13 +31,13 @@ def test_state_dict_and_whole_model_checkpoints(tmp_path, capfd):
     assert first[0]["val_accuracy"] == first[1]["val_accuracy"]
 
 
-def test_storage_url_and_timeout(tmp_path, capfd):
+def test_storage_url_and_timeout(tmp_path, runs_dir, capfd):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    args = tiny_args(tmp_path / "runs", "timed", "--trials", "50", "--timeout", "0.5",
+    args = tiny_args(runs_dir, "timed", "--trials", "50", "--timeout", "0.5",
                      "--space", "quant-only", "--storage", url)
     code, _, err = run_cli(args, capfd)
     assert code == 0, err
-    assert not (tmp_path / "runs" / "timed" / "study.db").exists()
+    assert not (runs_dir / "timed" / "study.db").exists()
     study = optuna.load_study(study_name="timed", storage=url)
     assert 1 <= len(study.trials) < 50
     # the same study name in the same storage is refused without --resume

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 
-from tests.postgres import fresh_database, postgres_url  # noqa: F401
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 WORKER = """
 import sys
@@ -18,7 +19,7 @@ study.optimize(lambda trial: trial.suggest_float("x", -1.0, 1.0) ** 2, n_trials=
 """
 
 
-def test_two_processes_share_a_study(fresh_database: str) -> None:  # noqa: F811
+def test_two_processes_share_a_study(fresh_database: str) -> None:
     optuna.create_study(study_name="shared", storage=fresh_database, direction="minimize")
     workers = [
         subprocess.Popen(
@@ -38,7 +39,7 @@ def test_two_processes_share_a_study(fresh_database: str) -> None:  # noqa: F811
     assert sorted(t.number for t in trials) == list(range(6))
 
 
-def test_fresh_databases_are_separate(postgres_url: str, fresh_database: str) -> None:  # noqa: F811
+def test_fresh_databases_are_separate(postgres_url: str, fresh_database: str) -> None:
     assert fresh_database != postgres_url
     optuna.create_study(study_name="only-here", storage=fresh_database)
     assert optuna.get_all_study_names(storage=postgres_url) == []

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -15,10 +14,12 @@ from optuna.trial import TrialState
 
 from search.study.cluster import OWNER_ATTR, finished_count
 from search.study.ray_backend import NO_RESULT, NODE_ATTR
-from tests.conftest import ROOT, TINY, building, run_cli, run_module
-from tests.test_resume import slow_space
+from tests.support.cli import ROOT, TINY, run_cli, run_module
+from tests.support.runs import building, slow_space, wait_until
 
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install ray[tune]")
+
+pytestmark = pytest.mark.slow
 
 TRIALS = 5
 
@@ -40,8 +41,9 @@ def study_of(run) -> optuna.Study:
     return optuna.load_study(study_name=run.name, storage=f"sqlite:///{run / 'study.db'}")
 
 
-def test_search_on_a_two_node_ray_cluster(tmp_path, ray_cluster, capfd):
-    runs = tmp_path / "runs"
+@pytest.mark.timeout(1200)
+def test_search_on_a_two_node_ray_cluster(tmp_path, runs_dir, ray_cluster, capfd):
+    runs = runs_dir
     args = ["search", "--runs-dir", str(runs), "--name", "ray", "--trials", str(TRIALS), "--backend", "ray",
             "--ray-address", ray_cluster, "--max-concurrent", "2", *TINY]
     proc = run_module(args, tmp_path, timeout=600)
@@ -69,6 +71,7 @@ def test_search_on_a_two_node_ray_cluster(tmp_path, ray_cluster, capfd):
     assert finished_count(study_of(run)) == TRIALS + 1
 
 
+@pytest.mark.timeout(120)
 def test_unreachable_cluster_is_one_line_error(tmp_path, capfd):
     args = ["search", "--runs-dir", str(tmp_path), "--backend", "ray", "--ray-address", "127.0.0.1:1",
             "--trials", "2", *TINY]
@@ -77,28 +80,30 @@ def test_unreachable_cluster_is_one_line_error(tmp_path, capfd):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_killed_ray_worker_fails_its_trial_and_the_search_goes_on(tmp_path, ray_cluster):
-    runs = tmp_path / "runs"
+@pytest.mark.timeout(900)
+def test_killed_ray_worker_fails_its_trial_and_the_search_goes_on(tmp_path, runs_dir, ray_cluster):
+    runs = runs_dir
     args = ["search", "--runs-dir", str(runs), "--name", "kill", "--trials", "4", "--backend", "ray",
             "--ray-address", ray_cluster, "--max-concurrent", "1", "--space", str(slow_space(tmp_path)),
             "--quiet", *TINY]
     proc = subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     db = runs / "kill" / "study.db"
-    victim = None
-    deadline = time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline:  # a candidate (not the baseline) mid-trial
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+
+    def candidate_mid_trial():  # a candidate (not the baseline) mid-trial
         if not (runs / "kill" / "trials").is_dir():  # not before the search made its study and tables
-            time.sleep(0.2)
-            continue
+            return None
         with contextlib.suppress(KeyError):
             running = optuna.load_study(study_name="kill", storage=f"sqlite:///{db}").get_trials(
                 deepcopy=False, states=(TrialState.RUNNING,))
-            victim = next((t for t in running if t.number > 0 and OWNER_ATTR in t.user_attrs
-                           and building(runs / "kill", t.number)), None)
-        time.sleep(0.2)
-    assert victim is not None, "no trial was seen running"
+            return next((t for t in running if t.number > 0 and OWNER_ATTR in t.user_attrs
+                         and building(runs / "kill", t.number)), None)
+        return None
+
+    def search_alive() -> None:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+
+    victim = wait_until(candidate_mid_trial, 300, "a trial seen running", poll=0.2, alive=search_alive)
     os.kill(int(victim.user_attrs[OWNER_ATTR].rpartition(":")[2]), signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]

@@ -1,4 +1,5 @@
-"""README's Python API example runs as written, in a fresh process and folder, as a user would run it."""
+"""README's Python API example runs as written, in a fresh process and folder, as a user would run it,
+and does what the README says it does: a model within 5 MB and 90% accuracy is chosen and exported."""
 
 import os
 import re
@@ -6,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.support.cli import ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def api_example() -> str:
@@ -16,17 +21,19 @@ def api_example() -> str:
     return found.group(1)
 
 
+@pytest.mark.timeout(900)
 def test_readme_python_api_example_runs(tmp_path: Path):
     (tmp_path / "example.py").write_text(api_example())
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
-        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=840, env=env
     )
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "api-demo"
     assert (run / "pareto.csv").is_file() and (run / "report.html").is_file()
     assert "test_accuracy" in done.stdout
-    assert "chosen for size <= 5 MB, accuracy >= 90%" in done.stdout or "no Pareto model fits" in done.stdout
-    if "bundle:" in done.stdout:
-        bundle = tmp_path / "deploy" / "api-demo"
-        assert {"model.onnx", "model.json", "predict.py"} <= {p.name for p in bundle.iterdir()}
+    # the example's comment promises the most accurate model within 5 MB and 90%, and its bundle
+    assert "chosen for size <= 5 MB, accuracy >= 90%" in done.stdout, done.stdout[-3000:]
+    assert "bundle:" in done.stdout
+    bundle = tmp_path / "deploy" / "api-demo"
+    assert {"model.onnx", "model.json", "predict.py"} <= {p.name for p in bundle.iterdir()}

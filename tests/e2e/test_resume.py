@@ -7,9 +7,13 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.support.cli import ROOT, TINY, run_cli
+from tests.support.runs import slow_space
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 TRIALS = 6
 
@@ -46,14 +50,6 @@ def load(run: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{run / 'study.db'}")
 
 
-def slow_space(tmp_path: Path) -> Path:
-    space = tmp_path / "space.yaml"  # fine-tuning makes each trial take a few seconds
-    space.write_text(
-        "techniques:\n  prune: {ratio: [0.2, 0.6]}\n  distill: {enabled: always, epochs: 3}\n"
-    )
-    return space
-
-
 def check_resumed(run: Path, name: str, before: dict[int, tuple]) -> None:
     study = load(run, name)
     trials = study.get_trials(deepcopy=False)
@@ -78,8 +74,8 @@ def snapshot(run: Path, name: str) -> dict[int, tuple]:
     }
 
 
-def test_resume_after_kill_9(tmp_path, capfd):
-    runs, name = tmp_path / "runs", "killed"
+def test_resume_after_kill_9(runs_dir, tmp_path, capfd):
+    runs, name = runs_dir, "killed"
     proc = start(runs, name, slow_space(tmp_path))
     wait_mid_trial(runs / name, 2, proc)
     proc.kill()  # SIGKILL: no cleanup at all
@@ -91,8 +87,8 @@ def test_resume_after_kill_9(tmp_path, capfd):
     check_resumed(runs / name, name, before)
 
 
-def test_resume_after_ctrl_c(tmp_path, capfd):
-    runs, name = tmp_path / "runs", "interrupted"
+def test_resume_after_ctrl_c(runs_dir, tmp_path, capfd):
+    runs, name = runs_dir, "interrupted"
     proc = start(runs, name, slow_space(tmp_path))
     wait_mid_trial(runs / name, 2, proc)
     proc.send_signal(signal.SIGINT)

@@ -3,7 +3,8 @@ gets a 5xx. The server runs with --max-running 0, so fuzzed valid searches only 
 
 Every operation of the spec is fuzzed with hypothesis inside one test per check set (schemathesis'
 pytest integration, ``from_fixture``, does not work with this pytest), and the failures of all
-operations are reported together.
+operations are reported together. Each test fuzzes a server of its own and ends by checking that it is
+still healthy and idle, so no result depends on which tests ran before.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance, status_code_conformance
 
-from tests.service import Server, get, strict_json
+from tests.support.service import Server, get, strict_json
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 EXAMPLES = 40
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory):
-    with Server(tmp_path_factory.mktemp("service-fuzz"), max_running=0) as s:
+@pytest.fixture
+def fuzz_server(tmp_path):
+    """A fresh server for each test (queued searches from one test never reach another's answers)."""
+    with Server(tmp_path / "service-fuzz", max_running=0) as s:
         yield s
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def api_schema(fuzz_server):
     return schemathesis.openapi.from_url(
         f"{fuzz_server.url}/openapi.json", headers=fuzz_server.auth, proxies={"http": None, "https": None},
@@ -77,6 +81,17 @@ def fuzz(
     return failures
 
 
+def assert_healthy_and_idle(server: Server) -> None:
+    """After fuzzing: the server answers, and no search started under --max-running 0."""
+    health = strict_json(get(f"{server.url}/healthz"))
+    assert health["status"] == "ok" and health["running"] == 0, health
+    assert not server.children(), "a worker process started under --max-running 0"
+
+
+def report(failures: dict[str, str]) -> str:
+    return "\n\n".join(f"{op}:\n{text}" for op, text in failures.items())
+
+
 def _describe(exc: BaseException) -> str:
     parts = [f"{type(exc).__name__}: {exc}"]
     for sub in getattr(exc, "exceptions", ()):
@@ -87,7 +102,8 @@ def _describe(exc: BaseException) -> str:
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
 def test_no_server_errors(api_schema, fuzz_server, session, mode):
     failures = fuzz(api_schema, fuzz_server, session, mode, EXAMPLES, checks=[not_a_server_error])
-    assert not failures, "\n\n".join(f"{op}:\n{text}" for op, text in failures.items())
+    assert not failures, report(failures)
+    assert_healthy_and_idle(fuzz_server)
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
@@ -99,7 +115,8 @@ def test_no_server_errors_on_a_real_search(api_schema, fuzz_server, session, mod
         search_id = strict_json(r)["id"]
     failures = fuzz(api_schema, fuzz_server, session, mode, EXAMPLES, search_id=search_id,
                     checks=[not_a_server_error])
-    assert not failures, "\n\n".join(f"{op}:\n{text}" for op, text in failures.items())
+    assert not failures, report(failures)
+    assert_healthy_and_idle(fuzz_server)
 
 
 def test_responses_conform_to_the_spec(api_schema, fuzz_server, session):
@@ -111,17 +128,27 @@ def test_responses_conform_to_the_spec(api_schema, fuzz_server, session):
         api_schema, fuzz_server, session, GenerationMode.POSITIVE, EXAMPLES // 2,
         excluded_checks=[positive_data_acceptance, status_code_conformance],
     )
-    assert not failures, "\n\n".join(f"{op}:\n{text}" for op, text in failures.items())
+    assert not failures, report(failures)
+    assert_healthy_and_idle(fuzz_server)
 
 
 def test_every_status_code_is_documented(api_schema, fuzz_server, session):
     """Each answer's status code is one the spec lists for the operation (404, 409, ... included)."""
     failures = fuzz(api_schema, fuzz_server, session, GenerationMode.POSITIVE, EXAMPLES // 2,
                     checks=[status_code_conformance])
-    assert not failures, "\n\n".join(f"{op}:\n{text}" for op, text in failures.items())
+    assert not failures, report(failures)
+    assert_healthy_and_idle(fuzz_server)
 
 
-def test_the_server_is_still_healthy_and_idle(fuzz_server):
-    health = strict_json(get(f"{fuzz_server.url}/healthz"))
-    assert health["status"] == "ok" and health["running"] == 0
-    assert not fuzz_server.children(), "a worker process started under --max-running 0"
+def test_the_server_is_still_healthy_and_idle(api_schema, fuzz_server, session):
+    """After valid and invalid requests of every operation (whatever they answered), the server is
+    healthy and idle, and a search queued before them is still queued, untouched."""
+    with fuzz_server.client() as c:
+        r = c.post("/v1/searches", json={"model": "test_resnet", "img_size": 16, "trials": 2})
+        assert r.status_code == 202, r.text
+        search_id = strict_json(r)["id"]
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        fuzz(api_schema, fuzz_server, session, mode, EXAMPLES // 4)
+    assert_healthy_and_idle(fuzz_server)
+    with fuzz_server.client() as c:
+        assert strict_json(c.get(f"/v1/searches/{search_id}"))["state"] == "queued"

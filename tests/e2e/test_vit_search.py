@@ -8,16 +8,27 @@ import torch
 import yaml
 
 from search.task.models import create
-from tests.conftest import run_cli
+from tests.support.cli import run_cli
+
+pytestmark = pytest.mark.slow
 
 VIT_TINY = ["--model", "test_vit", "--img-size", "16", "--patch-size", "4", "--epochs", "2", "--quiet"]
+#: The settings of VIT_TINY, for the session's trained baselines (``baselines`` fixture).
+VIT_SETTINGS = {"model": "test_vit", "patch_size": 4}
 
 
-def test_vit_search_end_to_end(shared_runs, capfd):
-    args = ["search", "--runs-dir", str(shared_runs), "--name", "vit", "--trials", "6", *VIT_TINY]
+@pytest.fixture
+def vit_runs(tmp_path, baselines):
+    """A fresh runs dir holding the tiny ViT's baseline, and the tiny CNN teacher trained for it."""
+    return baselines.seed(tmp_path / "runs", **VIT_SETTINGS, teacher="test_resnet")
+
+
+@pytest.mark.timeout(600)
+def test_vit_search_end_to_end(vit_runs, capfd):
+    args = ["search", "--runs-dir", str(vit_runs), "--name", "vit", "--trials", "6", *VIT_TINY]
     code, out, err = run_cli(args, capfd)
     assert code == 0, err
-    run = shared_runs / "vit"
+    run = vit_runs / "vit"
     space = yaml.safe_load((run / "space.yaml").read_text())
     assert space["models"]["test_vit"]["name"] == "vit"  # --space auto picked the ViT preset
     trials = pd.read_csv(run / "trials.csv")
@@ -34,29 +45,31 @@ def test_vit_search_end_to_end(shared_runs, capfd):
     assert pareto.iloc[0]["role"].startswith("baseline") and (pareto["model"] == "test_vit").all()
 
 
-def test_cnn_teacher_distils_a_vit(shared_runs, capfd):
-    space = shared_runs / "distill-only.yaml"
+@pytest.mark.timeout(240)
+def test_cnn_teacher_distils_a_vit(vit_runs, tmp_path, capfd):
+    space = tmp_path / "distill-only.yaml"
     space.write_text("techniques:\n  distill: {enabled: always, epochs: 1, alpha: 0.7}\n")
-    args = ["search", "--runs-dir", str(shared_runs), "--name", "vit-teacher", "--trials", "2",
+    args = ["search", "--runs-dir", str(vit_runs), "--name", "vit-teacher", "--trials", "2",
             "--teacher", "test_resnet", "--space", str(space), *VIT_TINY]
     args.remove("--quiet")
     code, _, err = run_cli(args, capfd)
     assert code == 0, err
-    assert "teacher: training test_resnet" in err or "teacher: cached" in err
-    trials = pd.read_csv(shared_runs / "vit-teacher" / "trials.csv")
+    assert "teacher: cached" in err and "teacher: training" not in err  # seeded with the baseline
+    trials = pd.read_csv(vit_runs / "vit-teacher" / "trials.csv")
     assert list(trials["state"]) == ["COMPLETE", "COMPLETE"]
     assert trials.iloc[1]["techniques"].startswith("distill(1ep")
-    run_yaml = yaml.safe_load((shared_runs / "vit-teacher" / "run.yaml").read_text())
+    run_yaml = yaml.safe_load((vit_runs / "vit-teacher" / "run.yaml").read_text())
     assert run_yaml["teacher"] == "test_resnet"
 
 
-def test_teacher_from_a_checkpoint_file(shared_runs, tmp_path, capfd):
+@pytest.mark.timeout(240)
+def test_teacher_from_a_checkpoint_file(vit_runs, tmp_path, capfd):
     torch.manual_seed(1)
     ckpt = tmp_path / "teacher.pt"
     torch.save(create("test_vit", 10, 16, patch_size=4).state_dict(), ckpt)
     space = tmp_path / "space.yaml"
     space.write_text("techniques:\n  distill: {enabled: always, epochs: 1, alpha: 1.0}\n")
-    args = ["search", "--runs-dir", str(shared_runs), "--name", "vit-ckpt-teacher", "--trials", "2",
+    args = ["search", "--runs-dir", str(vit_runs), "--name", "vit-ckpt-teacher", "--trials", "2",
             "--teacher", str(ckpt), "--space", str(space), *VIT_TINY]
     args.remove("--quiet")
     code, _, err = run_cli(args, capfd)
@@ -64,13 +77,15 @@ def test_teacher_from_a_checkpoint_file(shared_runs, tmp_path, capfd):
     assert f"teacher: {ckpt}" in err
 
 
-def test_several_models_in_one_study(shared_runs, capfd):
-    args = ["search", "--runs-dir", str(shared_runs), "--name", "mixed", "--trials", "6",
+@pytest.mark.timeout(600)
+def test_several_models_in_one_study(tmp_path, baselines, capfd):
+    runs = baselines.seed(tmp_path / "runs", model="test_resnet,test_vit", patch_size=4)
+    args = ["search", "--runs-dir", str(runs), "--name", "mixed", "--trials", "6",
             "--model", "test_resnet,test_vit", "--img-size", "16", "--patch-size", "4", "--epochs", "2",
             "--quiet"]
     code, out, err = run_cli(args, capfd)
     assert code == 0, err
-    run = shared_runs / "mixed"
+    run = runs / "mixed"
     trials = pd.read_csv(run / "trials.csv")
     trials = trials[trials["state"] != "WAITING"]  # recipes enqueued beyond --trials stay waiting
     assert list(trials["state"]) == ["COMPLETE"] * 6, trials["fail_reason"].tolist()
@@ -86,12 +101,12 @@ def test_several_models_in_one_study(shared_runs, capfd):
     assert pareto.iloc[0]["speedup"] == 1.0  # relative to the first model's baseline
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["preprocessing"]["by_model"]) == {"test_resnet", "test_vit"}
-    code, shown, _ = run_cli(["show", "mixed", "--runs-dir", str(shared_runs)], capfd)
+    code, shown, _ = run_cli(["show", "mixed", "--runs-dir", str(runs)], capfd)
     assert code == 0 and "test_vit" in shown and "test_resnet" in shown
     assert shown.splitlines()[0].split()[:2] == ["trial", "model"]
 
     # resume reads the joint space back and keeps sampling per-model subspaces
-    code, _, err = run_cli(["search", "--resume", "mixed", "--runs-dir", str(shared_runs), "--trials", "8",
+    code, _, err = run_cli(["search", "--resume", "mixed", "--runs-dir", str(runs), "--trials", "8",
                             "--quiet"], capfd)
     assert code == 0, err
     trials = pd.read_csv(run / "trials.csv")
@@ -99,23 +114,3 @@ def test_several_models_in_one_study(shared_runs, capfd):
     assert len(done) == 8 and set(done["model"]) == {"test_resnet", "test_vit"}
     for p, m in zip(done["params_json"].map(json.loads), done["model"]):
         assert p["model"] == m and all(k == "model" or k.startswith(f"{m}/") for k in p)
-
-
-@pytest.mark.parametrize(
-    ("flags", "needle"),
-    [
-        (["--model", "test_resnet", "--space", "vit"], "vit_prune does not apply to test_resnet"),
-        (["--model", "test_vit", "--teacher", "nosuchnet_b0"], "unknown timm model 'nosuchnet_b0'"),
-        (["--model", "test_vit", "--teacher", "missing.pt"], "teacher checkpoint missing.pt does not exist"),
-        (["--model", "test_vit", "--patch-size", "5"], "does not divide"),
-        (["--model", "test_resnet", "--patch-size", "4"], "applies to ViT-style models"),
-        (["--model", "test_vit,test_vit"], "lists a model twice"),
-    ],
-)
-def test_bad_vit_flags(tmp_path, capfd, flags, needle):
-    args = ["search", "--runs-dir", str(tmp_path / "runs"), "--img-size", "16", "--epochs", "1",
-            "--trials", "1", "--quiet", *flags]
-    code, _, err = run_cli(args, capfd)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and needle in lines[0], err
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("search-*"))

@@ -1,10 +1,9 @@
 """A throwaway PostgreSQL server for tests that need a real multi-process Optuna storage.
 
-``postgres_url`` (session scope) runs ``initdb`` into a fresh temporary directory, starts the server on
-127.0.0.1 at a free port and yields a SQLAlchemy URL for Optuna's RDBStorage; it stops the server and
-removes the directory at teardown. ``fresh_database`` gives each test its own database on that server
-(``new_database`` does the same as a plain function). Import both into a test module explicitly:
-``from tests.postgres import fresh_database, postgres_url  # noqa: F401``.
+``server()`` runs ``initdb`` into a fresh temporary directory, starts the server on 127.0.0.1 at a free
+port and yields a SQLAlchemy URL for Optuna's RDBStorage; it stops the server and removes the directory
+when the ``with`` block ends. ``new_database`` gives a caller a database of its own on that server. The
+fixtures ``postgres_url`` (session scope) and ``fresh_database`` in ``tests/conftest.py`` wrap them.
 
 PostgreSQL refuses to run as root, so under uid 0 the server commands run as the ``postgres`` system user
 (Debian's package creates it; otherwise a system user ``edgepareto-pg`` is created) through ``runuser``.
@@ -21,6 +20,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -130,8 +130,8 @@ def new_database(postgres_url: str) -> str:
     return f"{base}/{name}"
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+@contextmanager
+def server() -> Iterator[str]:
     """A throwaway PostgreSQL server: ``postgresql+psycopg2://edgepareto@127.0.0.1:PORT/edgepareto``."""
     bindir = find_bindir()
     if bindir is None:
@@ -187,9 +187,3 @@ def postgres_url() -> Iterator[str]:
             if proc.returncode != 0:
                 server.run("pg_ctl", "stop", "-w", "-m", "immediate", "-D", str(server.data))
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def fresh_database(postgres_url: str) -> str:
-    """A new, empty database on the session's server, so that tests don't share Optuna studies."""
-    return new_database(postgres_url)

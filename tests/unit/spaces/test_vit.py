@@ -10,14 +10,13 @@ import torch
 
 from search.candidate.build import export_onnx
 from search.candidate.evaluate import model_cost
-from search.task.models import create, patch_size_for
 from spaces import TECHNIQUES, Context
 from spaces.lowrank import factorize_linear
 from spaces.prune import classifiers_of
 from spaces.space import Space, resolve
 from spaces.train import fit, student_loss
 from spaces.vit import head_count, is_vit
-from tests.conftest import run_onnx_file
+from tests.support.onnx import run_onnx_file
 
 VIT = "vit_tiny_patch16_224"
 DEIT = "deit_tiny_distilled_patch16_224"
@@ -181,14 +180,6 @@ def test_distilled_deit_trains_both_heads_and_averages_them():
     with torch.no_grad():
         out = model(x)  # eval: the average of both heads, one tensor
     assert out.shape == (32, 10)
-
-
-def test_patch_size_is_chosen_for_small_inputs():
-    assert patch_size_for(32, 16) == 4 and patch_size_for(224, 16) == 16
-    assert patch_size_for(24, 16) == 3 and patch_size_for(64, 16) == 8
-    model = create(VIT, 10, 32)
-    assert model.patch_embed.patch_size == (4, 4) and model.patch_embed.num_patches == 64
-    assert create(VIT, 10, 32, patch_size=8).patch_embed.num_patches == 16
 
 
 def test_auto_space_and_technique_support():

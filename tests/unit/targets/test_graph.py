@@ -11,6 +11,7 @@ import targets.graph as graph_module
 from search.candidate.build import export_onnx
 from search.candidate.evaluate import model_cost
 from targets.graph import analyze
+from tests.support.cli import run_cli
 
 
 def single_node_model(node, inputs, output, inits=()):
@@ -111,8 +112,6 @@ def test_dequantized_weights_are_parameters_not_activations():
 
 
 def test_analyze_command(tmp_path, capfd):
-    from tests.conftest import run_cli
-
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
     path = export_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx")
@@ -124,7 +123,6 @@ def test_analyze_command(tmp_path, capfd):
     for bad in (tmp_path / "bad.onnx", tmp_path / "missing.onnx"):
         code, _, err = run_cli(["analyze", str(bad)], capfd)
         assert code == 2 and err.startswith("edgepareto: error:") and len(err.strip().splitlines()) == 1
-
 
 
 def test_shapes_come_from_a_runtime_pass_when_inference_gives_up(monkeypatch, tmp_path):

@@ -4,9 +4,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
-import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from search.core.errors import UserError
@@ -25,8 +23,7 @@ from targets.predictor import (
     predict_params,
     score,
 )
-from targets.profile import PROFILE_DIR, shipped_profiles
-from tests.conftest import TINY, run_cli
+from targets.profile import shipped_profiles
 
 
 def conv_net(channels: int = 8, size: int = 8, op: str = "Relu"):
@@ -166,51 +163,3 @@ def test_plans_for_each_target_and_mode(tmp_path):
     assert latest_calibration(tmp_path, "host", 2) is None  # a calibration holds for its thread count
     hybrid = plan_latency("host", "hybrid", None, 1, 5, tmp_path)
     assert isinstance(hybrid.predictor, CalibratedTarget) and hybrid.final is hybrid.measurer
-
-
-def test_deployability_is_an_optuna_constraint_with_its_reason(tmp_path, capfd):
-    profile = yaml.safe_load((PROFILE_DIR / "cortex-m7.yaml").read_text())
-    profile.update(name="tiny-mcu", ram_bytes=2.0e+3, flash_bytes=1.0e+8)  # 2 kB RAM: nothing fits
-    board = tmp_path / "tiny-mcu.yaml"
-    board.write_text(yaml.safe_dump(profile))
-    args = ["search", "--runs-dir", str(tmp_path), "--name", "mcu", "--trials", "3", "--target", str(board),
-            "--space", "quant-only", *TINY]
-    code, out, err = run_cli(args, capfd)
-    assert code == 0, err
-    trials = pd.read_csv(tmp_path / "mcu" / "trials.csv")
-    assert not trials["feasible"].any()
-    assert trials["constraints"].str.contains('"deployable"').all()
-    assert trials["infeasible_reason"].str.contains("peak activations .* exceed RAM 0.002 MB").all()
-    assert (trials["latency_source"] == "predicted:analytic").all()
-
-
-def test_calibrate_then_predict_and_hybrid_searches(tmp_path, capfd):
-    runs = tmp_path / "runs"
-    code, out, err = run_cli(
-        ["calibrate", "--target", "host", "--samples", "12", "--model", "test_resnet", "--img-size", "16",
-         "--repeats", "5", "--runs-dir", str(runs)], capfd,
-    )
-    assert code == 0, err
-    assert "kernels" in out and "flops" in out and "<- chosen" in out and "within ±10%" in out
-    (path,) = (runs / "targets" / "host-1t").glob("calibration-*.json")
-    samples = pd.read_csv(path.with_suffix(".samples.csv"))
-    assert len(samples) == 12 and (samples["measured_ms"] > 0).all()
-
-    base = ["search", "--runs-dir", str(runs), "--trials", "3", "--space", "quant-only", *TINY]
-    code, _, err = run_cli([*base, "--name", "pred", "--latency", "predict"], capfd)
-    assert code == 0, err
-    trials = pd.read_csv(runs / "pred" / "trials.csv")
-    done = trials[trials["state"] == "COMPLETE"]
-    assert (done["latency_source"] == "predicted:calibrated").all() and (done["latency_error_pct"] > 0).all()
-    pareto = pd.read_csv(runs / "pred" / "pareto.csv")
-    assert (pareto["latency_source"] == "predicted:calibrated").all()
-    code, out, _ = run_cli(["show", "pred", "--runs-dir", str(runs)], capfd)
-    assert code == 0 and "latency from" in out and "predicted ±" in out
-
-    code, _, err = run_cli([*base, "--name", "hyb", "--latency", "hybrid"], capfd)
-    assert code == 0, err
-    trials = pd.read_csv(runs / "hyb" / "trials.csv")
-    baseline = trials[trials["baseline"]].iloc[0]
-    assert baseline["latency_source"] == "measured" and baseline["latency_predicted_ms"] > 0
-    pareto = pd.read_csv(runs / "hyb" / "pareto.csv")
-    assert (pareto["latency_source"] == "measured").all()  # the front a user gets is measured

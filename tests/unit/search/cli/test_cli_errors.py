@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
 from PIL import Image
 
-from tests.conftest import TINY, run_cli, run_module
+from tests.support.cli import TINY, run_cli, run_module
+from tests.support.data import image_folder
 
 
 def assert_one_line_error(code: int, err: str, needle: str) -> None:
@@ -17,16 +17,6 @@ def assert_one_line_error(code: int, err: str, needle: str) -> None:
     assert len(lines) == 1, err
     assert lines[0].startswith("edgepareto: error:") and needle in lines[0], lines[0]
     assert "Traceback" not in err
-
-
-def make_folder(root: Path, classes=("a", "b"), per_class=6, size=12) -> Path:
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            arr = (rng.random((size, size, 3)) * 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / c / f"{i}.png")
-    return root
 
 
 def search(tmp_path: Path, *extra: str) -> list[str]:
@@ -55,14 +45,15 @@ def test_data_path_that_is_not_an_image_folder(tmp_path, capfd):
 
 
 def test_empty_class_folder(tmp_path, capfd):
-    root = make_folder(tmp_path / "data")
+    root = image_folder(tmp_path / "data")
     (root / "c").mkdir()
     code, _, err = run_cli(search(tmp_path, "--data", str(root)), capfd)
     assert_one_line_error(code, err, "has no images")
 
 
+@pytest.mark.slow  # a whole search (on the folder: its own baseline)
 def test_corrupt_images_are_skipped_with_a_warning(tmp_path, capfd):
-    root = make_folder(tmp_path / "data", per_class=10)
+    root = image_folder(tmp_path / "data", per_class=10)
     (root / "a" / "broken.png").write_bytes(b"not a png at all")
     (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     code, _, err = run_cli(search(tmp_path, "--data", str(root)), capfd)
@@ -71,7 +62,7 @@ def test_corrupt_images_are_skipped_with_a_warning(tmp_path, capfd):
 
 
 def test_only_corrupt_images_is_an_error(tmp_path, capfd):
-    root = make_folder(tmp_path / "data")
+    root = image_folder(tmp_path / "data")
     for f in (root / "b").iterdir():
         f.write_bytes(b"garbage")
     code, _, err = run_cli(search(tmp_path, "--data", str(root)), capfd)

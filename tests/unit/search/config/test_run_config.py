@@ -2,13 +2,12 @@
 
 import dataclasses
 
-import pandas as pd
 import pytest
 import yaml
 
 from search.config.run_config import RunConfig
 from search.core.errors import UserError
-from tests.conftest import run_cli
+from tests.support.cli import run_cli
 
 
 def test_round_trip_through_yaml():
@@ -80,34 +79,6 @@ def test_yaml_spellings_match_the_flags():
     })
     assert cfg.model == ("resnet18", "vit_tiny_patch16_224") and cfg.objectives == ("accuracy", "latency")
     assert cfg.img_size == 16 and cfg.warm_start is False and cfg.lr == 1.0 and cfg.max_latency_ms == 2.0
-
-
-def test_config_file_flags_override_and_run_yaml_reproduces(shared_runs, tmp_path, capfd):
-    """``--config`` with a flag on top; the saved run.yaml is the merge, and running it again under
-    another name gives the same settings and the same trials (sampled params, validation accuracy)."""
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": "test_resnet", "img-size": 16, "epochs": 2, "trials": 9, "max_accuracy_drop": 50.0,
-        "objectives": ["accuracy", "latency"], "sampler": "random", "runs_dir": str(shared_runs),
-    }))
-    code, _, err = run_cli(["search", "--config", str(config), "--name", "fromfile", "--trials", "4",
-                            "--quiet"], capfd)
-    assert code == 0, err
-    saved_text = (shared_runs / "fromfile" / "run.yaml").read_text()
-    assert saved_text.startswith("# edgepareto run fromfile") and "--config" in saved_text
-    saved = RunConfig.from_dict(yaml.safe_load(saved_text))
-    assert saved.trials == 4 and saved.sampler == "random" and saved.objectives == ("accuracy", "latency")
-    merged = {**yaml.safe_load(config.read_text()), "name": "fromfile", "trials": 4}
-    assert saved == RunConfig.from_dict(merged)
-
-    code, _, err = run_cli(["search", "--config", str(shared_runs / "fromfile" / "run.yaml"),
-                            "--name", "again", "--quiet"], capfd)
-    assert code == 0, err
-    again = RunConfig.from_dict(yaml.safe_load((shared_runs / "again" / "run.yaml").read_text()))
-    assert again == saved.replace(name="again")
-    first, second = (pd.read_csv(shared_runs / n / "trials.csv") for n in ("fromfile", "again"))
-    columns = ["trial", "state", "techniques", "params_json", "val_accuracy", "size_mb"]
-    pd.testing.assert_frame_equal(first[columns], second[columns])
 
 
 @pytest.mark.parametrize(

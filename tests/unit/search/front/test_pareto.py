@@ -2,7 +2,7 @@
 
 import pytest
 
-from search.front.pareto import hypervolume, pareto_front
+from search.front.pareto import hypervolume, hypervolume_curve, pareto_front
 
 
 def test_front_two_objectives_max_and_min():
@@ -35,3 +35,20 @@ def test_hypervolume_known_values():
     # points outside the reference box add nothing
     assert hypervolume([(5, 5)], ["minimize", "minimize"], (4, 4)) == 0.0
     assert hypervolume([], ["minimize"], (1,)) == 0.0
+
+
+def test_hv_curve_is_monotone_and_ignores_failed_trials():
+    """The normalised hypervolume curve (report and ``bench search``): relative to the baseline,
+    accuracy drop over a 5-point edge, latency and size as fractions of the baseline's."""
+    baseline = {"accuracy": 0.90, "latency": 2.0, "size": 4.0}
+    points = [
+        baseline,  # the baseline itself dominates nothing inside the box
+        None,  # failed or infeasible: adds nothing
+        {"accuracy": 0.89, "latency": 1.0, "size": 2.0},  # 1 point lost, half the latency and size
+        {"accuracy": 0.86, "latency": 0.2, "size": 0.4},
+        None,
+    ]
+    curve = hypervolume_curve(points, baseline, ("accuracy", "latency", "size"))
+    assert curve[0] == 0.0 and curve[1] == 0.0
+    assert curve[2] == pytest.approx((1 - 1 / 5) * 0.5 * 0.5)
+    assert list(curve) == sorted(curve) and curve[-1] == curve[-2]

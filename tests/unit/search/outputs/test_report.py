@@ -1,6 +1,5 @@
-"""report.html: the pure figure and table builders on hand-made tables, then the real page of a finished
-run rendered in headless Chromium (skipped when Chromium is not installed), with control pages that show
-the browser checks can fail."""
+"""report.html: the pure figure and table builders on hand-made tables, then the page of a finished run
+(self-contained, escaped). tests/e2e/test_report_browser.py renders it in headless Chromium."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import json
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -16,26 +14,20 @@ import pytest
 
 from search import load_run
 from search.core.errors import UserError
-from search.outputs.report import (
-    ABSENT,
-    hypervolume_curve,
-    model_links,
-    param_dimensions,
-    pareto_figure,
-    pareto_table,
-    write_report,
-)
-from tests.browser import Chromium, Rendered, png_size, requires_chromium
+from search.outputs.figures import ABSENT, hypervolume_curve, param_dimensions, pareto_figure
+from search.outputs.report import model_links, pareto_table, write_report
 
 PLOTS = ["pareto-plot", "hypervolume-plot", "parallel-plot"]
 ACC_LAT = {"accuracy": "maximize", "latency": "minimize"}
 
 
 def trials_table(rows: list[tuple], csv_roundtrip: Path | None = None) -> pd.DataFrame:
-    """trials.csv-like rows of (trial, state, feasible, val_accuracy, latency_ms, size_mb, params)."""
+    """trials.csv-like rows of (trial, state, feasible, val_accuracy, latency_ms, size_mb, params);
+    trial 0 is the baseline."""
     frame = pd.DataFrame([
         {"trial": t, "state": s, "feasible": f, "val_accuracy": a, "latency_ms": lat, "size_mb": size,
-         "techniques": "x", "artifact": f"trials/{t:04d}/model.onnx", "params_json": json.dumps(p or {})}
+         "baseline": t == 0, "techniques": "x", "artifact": f"trials/{t:04d}/model.onnx",
+         "params_json": json.dumps(p or {})}
         for t, s, f, a, lat, size, p in rows
     ])
     if csv_roundtrip is not None:  # as the report reads it: feasible becomes True/False/NaN
@@ -48,41 +40,44 @@ def trials_table(rows: list[tuple], csv_roundtrip: Path | None = None) -> pd.Dat
 
 
 def test_hypervolume_curve_by_hand(tmp_path):
+    """Relative to the baseline (trial 0: accuracy 0.90, latency 2 ms): accuracy drop over a 5-point
+    edge, latency as a fraction of the baseline's; only feasible completed trials add points."""
     trials = trials_table([
-        (0, "COMPLETE", True, 0.90, 2.0, 1.0, None),
-        (1, "COMPLETE", True, 0.80, 3.0, 1.0, None),  # dominated by trial 0: flat
+        (0, "COMPLETE", True, 0.90, 2.0, 1.0, None),  # the baseline dominates nothing in the box
+        (1, "COMPLETE", True, 0.80, 3.0, 1.0, None),  # worse than the baseline on both: flat
         (2, "FAIL", None, None, None, None, None),  # failed: flat
         (3, "COMPLETE", False, 0.99, 0.5, 1.0, None),  # infeasible, and better: flat
-        (4, "COMPLETE", True, 0.85, 1.0, 1.0, None),  # a new trade-off: up
+        (4, "COMPLETE", True, 0.88, 1.0, 1.0, None),  # 2 points lost, half the latency: (0.4, 0.5)
         (5, "RUNNING", None, None, None, None, None),
-        (6, "COMPLETE", False, 0.10, 4.0, 1.0, None),  # infeasible: flat, but it sets the latency box
+        (6, "COMPLETE", True, 0.86, 0.5, 1.0, None),  # a new trade-off: (0.8, 0.25)
+        (7, "COMPLETE", False, 0.10, 4.0, 1.0, None),  # infeasible: flat
     ], csv_roundtrip=tmp_path / "trials.csv")
     curve = hypervolume_curve(trials, ACC_LAT)
-    assert list(curve.index) == [0, 1, 2, 3, 4, 5, 6]
-    ref = 4.0 * 1.1  # latency box: 1.1 x the largest latency of a completed trial (trial 6's)
-    first = 0.90 * (1 - 2.0 / ref)
-    last = first + 0.85 * (2.0 - 1.0) / ref
-    assert curve.tolist() == pytest.approx([first, first, first, first, last, last, last])
+    assert list(curve.index) == [0, 1, 2, 3, 4, 5, 6, 7]
+    first = (1 - 0.4) * (1 - 0.5)
+    last = first + (1 - 0.8) * (1 - 0.25) - (1 - 0.8) * (1 - 0.5)  # the boxes overlap
+    assert curve.tolist() == pytest.approx([0, 0, 0, 0, first, first, last, last])
 
 
 def test_hypervolume_curve_never_decreases_and_stays_in_unit_box():
     rng = np.random.default_rng(0)
-    rows = [
+    rows = [(0, "COMPLETE", True, 0.5, 2.5, 1.5, None)] + [
         (i, "COMPLETE" if rng.random() > 0.2 else "FAIL", bool(rng.random() > 0.3),
          float(rng.random()), float(rng.random() * 5), float(rng.random() * 3), None)
-        for i in range(40)
+        for i in range(1, 40)
     ]
     curve = hypervolume_curve(trials_table(rows), {"accuracy": "maximize", "latency": "minimize",
                                                    "size": "minimize"})
     assert (np.diff(curve.to_numpy()) >= -1e-12).all()
-    assert 0 < curve.iloc[-1] <= 1 and curve.iloc[0] >= 0
+    assert 0 < curve.iloc[-1] <= 1 and curve.iloc[0] == 0  # the baseline dominates nothing
 
 
 def test_hypervolume_curve_single_objective_and_nothing_feasible():
-    rows = [(0, "COMPLETE", True, 0.5, 1, 1, None), (1, "COMPLETE", True, 0.7, 1, 1, None),
-            (2, "COMPLETE", True, 0.6, 1, 1, None)]
+    rows = [(0, "COMPLETE", False, 0.90, 1, 1, None),  # an infeasible baseline sets the box, adds nothing
+            (1, "COMPLETE", True, 0.86, 1, 1, None), (2, "COMPLETE", True, 0.88, 1, 1, None),
+            (3, "COMPLETE", True, 0.87, 1, 1, None)]
     assert hypervolume_curve(trials_table(rows), {"accuracy": "maximize"}).tolist() == pytest.approx(
-        [0.5, 0.7, 0.7])
+        [0.0, 1 - 0.8, 1 - 0.4, 1 - 0.4])
     none = [(0, "FAIL", None, None, None, None, None), (1, "COMPLETE", False, 0.9, 1, 1, None)]
     assert hypervolume_curve(trials_table(none), ACC_LAT).tolist() == [0.0, 0.0]
 
@@ -171,15 +166,6 @@ class Refs(HTMLParser):
         self.refs += [(tag, v or "") for k, v in attrs if k in ("src", "href")]
 
 
-@pytest.fixture(scope="module")
-def report_run(finished_run, tmp_path_factory) -> Path:
-    """A copy of the shared finished run with its report written."""
-    run = tmp_path_factory.mktemp("report") / finished_run.name
-    shutil.copytree(finished_run, run)
-    assert write_report(load_run(run)) == run / "report.html"
-    return run
-
-
 def test_write_report_without_results_raises(tmp_path):
     (tmp_path / "started").mkdir()
     with pytest.raises(UserError, match="no results yet"):
@@ -208,91 +194,3 @@ def test_report_escapes_run_text(report_run, tmp_path):
     pareto.to_csv(run / "pareto.csv", index=False)
     page = write_report(load_run(run)).read_text(encoding="utf-8")
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
-
-
-# ---- in the browser ---------------------------------------------------------------------------
-
-
-def check_report_page(page: Rendered, run: Path, rows: int) -> None:
-    """What a good report shows in the browser; raises AssertionError otherwise."""
-    assert not page.errors, f"JavaScript errors: {page.errors}"
-    assert not page.requests, f"network requests: {page.requests}"
-    assert page.probe["plots"] == PLOTS, f"plot divs: {page.probe['plots']}"
-    assert page.probe["rendered"] == PLOTS, f"plots drawn: {page.probe['rendered']}"
-    assert page.probe["rows"].get("pareto-table") == rows, f"table rows: {page.probe['rows']}"
-    assert len(page.probe["links"]) == rows
-    for link in page.probe["links"]:
-        url = urlparse(link)
-        target = Path(unquote(url.path))
-        assert url.scheme == "file" and target.is_file(), f"broken link {link}"
-        assert target.resolve().is_relative_to(run.resolve()), f"link outside the run: {link}"
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with Chromium() as browser:
-        yield browser
-
-
-@requires_chromium
-def test_report_in_chromium(chromium, report_run, tmp_path):
-    shot = tmp_path / "report.png"
-    page = chromium.render(report_run / "report.html", screenshot=shot)
-    check_report_page(page, report_run, rows=len(pd.read_csv(report_run / "pareto.csv")))
-    assert page.probe["title"].endswith(report_run.name)
-    width, height = png_size(shot)
-    assert width == 1280 and height > 1500 and shot.stat().st_size > 50_000
-    shutil.copy(shot, report_run / "report.png")  # beside the report, to look at
-
-
-@requires_chromium
-def test_report_in_chromium_after_copying_the_run(chromium, report_run, tmp_path):
-    """The page and its links work from wherever the folder is copied (paths in pareto.csv are stale)."""
-    moved = tmp_path / "elsewhere"
-    shutil.copytree(report_run, moved)
-    page = chromium.render(moved / "report.html")
-    check_report_page(page, moved, rows=len(pd.read_csv(moved / "pareto.csv")))
-
-
-@requires_chromium
-def test_harness_catches_a_javascript_error(chromium, report_run, tmp_path):
-    bad = tmp_path / "bad.html"
-    bad.write_text(
-        (report_run / "report.html").read_text(encoding="utf-8")
-        .replace("</body>", '<script>throw new Error("boom")</script></body>'), encoding="utf-8")
-    page = chromium.render(bad)
-    assert any("boom" in e for e in page.errors)
-    with pytest.raises(AssertionError, match="JavaScript errors"):
-        check_report_page(page, report_run, rows=len(pd.read_csv(report_run / "pareto.csv")))
-    tiny = tmp_path / "tiny.html"
-    tiny.write_text('<p>x</p><script>console.error("logged")</script>')
-    assert chromium.render(tiny).errors == ["console.error: logged"]
-
-
-@requires_chromium
-def test_harness_catches_a_missing_or_undrawn_plot(chromium, report_run, tmp_path):
-    rows = len(pd.read_csv(report_run / "pareto.csv"))
-    page = (report_run / "report.html").read_text(encoding="utf-8")
-    table = page[page.index('<table id="pareto-table"'):page.index("</table>") + len("</table>")]
-    missing = tmp_path / "no-plots.html"
-    missing.write_text(f"<html><body>{table}</body></html>", encoding="utf-8")
-    got = chromium.render(missing)
-    assert not got.errors and got.probe["rows"]["pareto-table"] == rows
-    with pytest.raises(AssertionError, match="plot divs"):
-        check_report_page(got, report_run, rows)
-    undrawn = tmp_path / "undrawn.html"  # the divs are there, nothing draws into them
-    divs = "".join(f'<div id="{p}" class="plotly-graph-div"></div>' for p in PLOTS)
-    undrawn.write_text(f"<html><body>{divs}{table}</body></html>", encoding="utf-8")
-    got = chromium.render(undrawn, wait_ms=1000)
-    with pytest.raises(AssertionError, match="plots drawn"):
-        check_report_page(got, report_run, rows)
-
-
-@requires_chromium
-def test_harness_catches_network_requests(chromium, tmp_path):
-    page = tmp_path / "online.html"
-    page.write_text('<script src="https://cdn.plot.ly/plotly-3.0.0.min.js"></script><p>x</p>')
-    got = chromium.render(page)
-    assert got.requests == ["https://cdn.plot.ly/plotly-3.0.0.min.js"]
-    with pytest.raises(AssertionError, match="network requests"):
-        check_report_page(Rendered(requests=got.requests), tmp_path, 0)

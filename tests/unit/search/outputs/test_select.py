@@ -10,7 +10,7 @@ from search import load_run
 from search.cli.main import EXIT_NO_FIT
 from search.core.errors import UserError
 from search.outputs.selection import Budget, select
-from tests.conftest import run_cli
+from tests.support.cli import run_cli
 
 #: trial, role, test accuracy, latency ms, size MB (a made-up front: faster models are less accurate)
 FRONT = [

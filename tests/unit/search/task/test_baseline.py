@@ -1,13 +1,21 @@
-"""The baseline: seeded, so training it twice gives the same weights; then cached by its key."""
+"""The baseline: seeded, so training it twice gives the same weights; then cached by its key. On a tiny
+image folder (24 images), so that training takes no time."""
 
+import pytest
 import torch
 
 from search.config.run_config import RunConfig
 from search.task.baseline import CACHE_DIR, prepare
+from tests.support.data import image_folder
 
 
-def test_baseline_is_reproducible_and_cached(tmp_path):
-    cfg = RunConfig(model="test_resnet", img_size=16, epochs=1)
+@pytest.fixture
+def tiny_data(tmp_path) -> str:
+    return str(image_folder(tmp_path / "data", per_class=12, size=16))
+
+
+def test_baseline_is_reproducible_and_cached(tmp_path, tiny_data):
+    cfg = RunConfig(model="test_resnet", img_size=16, epochs=1, data=tiny_data)
     logs: list[str] = []
     a = prepare(cfg, cfg.model, tmp_path / "a", logs.append, logs.append)
     b = prepare(cfg, cfg.model, tmp_path / "b", logs.append, logs.append)
@@ -22,11 +30,12 @@ def test_baseline_is_reproducible_and_cached(tmp_path):
     assert not torch.equal(next(iter(other.base.parameters())), next(iter(a.base.parameters())))
 
 
-def test_named_teacher_is_trained_cached_and_handed_to_distillation(tmp_path):
+def test_named_teacher_is_trained_cached_and_handed_to_distillation(tmp_path, tiny_data):
     from search.study.objective import Objective
     from search.study.progress import Progress
 
-    cfg = RunConfig(model="test_vit", img_size=16, patch_size=4, epochs=1, teacher="test_resnet")
+    cfg = RunConfig(model="test_vit", img_size=16, patch_size=4, epochs=1, teacher="test_resnet",
+                    data=tiny_data)
     logs: list[str] = []
     task = prepare(cfg, cfg.model, tmp_path, logs.append, logs.append)
     assert type(task.teacher).__name__ == "ResNet" and task.teacher_name == "test_resnet"

@@ -1,0 +1,110 @@
+"""The device measurement agent (``edgepareto agent``) in a subprocess on loopback, for the agent tests
+and the searches that measure through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.support.cli import ROOT
+
+TOKEN = "test-token-123"
+#: Runs the agent through the CLI with torch made unimportable: proves the agent never needs it.
+NO_TORCH = (
+    "import sys; sys.modules['torch'] = None; from search.cli.main import main; sys.exit(main(sys.argv[1:]))"
+)
+#: The agent's --max-model-mb: the tiny timm model's ONNX file is about 1.5 MB.
+LIMIT = 2_000_000
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Agent:
+    """A running agent (a subprocess, or None when it serves in this process)."""
+
+    def __init__(self, proc: subprocess.Popen | None, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def request(
+        self, path: str, data: bytes | None = None, token: str | None = TOKEN, method: str | None = None,
+        timeout: float = 60,
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, JSON body, headers); HTTP errors are answers, not exceptions."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        if data is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with NO_PROXY.open(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read()), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+    def measure(self, model: bytes, query: str = "input_shape=1,3,16,16&warmup=2&repeats=20", **kw: Any):
+        return self.request(f"/v1/measure?{query}", data=model, **kw)
+
+
+def raw(agent: Agent, request: bytes, hang_up: bool = False) -> bytes:
+    """Send bytes on a fresh connection; everything the agent answers until it closes."""
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as s:
+        s.sendall(request)
+        if hang_up:
+            return b""
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def start_agent(tmp: Path, *extra: str, command: list[str] | None = None, cwd: Path = ROOT) -> Agent:
+    token_file = tmp / "token"
+    token_file.write_text(TOKEN + "\n")
+    cmd = command or [sys.executable, "-c", NO_TORCH, "agent"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", "0", "--token-file", str(token_file), *extra],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    line = proc.stdout.readline()
+    if "listening on http://127.0.0.1:" not in line:
+        proc.kill()
+        raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()}")
+    return Agent(proc, int(line.rsplit(":", 1)[1]))
+
+
+def stop_agent(agent: Agent) -> str:
+    """SIGTERM; the agent must stop cleanly (exit 0, no traceback). Returns its stderr."""
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGTERM)
+    code = agent.proc.wait(timeout=10)
+    err = agent.proc.stderr.read()
+    agent.proc.stdout.close()
+    agent.proc.stderr.close()
+    assert code == 0, err
+    assert "Traceback" not in err, err
+    return err
+
+
+def heavy_model() -> bytes:
+    """Small on disk, slow to run: four 16-channel 3x3 convolutions on a 1x16xHxW input."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16, 3, 3), np.float32), "w")
+    names = ["x", "h1", "h2", "h3", "y"]
+    nodes = [helper.make_node("Conv", [names[i], "w"], [names[i + 1]], pads=[1] * 4) for i in range(4)]
+    graph = helper.make_graph(
+        nodes, "heavy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, "H", "W"])], [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    return model.SerializeToString()
