@@ -301,6 +301,21 @@ def test_a_failing_search_ends_failed_with_a_one_line_error(server, client):
     assert client.delete(f"/v1/searches/{job_id}").status_code == 409
 
 
+def test_a_teacher_name_is_never_loaded_from_the_workers_folder(server, client, idle, idle_client):
+    """Regression: ``"teacher": "service.db"`` passed the data-root check as a model name, and the worker
+    (whose folder holds the jobs database) loaded that file as a checkpoint. One rule now decides file
+    or name on both sides: no suffix of a checkpoint, no separator, so a timm name, never a file."""
+    assert (server.runs_dir / "service.db").is_file()  # the file the worker would have found
+    job_id = submit(client, QUICK | {"teacher": "service.db", "trials": 2})
+    body = wait_state(client, job_id, ("failed",), timeout=120, server=server)
+    assert "unknown timm model 'service.db'" in body["error"], body["error"]
+    # a checkpoint suffix makes it a file: confined to the data root and made absolute there
+    job_id = submit(idle_client, QUICK | {"teacher": "w.safetensors", "trials": 2})
+    assert job(idle_client, job_id)["config"]["teacher"] == str((idle.root / "w.safetensors").resolve())
+    r = idle_client.post("/v1/searches", json=QUICK | {"teacher": "../w.safetensors", "trials": 2})
+    assert r.status_code == 422 and "teacher" in detail_text(r)
+
+
 def test_polling_starting_searches_is_safe(server, client):
     """Clients polling a search's status and trials while its worker creates the study: no 5xx or
     dropped connection, and the searches are not disturbed (all end done)."""
