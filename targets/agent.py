@@ -42,7 +42,7 @@ import numpy as np
 import onnxruntime as ort
 
 AGENT_VERSION = "edgepareto-agent/1"
-MB = 1_000_000  # the project's MB (decimal), as in ``search.candidate.build``
+MB = 1_000_000  # the project's MB (decimal), as in ``search.candidate.evaluate``
 #: The largest input tensor a request may ask for (float32 elements, 256 MB).
 MAX_INPUT_ELEMENTS = 64_000_000
 MAX_MESSAGE = 300
