@@ -9,12 +9,22 @@ folder (``service.db``) can never be loaded as a checkpoint or a space.
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePath
 
 #: Suffixes of checkpoint files (PyTorch, timm training checkpoints, safetensors).
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 #: Suffixes of search-space files.
 SPACE_SUFFIXES = (".yaml", ".yml")
+
+
+#: What a name (a timm model, a space preset) is made of: never a path, never a control character.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_name(value: str) -> bool:
+    """Whether ``value`` can be a name: letters, digits, ``_``, ``.`` and ``-``, and not a file."""
+    return bool(NAME_RE.match(value)) and not is_file_reference(value, ())
 
 
 def is_file_reference(value: str, suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> bool:

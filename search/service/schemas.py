@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.errors import UserError
-from search.core.paths import CHECKPOINT_SUFFIXES, SPACE_SUFFIXES, is_file_reference
+from search.core.paths import CHECKPOINT_SUFFIXES, SPACE_SUFFIXES, is_file_reference, is_name
 
 #: Settings the server decides, never a request: where runs go and which database holds their study.
 SERVER_FIELDS = ("name", "runs_dir", "storage")
@@ -133,6 +133,8 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
         if not isinstance(value, str) or value in NOT_PATHS.get(key, ()):
             continue
         if key in NAMED_BY_RULE and not is_file_reference(value, NAMED_BY_RULE[key]):
+            if not is_name(value):
+                raise invalid(key, f"{key} must be a name, or a path under the server's data root")
             continue  # a model or preset name: the worker never looks it up on disk
         path = _under(settings.data_root, value)
         if path is None:

@@ -82,6 +82,14 @@ def test_preset_or_space_file(value, is_file):
     assert paths.is_file_reference(value, paths.SPACE_SUFFIXES) is is_file
 
 
+@pytest.mark.parametrize(("value", "ok"), [
+    ("resnet18", True), ("vit_base_patch16_224.augreg_in21k", True), ("quant-only", True),
+    ("a\u0000b", False), ("", False), ("../x", False), ("-x", False), ("a b", False),
+])
+def test_what_a_name_may_be(value, ok):
+    assert paths.is_name(value) is ok
+
+
 def test_require_names_what_to_install():
     assert optional.require("json", "anything").dumps([1]) == "[1]"
     with pytest.raises(UserError, match=r"shared storage needs no_such_pkg_x.*pip install no_such_pkg_x"):
