@@ -77,7 +77,7 @@ def test_teacher_from_a_checkpoint_file(vit_runs, tmp_path, capfd):
     assert f"teacher: {ckpt}" in err
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_several_models_in_one_study(tmp_path, baselines, capfd):
     runs = baselines.seed(tmp_path / "runs", model="test_resnet,test_vit", patch_size=4)
     args = ["search", "--runs-dir", str(runs), "--name", "mixed", "--trials", "6",
