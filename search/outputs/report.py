@@ -20,7 +20,7 @@ from search.config.objectives import OBJECTIVES
 from search.core.atomic import write_with
 from search.core.layout import REPORT_FILE
 from search.core.optional import require
-from search.outputs.figures import (  # noqa: F401  (param_dimensions: re-exported until the tests import figures)
+from search.outputs.figures import (
     ABSENT,
     fmt,
     hypervolume_curve,
@@ -28,7 +28,6 @@ from search.outputs.figures import (  # noqa: F401  (param_dimensions: re-export
     latency_predicted,
     latency_sources,
     parallel_figure,
-    param_dimensions,
     pareto_figure,
     several_models,
 )
