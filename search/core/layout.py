@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
 TRIALS_DIR = "trials"
 MODEL_FILE = "model.onnx"
@@ -28,3 +29,13 @@ def trial_name(number: int) -> str:
 def trial_dir(run_dir: Path, number: int) -> Path:
     """The folder of trial ``number`` in ``run_dir``."""
     return Path(run_dir) / TRIALS_DIR / f"{number:04d}"
+
+
+class FinishedRun(Protocol):
+    """What the outputs read of a finished run (``search.front.run.Report`` is one), so that they need
+    not import the front that hands runs to them."""
+
+    run_dir: Path
+    pareto: Any  # pandas DataFrames
+    trials: Any
+    summary: dict[str, Any]

@@ -14,17 +14,14 @@ import secrets
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx
 import pandas as pd
 
 from search.core.cells import latency_label, plain
 from search.core.errors import UserError
-from search.core.layout import MODEL_FILE, PARAMS_FILE, trial_dir, trial_name
-
-if TYPE_CHECKING:  # type only: the front reads runs and hands them here, never the other way round
-    from search.front.run import Report
+from search.core.layout import MODEL_FILE, PARAMS_FILE, FinishedRun, trial_dir, trial_name
 
 #: The source of the bundle's ``predict.py``.
 PREDICT_SOURCE = Path(__file__).with_name("predict_template.py")
@@ -34,7 +31,7 @@ CARD_FORMAT = "edgepareto-bundle/1"
 RESIZE = "Pillow: image.convert('RGB').resize((S, S), Image.Resampling.BILINEAR)"
 
 
-def export_trial(report: Report, trial: int, to: Path) -> Path:
+def export_trial(report: FinishedRun, trial: int, to: Path) -> Path:
     """Write trial ``trial`` of the finished run ``report`` (``load_run(path)``) as a bundle folder ``to``.
 
     ``to`` must not exist or be an empty folder: a bundle never overwrites anything. Everything is
@@ -71,7 +68,7 @@ def export_trial(report: Report, trial: int, to: Path) -> Path:
     return to
 
 
-def model_card(report: Report, row: pd.Series, model_file: Path) -> dict[str, Any]:
+def model_card(report: FinishedRun, row: pd.Series, model_file: Path) -> dict[str, Any]:
     """The content of ``model.json`` for the trial in ``row`` (a trials.csv row)."""
     summary = report.summary
     number = int(row["trial"])
@@ -148,7 +145,7 @@ def model_card(report: Report, row: pd.Series, model_file: Path) -> dict[str, An
     return card
 
 
-def _trial_row(report: Report, trial: int) -> pd.Series:
+def _trial_row(report: FinishedRun, trial: int) -> pd.Series:
     trials = report.trials
     rows = trials[trials["trial"] == trial]
     if rows.empty:
@@ -161,7 +158,7 @@ def _trial_row(report: Report, trial: int) -> pd.Series:
     return rows.iloc[0]
 
 
-def _model_file(report: Report, row: pd.Series, trial: int) -> Path:
+def _model_file(report: FinishedRun, row: pd.Series, trial: int) -> Path:
     name = report.run_dir.name
     state = str(row["state"])
     if state != "COMPLETE":

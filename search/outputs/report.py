@@ -11,14 +11,14 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
 
 from search.config.objectives import OBJECTIVES
 from search.core.atomic import write_with
-from search.core.layout import REPORT_FILE
+from search.core.layout import REPORT_FILE, FinishedRun
 from search.core.optional import require
 from search.outputs.figures import (
     ABSENT,
@@ -33,9 +33,6 @@ from search.outputs.figures import (
 )
 
 pio = require("plotly.io", "report.html")
-
-if TYPE_CHECKING:  # type only: the front reads runs and hands them here, never the other way round
-    from search.front.run import Report
 
 REPORT_NAME = REPORT_FILE
 #: How each objective enters the normalised hypervolume, as the page explains it.
@@ -110,7 +107,7 @@ def _budgets(config: Mapping[str, Any]) -> str:
     return "; ".join(parts) + " (checked on validation)" if parts else "none"
 
 
-def header(report: Report) -> str:
+def header(report: FinishedRun) -> str:
     """The run's facts as a definition list, with what each number means."""
     s, cfg = report.summary, report.summary.get("config", {})
     states = report.trials["state"].astype(str).value_counts()
@@ -145,7 +142,7 @@ def header(report: Report) -> str:
     return f"<dl class=facts>{rows}</dl>"
 
 
-def latency_phrase(report: Report) -> str:
+def latency_phrase(report: FinishedRun) -> str:
     """``median ms, measured side by side on TARGET`` or ``ms predicted for TARGET (not measured)``."""
     target = str(report.summary.get("config", {}).get("target") or report.summary.get("target", "the target"))
     if latency_predicted(report.pareto):
@@ -181,7 +178,7 @@ def _figure_html(fig: Any, div_id: str, with_js: bool) -> str:
     return pio.to_html(fig, full_html=False, include_plotlyjs=with_js, div_id=div_id, config=PLOT_CONFIG)
 
 
-def build_page(report: Report) -> str:
+def build_page(report: FinishedRun) -> str:
     """The whole self-contained page."""
     s, cfg = report.summary, report.summary.get("config", {})
     objectives = s.get("objectives") or {n: spec.direction for n, spec in OBJECTIVES.items()}
@@ -249,7 +246,7 @@ baseline; latency source after each latency. Links are relative to this report.<
 """
 
 
-def write_report(report: Report) -> Path:
+def write_report(report: FinishedRun) -> Path:
     """Write ``report.html`` into the folder of the finished run ``report`` (``load_run(path)``);
     returns its path."""
     page = build_page(report)
