@@ -32,8 +32,9 @@ def test_readme_python_api_example_runs(tmp_path: Path):
     run = tmp_path / "runs" / "api-demo"
     assert (run / "pareto.csv").is_file() and (run / "report.html").is_file()
     assert "test_accuracy" in done.stdout
-    # the example's comment promises the most accurate model within 5 MB and 90%, and its bundle
-    assert "chosen for size <= 5 MB, accuracy >= 90%" in done.stdout, done.stdout[-3000:]
+    # the example's comment promises the most accurate model within 12 MB and 90%, and its bundle. The
+    # warm start always tries int8 alone (about a quarter of the 45 MB baseline), so one always fits.
+    assert "chosen for size <= 12 MB, accuracy >= 90%" in done.stdout, done.stdout[-3000:]
     assert "bundle:" in done.stdout
     bundle = tmp_path / "deploy" / "api-demo"
     assert {"model.onnx", "model.json", "predict.py"} <= {p.name for p in bundle.iterdir()}
