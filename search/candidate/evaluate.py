@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -26,6 +27,13 @@ from targets.host import cpu_session
 from targets.slot import checkpoint as slot_checkpoint
 
 MB = 1e6
+
+#: ONNX ops whose result for one image depends on the other images of the batch: dynamic quantization
+#: takes the activations' scale and zero point from the whole input tensor, so a batch of 128 scores
+#: differently from the batch of 1 a device runs.
+BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+#: The evaluation batch of graphs whose per-image result does not depend on the batch.
+EVAL_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -47,9 +55,36 @@ class Metrics:
         return asdict(self)
 
 
-def onnx_accuracy(path: Path, split: Split, batch_size: int = 128) -> float:
+def op_types(graph: onnx.GraphProto) -> set[str]:
+    """Every op type of a graph, its subgraphs (If, Loop, Scan) included."""
+    found = set()
+    for node in graph.node:
+        found.add(node.op_type)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                found |= op_types(sub)
+    return found
+
+
+def batch_dependent(path: Path) -> bool:
+    """Whether the file's per-image output depends on what else is in the batch (see
+    ``BATCH_DEPENDENT_OPS``), read from its graph and its local functions."""
+    model = onnx.load(str(path), load_external_data=False)
+    ops = op_types(model.graph).union(*(op_types(onnx.helper.make_graph(f.node, f.name, [], []))
+                                        for f in model.functions))
+    return bool(ops & BATCH_DEPENDENT_OPS)
+
+
+def eval_batch(path: Path) -> int:
+    """The batch that scores the file as a device runs it: 1 where the graph depends on the batch,
+    else ``EVAL_BATCH`` (the same per-image results, faster)."""
+    return 1 if batch_dependent(path) else EVAL_BATCH
+
+
+def onnx_accuracy(path: Path, split: Split, batch_size: int | None = None) -> float:
     """Top-1 accuracy of the ONNX file in a fresh onnxruntime session, with torch's thread count
-    (``--cpus-per-trial``; by default every core)."""
+    (``--cpus-per-trial``; by default every core), at ``eval_batch(path)`` unless told otherwise."""
+    batch_size = eval_batch(path) if batch_size is None else batch_size
     session = cpu_session(path, threads=torch.get_num_threads())
     name = session.get_inputs()[0].name
     x = split.x.numpy()

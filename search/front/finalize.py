@@ -21,7 +21,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from search.candidate.build import INPUT_NAME
-from search.candidate.evaluate import onnx_accuracy
+from search.candidate.evaluate import eval_batch, onnx_accuracy
 from search.config.objectives import directions as objective_directions
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json, write_with
@@ -82,6 +82,7 @@ def finalize(
             "techniques": a["techniques"],
             "test_accuracy": acc,
             "val_accuracy": a["accuracy"],
+            "eval_batch": eval_batch(path),  # 1: the graph depends on the batch (dynamic int8)
             "latency_ms": latency.median_ms,
             "latency_p90_ms": latency.p90_ms,
             "latency_source": latency.source,
