@@ -29,7 +29,7 @@ from search.core.errors import UserError
 from search.front.pareto import pareto_front
 from search.front.run import Report
 from search.front.trials import trials_frame
-from search.study.constraints import MODEL_ATTR, baseline_trial, is_feasible
+from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, baseline_trial, is_feasible
 from search.study.progress import Progress
 from search.task.baseline import Task
 from targets import Latency, Target
@@ -42,9 +42,11 @@ PASSES = 3
 
 
 def front_trials(study: optuna.Study, objectives: tuple[str, ...]) -> list[FrozenTrial]:
-    """Feasible complete trials that no other feasible trial dominates (on validation values)."""
+    """Feasible complete trials that no other feasible trial dominates (on validation values); a
+    duplicate counts as its twin, which is there already."""
     done = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if is_feasible(t) and DUPLICATE_ATTR not in t.user_attrs
     ]
     directions = objective_directions(objectives)
     return [done[i] for i in pareto_front([t.values for t in done], directions)]

@@ -10,7 +10,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from search.study.cluster import BASELINE_ATTR
-from search.study.constraints import MODEL_ATTR, is_feasible
+from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, is_feasible
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -39,6 +39,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
             "constraints": json.dumps(t.constraints) if t.constraints else "",
             "fail_reason": a.get("fail_reason", ""),
+            "duplicate_of": a.get(DUPLICATE_ATTR),  # the trial whose result this repeated candidate reused
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "artifact": a.get("artifact", ""),
             "params_json": json.dumps(t.params, default=str),

@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # types only: feasibility needs neither torch nor the config'
     from search.config.run_config import RunConfig
 
 MODEL_ATTR = "model"
+#: The user attribute naming the finished trial whose candidate a duplicate trial repeats.
+DUPLICATE_ATTR = "duplicate_of"
 
 
 def budget_constraints(

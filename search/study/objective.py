@@ -7,6 +7,7 @@ engine turns that into a FAIL trial with the reason. The Ray backend can reuse i
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from search.core.atomic import write_json
 from search.core.layout import METRICS_FILE, PARAMS_FILE, trial_dir
 from search.front.pareto import is_dominated
 from search.study.cluster import BASELINE_ATTR
-from search.study.constraints import MODEL_ATTR, budget_constraints, is_feasible
+from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, budget_constraints, is_feasible
 from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
 from search.task.baseline import Task
@@ -38,6 +39,16 @@ from targets.slot import checkpoint as slot_checkpoint
 from targets.slot import slot_for
 
 BASELINE_POLL_S = 1.0
+#: A finished trial's attributes that a duplicate carries over: what the candidate scored and where.
+REUSED_ATTRS = (
+    "accuracy", "latency_ms", "latency_p90_ms", "latency_source", "latency_error_pct", "latency_predicted_ms",
+    "size_mb", "compressed_mb", "params", "macs", "sparsity", "artifact", "infeasible_reason",
+)
+
+
+def same_candidate(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two candidates (``Candidate.to_dict()``, possibly read back from storage) are equal."""
+    return json.dumps(a, sort_keys=True, default=list) == json.dumps(b, sort_keys=True, default=list)
 
 
 def baseline_accuracy_key(model: str) -> str:
@@ -85,10 +96,15 @@ class Objective:
             "trial": trial.number, "model": model_name, "techniques": candidate.label(),
             "candidate": candidate.to_dict(), "optuna_params": trial.params,
         }
+        twin = None if baseline else self.finished_twin(trial, model_name, candidate.to_dict())
+        if twin is not None:
+            record[DUPLICATE_ATTR] = twin.number
         write_json(out / PARAMS_FILE, record)
         trial.set_user_attr(MODEL_ATTR, model_name)
         trial.set_user_attr("techniques", candidate.label())
         trial.set_user_attr("candidate", candidate.to_dict())
+        if twin is not None:
+            return self.reuse(trial, twin)
         path, model = build(candidate, task, out, self.context(task), self.stage)
         metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage)
         if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
@@ -115,6 +131,31 @@ class Objective:
         if baseline:
             trial.study.set_user_attr(baseline_accuracy_key(model_name), metrics.accuracy)
         return objective_values(metrics, self.cfg.objectives)
+
+    def finished_twin(
+        self, trial: optuna.Trial, model: str, candidate: Mapping[str, Any]
+    ) -> optuna.trial.FrozenTrial | None:
+        """A completed trial (not itself a duplicate) that built the same candidate of the same model."""
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return next((
+            t for t in done
+            if t.number != trial.number and DUPLICATE_ATTR not in t.user_attrs
+            and t.user_attrs.get(MODEL_ATTR) == model
+            and same_candidate(t.user_attrs.get("candidate", {}), candidate)
+        ), None)
+
+    def reuse(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> list[float]:
+        """A candidate the sampler proposed again costs no training: the trial is told the twin's
+        values and constraints (so the sampler learns the point once more) and names the twin in
+        ``duplicate_of``; the front and the tables count the twin only."""
+        self.progress.stage(f"same candidate as trial {twin.number}: its result reused")
+        trial.set_user_attr(DUPLICATE_ATTR, twin.number)
+        for key in REUSED_ATTRS:
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        for key, value in twin.constraints.items():
+            trial.set_constraint(key, value)
+        return list(twin.values)
 
     def stage(self, name: str) -> None:
         """A new stage of the trial: shown, and a point where a parallel trial's measurement may
