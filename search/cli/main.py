@@ -99,6 +99,7 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
         "latency", str, "measure | predict | hybrid (default: measure where the target can be measured)"
     ),
     "--agent": ("agent", str, "http://DEVICE:PORT of the agent measuring a device profile's target"),
+    "--ca-file": ("ca_file", str, "PEM certificate (or CA) of an https agent (default: the system's CAs)"),
     "--threads": ("threads", int, "threads on the target (default 1)"),
     "--repeats": ("repeats", int, "timed runs per latency measurement (default 50)"),
     "--backend": ("backend", str, "optuna (default; add processes with edgepareto worker) or ray"),
@@ -292,7 +293,9 @@ def _load(args: argparse.Namespace, trials: bool = False) -> Any:
 
 
 def _show(args: argparse.Namespace) -> int:
-    print(_load(args).table())
+    run = _load(args)
+    print(run.table())
+    print(f"trials: {run.counts().describe()}")
     return 0
 
 

@@ -26,6 +26,7 @@ from search.config.objectives import directions as objective_directions
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json, write_with
 from search.core.errors import UserError
+from search.front.counts import frame_counts
 from search.front.pareto import pareto_front
 from search.front.run import Report
 from search.front.trials import trials_frame
@@ -133,7 +134,7 @@ def _summary(
     pareto: pd.DataFrame,
 ) -> dict[str, Any]:
     task = next(iter(tasks.values()))
-    states = trials["state"].value_counts().to_dict()
+    counts = frame_counts(trials, cfg.trials)
     failures = trials.loc[trials["state"] == "FAIL", "fail_reason"].value_counts().head(10).to_dict()
     return {
         "run": cfg.name,
@@ -141,7 +142,7 @@ def _summary(
         "objectives": dict(zip(cfg.objectives, cfg.directions)),
         "target": plan.final.describe(),
         "latency": plan.describe(),
-        "trials": {"total": len(trials), **{k.lower(): int(v) for k, v in states.items()}},
+        "trials": {"total": len(trials), **counts.to_dict()},
         "failure_reasons": failures,
         "pareto": json.loads(pareto.to_json(orient="records")),
         "preprocessing": {

@@ -17,6 +17,7 @@ from search.config.run_config import RunConfig
 from search.core.cells import latency_label
 from search.core.errors import UserError
 from search.core.layout import RESULT_FILES
+from search.front.counts import TrialCounts, frame_counts
 from search.outputs.selection import Budget, Selection, select
 
 
@@ -31,6 +32,10 @@ class Report:
 
     def table(self) -> str:
         return format_table(self.pareto)
+
+    def counts(self) -> TrialCounts:
+        """The run's trials against its budget (the numbers ``show``, the service and the report give)."""
+        return frame_counts(self.trials, int(self.summary.get("config", {}).get("trials", len(self.trials))))
 
     @property
     def config(self) -> RunConfig:

@@ -9,6 +9,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from search.front.counts import TrialRow
 from search.study.cluster import BASELINE_ATTR
 from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, is_feasible
 
@@ -39,9 +40,17 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
             "constraints": json.dumps(t.constraints) if t.constraints else "",
             "fail_reason": a.get("fail_reason", ""),
+            "interrupted": bool(a.get("interrupted")),  # cut short and run again: not counted
             "duplicate_of": a.get(DUPLICATE_ATTR),  # the trial whose result this repeated candidate reused
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "artifact": a.get("artifact", ""),
             "params_json": json.dumps(t.params, default=str),
         })
     return pd.DataFrame(rows)
+
+
+def frozen_row(trial: optuna.trial.FrozenTrial) -> TrialRow:
+    """What counting needs of a study's trial."""
+    a = trial.user_attrs
+    return TrialRow(trial.state.name, bool(a.get("interrupted")), str(a.get("fail_reason", "")))
+

@@ -20,6 +20,7 @@ from search.config.objectives import OBJECTIVES
 from search.core.atomic import write_with
 from search.core.layout import REPORT_FILE, FinishedRun
 from search.core.optional import require
+from search.front.counts import frame_counts
 from search.outputs.figures import (
     ABSENT,
     fmt,
@@ -110,11 +111,9 @@ def _budgets(config: Mapping[str, Any]) -> str:
 def header(report: FinishedRun) -> str:
     """The run's facts as a definition list, with what each number means."""
     s, cfg = report.summary, report.summary.get("config", {})
-    states = report.trials["state"].astype(str).value_counts()
-    named = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned"}
-    counts = [f"{int(states.get(k, 0))} {v}" for k, v in named.items()]
-    counts += [f"{int(n)} {k.lower()}" for k, n in states.items() if k not in named]
-    counts_text = f"{len(report.trials)} in all: " + ", ".join(counts)
+    counts = frame_counts(report.trials, int(cfg.get("trials", len(report.trials))))
+    failures = "; ".join(f"{n} {reason}" for reason, n in counts.failed_by_reason.items())
+    counts_text = counts.describe() + (f" (failed: {failures})" if failures else "")
     arrows = {"maximize": "↑ maximise", "minimize": "↓ minimise"}
     objectives = ", ".join(f"{k} {arrows.get(v, v)}" for k, v in s.get("objectives", {}).items())
     machine = s.get("machine", {})

@@ -17,7 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from search.core.cells import plain_record
 from search.core.errors import UserError
 from search.core.layout import MODEL_FILE, TRIALS_DIR, trial_dir
-from search.service.scheduler import Progress, Scheduler, describe, read_progress, trials_of
+from search.front.counts import TrialCounts
+from search.service.scheduler import Scheduler, describe, read_progress, trials_of
 from search.service.schemas import (
     SearchRequest,
     SelectRequest,
@@ -46,8 +47,9 @@ class Service:
 
     def progress_of(self, job: Job) -> Any:
         cached = self.scheduler.progress.get(job.id)
-        if cached is None or (job.state in FINAL and cached.trials_finished == 0):
-            cached = read_progress(self.scheduler.runs_dir, job.id, cached or Progress(trials_of(job.config)))
+        if cached is None or (job.state in FINAL and cached.counted == 0):
+            before = cached or TrialCounts(trials_of(job.config))
+            cached = read_progress(self.scheduler.runs_dir, job.id, before)
             self.scheduler.progress[job.id] = cached
         return cached
 

@@ -20,13 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from search.core.text import one_line
+from search.front.counts import TrialCounts, count_trials
 from search.service.store import Job, JobStore
 
 #: Where the service keeps job files (config, log) inside the runs root.
@@ -34,15 +34,6 @@ SERVICE_DIR = ".service"
 MAX_ATTEMPTS = 5
 GRACE_S = 20.0
 PROGRESS_EVERY_S = 1.0
-
-
-@dataclass(frozen=True)
-class Progress:
-    trials_total: int
-    trials_finished: int = 0
-    complete: int = 0
-    failed: int = 0
-    running: int = 0
 
 
 class Scheduler:
@@ -59,7 +50,7 @@ class Scheduler:
         self.python = python
         self.procs: dict[str, subprocess.Popen] = {}
         self.signalled: dict[str, float] = {}  # job id -> when SIGINT was sent
-        self.progress: dict[str, Progress] = {}
+        self.progress: dict[str, TrialCounts] = {}
         self._progress_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -172,7 +163,7 @@ class Scheduler:
                 continue
             self.procs[job.id] = proc
             self.store.update(job.id, pid=proc.pid)
-            self.progress[job.id] = Progress(trials_of(job.config))
+            self.progress[job.id] = TrialCounts(trials_of(job.config))
 
     def _spawn(self, job: Job) -> subprocess.Popen:
         folder = self.runs_dir / SERVICE_DIR
@@ -219,27 +210,27 @@ def trials_of(config: dict[str, Any]) -> int:
     return int(config.get("trials", RunConfig.trials))
 
 
-def read_progress(runs_dir: Path, job_id: str, before: Progress | None) -> Progress:
+def read_progress(runs_dir: Path, job_id: str, before: TrialCounts | None) -> TrialCounts:
     """Trial counts from the run's study (SQLite in the run folder); ``before`` when not readable yet."""
-    total = before.trials_total if before else 0
+    total = before.budget if before else 0
     db = runs_dir / job_id / "study.db"
     if not db.is_file():
-        return before or Progress(total)
+        return before or TrialCounts(total)
     try:
         import optuna
+
+        from search.front.trials import frozen_row
 
         storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
         try:
             study_id = storage.get_study_id_from_name(job_id)
-            states = [t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)]
+            rows = [frozen_row(t) for t in storage.get_all_trials(study_id, deepcopy=False)]
         finally:
             storage.remove_session()
             storage.engine.dispose()
     except Exception:
-        return before or Progress(total)
-    complete, failed = states.count("COMPLETE"), states.count("FAIL")
-    finished = complete + failed + states.count("PRUNED")
-    return Progress(total, finished, complete, failed, states.count("RUNNING"))
+        return before or TrialCounts(total)
+    return count_trials(rows, total)
 
 
 def last_error(log: Path, code: int) -> str:
@@ -267,14 +258,15 @@ def _kill_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def describe(job: Job, progress: Progress | None) -> dict[str, Any]:
-    """A job as the API shows it (without the Pareto table)."""
-    p = progress or Progress(trials_of(job.config))
+def describe(job: Job, progress: TrialCounts | None) -> dict[str, Any]:
+    """A job as the API shows it (without the Pareto table). ``trials_finished`` is the counted trials
+    (an interrupted one that ran again is in ``interrupted``), so it never exceeds ``trials_total``
+    while the budget holds."""
+    p = progress or TrialCounts(trials_of(job.config))
     return {
         "id": job.id, "state": job.state, "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at), "error": job.error,
-        "progress": {"trials_total": p.trials_total, "trials_finished": p.trials_finished,
-                     "complete": p.complete, "failed": p.failed, "running": p.running},
+        "progress": {"trials_total": p.budget, "trials_finished": p.counted, **p.to_dict()},
     }
 
 
