@@ -9,31 +9,46 @@ It imports only the standard library, numpy and onnxruntime, so it runs both as
 Protocol (HTTP/1.0, JSON answers, every error is ``{"error": "one line"}``):
 
 - ``GET /healthz``: ``{"ok": true}``, no token needed.
-- ``GET /v1/info``: onnxruntime, numpy, python and platform versions, cpu count and the limits.
-- ``POST /v1/measure?input_shape=1,3,32,32&warmup=10&repeats=50&threads=1``: the body is the raw
-  ONNX file; the answer holds ``median_ms``, ``p90_ms`` and the rest of the measurement.
+- ``GET /v1/info``: onnxruntime, numpy, python and platform versions, cpu count, the limits and the
+  model cache's counts (``cache.uploads``: model bodies received).
+- ``GET /v1/models/SHA256``: 200 when the agent holds that model, else 404. ``PUT`` it there (the
+  raw ONNX file as the body, checked against the hash) to store it.
+- ``POST /v1/measure?model=SHA256&input_shape=1,3,32,32&warmup=10&repeats=50&threads=1``: measure a
+  stored model (404 when it is not held: upload it, then ask again); or, without ``model=``, with the
+  raw ONNX file as the body (stored too). The answer holds ``median_ms``, ``p90_ms`` and the rest.
 
 Every request but ``/healthz`` needs ``Authorization: Bearer <token>``. Measurements never overlap:
 they take one slot in arrival order, at most ``--max-queue`` requests wait for it, and each is
 measured the way the ``host`` target measures (same session options, fixed random float32 input,
-warm-up runs, then median and p90 of the timed runs).
+warm-up runs, then median and p90 of the timed runs). A measurement runs in a child process under a
+memory limit (``--max-memory-mb``) and a time limit (``--max-measure-s``): a model that crashes
+onnxruntime or exceeds a limit fails that request (422), and the agent goes on serving. Models are
+kept by sha256, least recently used dropped beyond ``--cache-models`` files or ``--cache-mb``. With
+``--tls-cert`` and ``--tls-key`` it speaks HTTPS.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import hashlib
 import hmac
 import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
+import ssl
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -49,8 +64,24 @@ MAX_MESSAGE = 300
 #: A rejected request's unread body is drained (and dropped) for at most this long before closing,
 #: so the client reads the error instead of a connection reset.
 DRAIN_S = 2.0
-ROUTES = {"/healthz": "GET", "/v1/info": "GET", "/v1/measure": "POST"}
-QUERY = ("input_shape", "warmup", "repeats", "threads")
+ROUTES = {"/healthz": ("GET",), "/v1/info": ("GET",), "/v1/measure": ("POST",),
+          "/v1/models/{sha256}": ("GET", "PUT")}
+MODELS_PREFIX = "/v1/models/"
+QUERY = ("model", "input_shape", "warmup", "repeats", "threads")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: The TLS handshake of a new connection must end within this many seconds (it runs in the
+#: connection's own thread, so a slow client holds only that thread).
+HANDSHAKE_S = 10.0
+#: A measurement runs in a fresh Python that loads this very file as a module, so it works both for
+#: the installed package and for this file copied alone to a device.
+AGENT_FILE = os.path.abspath(__file__)
+CHILD_CODE = (
+    "import importlib.util as u, sys; s = u.spec_from_file_location('edgepareto_measure', sys.argv[1]); "
+    "m = u.module_from_spec(s); s.loader.exec_module(m); sys.exit(m.child_main())"
+)
+#: Beyond the timed loop's own ``--timeout-s``, how long loading and warming up may take before the
+#: measuring process is killed (the default of ``--max-measure-s`` is their sum).
+LOAD_ALLOWANCE_S = 60.0
 #: A client that went quiet or away (``socket.timeout`` is not ``TimeoutError`` before Python 3.10).
 CLIENT_GONE = (socket.timeout, TimeoutError, ConnectionError)
 
@@ -166,18 +197,106 @@ class Slot:
             self._cond.notify_all()
 
 
+class ModelCache:
+    """Models by sha256, as files in ``folder``: the least recently used are dropped beyond
+    ``max_models`` files or ``max_bytes`` bytes, except one that a measurement holds (``pinned``).
+
+    ``uploads`` counts the model bodies received, ``hits`` and ``misses`` the measurements asked for by
+    hash that found, or did not find, their model."""
+
+    def __init__(self, folder: str, max_models: int, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_models = max_models
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._pins: collections.Counter[str] = collections.Counter()
+        self.uploads = self.hits = self.misses = self.evicted = 0
+
+    def path(self, sha: str) -> str:
+        return os.path.join(self.folder, f"{sha}.onnx")
+
+    def size(self, sha: str) -> int | None:
+        """The stored model's size in bytes, or None when the cache does not hold it."""
+        with self._lock:
+            return self._sizes.get(sha)
+
+    def add(self, data: bytes, sha: str | None = None) -> str:
+        """Store ``data`` (when ``sha`` is given, it must be the data's sha256: 400 otherwise); returns
+        the hash."""
+        digest = hashlib.sha256(data).hexdigest()
+        if sha is not None and digest != sha:
+            raise HttpError(400, f"the body's sha256 is {digest}, not {sha}")
+        with self._lock:
+            self.uploads += 1
+        tmp = f"{self.path(digest)}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.path(digest))
+        with self._lock:
+            self._sizes[digest] = len(data)
+            self._sizes.move_to_end(digest)
+            self._evict(keep=digest)
+        return digest
+
+    @contextlib.contextmanager
+    def pinned(self, sha: str) -> Iterator[str]:
+        """The stored model's path, kept while the block runs; a ``404`` when it is not held."""
+        with self._lock:
+            if sha not in self._sizes:
+                self.misses += 1
+                raise HttpError(404, f"model {sha} is not held here: PUT it to {MODELS_PREFIX}{sha}")
+            self.hits += 1
+            self._sizes.move_to_end(sha)
+            self._pins[sha] += 1
+        try:
+            yield self.path(sha)
+        finally:
+            with self._lock:
+                self._pins[sha] -= 1
+                if not self._pins[sha]:
+                    del self._pins[sha]
+                self._evict()
+
+    def _evict(self, keep: str | None = None) -> None:
+        """Drop the least recently used unpinned models until within bounds (the lock is held)."""
+        for sha in list(self._sizes):
+            if len(self._sizes) <= self.max_models and sum(self._sizes.values()) <= self.max_bytes:
+                return
+            if sha == keep or self._pins[sha]:
+                continue
+            del self._sizes[sha]
+            self.evicted += 1
+            with contextlib.suppress(OSError):
+                os.remove(self.path(sha))
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "models": len(self._sizes), "bytes": sum(self._sizes.values()),
+                "max_models": self.max_models, "max_bytes": self.max_bytes,
+                "uploads": self.uploads, "hits": self.hits, "misses": self.misses, "evicted": self.evicted,
+            }
+
+
 class Agent:
     """Settings and state shared by the request handlers."""
 
     def __init__(
-        self, token: str, max_model_bytes: int, max_queue: int, timeout_s: float, threads_max: int
+        self, token: str, max_model_bytes: int, max_queue: int, timeout_s: float, threads_max: int,
+        cache: ModelCache, max_memory_bytes: int | None = None, max_measure_s: float | None = None,
     ) -> None:
         self.token = token.encode()
         self.max_model_bytes = max_model_bytes
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.threads_max = threads_max
+        self.cache = cache
+        self.max_memory_bytes = max_memory_bytes
+        self.max_measure_s = max_measure_s if max_measure_s is not None else timeout_s + LOAD_ALLOWANCE_S
         self.slot = Slot(max_queue)
+        self._children: set[subprocess.Popen] = set()
+        self._children_lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -195,6 +314,9 @@ class Agent:
             "max_queue": self.max_queue,
             "threads_max": self.threads_max,
             "timeout_s": self.timeout_s,
+            "max_memory_bytes": self.max_memory_bytes,
+            "max_measure_s": self.max_measure_s,
+            "cache": self.cache.stats(),
         }
 
     def authorized(self, header: str | None) -> bool:
@@ -202,7 +324,7 @@ class Agent:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token)
 
     def parse_query(self, query: str) -> dict[str, Any]:
-        """input_shape (required), warmup, repeats, threads; a ``400`` names the first bad one."""
+        """model, input_shape (required), warmup, repeats, threads; a ``400`` names the first bad one."""
         try:
             pairs = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
         except ValueError:
@@ -225,6 +347,8 @@ class Agent:
         if int(np.prod(shape, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
             raise HttpError(400, f"input_shape has more than {MAX_INPUT_ELEMENTS} elements")
         out: dict[str, Any] = {"input_shape": shape}
+        if "model" in pairs:
+            out["model"] = model_id(pairs["model"][0])
         for name, default, low, high in (
             ("warmup", 10, 0, 1000), ("repeats", 50, 1, 10000), ("threads", 1, 1, self.threads_max)
         ):
@@ -238,43 +362,146 @@ class Agent:
             out[name] = value
         return out
 
-    def measure(self, model: bytes, input_shape: tuple[int, ...], warmup: int, repeats: int,
+    def measure(self, path: str, input_shape: tuple[int, ...], warmup: int, repeats: int,
                 threads: int) -> dict[str, Any]:
-        """Load and time ``model``; the caller holds the slot. A bad model or shape is a ``400``."""
-        try:
-            session = ort.InferenceSession(
-                model, session_options(threads), providers=["CPUExecutionProvider"]
-            )
-            inputs = session.get_inputs()
-        except Exception as exc:
-            raise HttpError(400, f"cannot load model: {ort_reason(exc)}") from None
-        del model
-        if not inputs:
-            raise HttpError(400, "cannot measure a model without inputs")
-        feed = {inputs[0].name: fixed_input(input_shape)}
-        started = time.time()
-        try:
-            times, truncated = time_runs(session, feed, warmup, repeats, time.perf_counter() + self.timeout_s)
-        except Exception as exc:
-            shape = ",".join(map(str, input_shape))
-            raise HttpError(400, f"cannot run model on float32 input {shape}: {ort_reason(exc)}") from None
-        finished = time.time()
-        t = np.asarray(times)
-        return {
-            "median_ms": float(np.median(t) * 1e3),
-            "p90_ms": float(np.percentile(t, 90) * 1e3),
-            "mean_ms": float(t.mean() * 1e3),
-            "min_ms": float(t.min() * 1e3),
-            "repeats": len(times),
-            "warmup": warmup,
-            "threads": threads,
-            "truncated": truncated,
-            "started_at": started,
-            "finished_at": finished,
-            "input_shape": list(input_shape),
-            "onnxruntime": ort.__version__,
-            "machine": platform.machine(),
+        """Time the model file ``path`` in a child process; the caller holds the slot. A bad model or
+        shape is a ``400``; a crash, or a memory or time limit reached, a ``422``."""
+        job = {
+            "model": path, "input_shape": list(input_shape), "warmup": warmup, "repeats": repeats,
+            "threads": threads, "timeout_s": self.timeout_s, "max_memory_bytes": self.max_memory_bytes,
         }
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD_CODE, AGENT_FILE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        with self._children_lock:
+            self._children.add(child)
+        try:
+            out, err = child.communicate(json.dumps(job).encode(), timeout=self.max_measure_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise HttpError(
+                422, f"measurement stopped: still running after {self.max_measure_s:g} s (--max-measure-s)"
+            ) from None
+        finally:
+            with self._children_lock:
+                self._children.discard(child)
+        if child.returncode < 0:
+            name = _signal_name(-child.returncode)
+            raise HttpError(422, f"the measuring process died of {name}: onnxruntime crashed on this model, "
+                            f"or it needed more memory than {self._memory_text()}")
+        try:
+            answer = json.loads(out)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or child.returncode:
+            last = (err.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+            raise HttpError(500, f"the measuring process failed (exit {child.returncode}): {last}")
+        if answer.get("status") != 200:
+            raise HttpError(int(answer.get("status") or 500), str(answer.get("error")))
+        return answer["result"]
+
+    def _memory_text(self) -> str:
+        if self.max_memory_bytes is None:
+            return "the machine has"
+        return f"the {self.max_memory_bytes / MB:g} MB limit (--max-memory-mb)"
+
+    def stop_children(self) -> None:
+        """Kill any measuring process still running (the agent is stopping)."""
+        with self._children_lock:
+            for child in self._children:
+                with contextlib.suppress(OSError):
+                    child.kill()
+
+
+def model_id(text: str) -> str:
+    """A model's sha256 as the agent names it: 64 lower-case hex digits (a ``400`` otherwise)."""
+    if not SHA256_RE.match(text):
+        raise HttpError(400, f"a model is named by its sha256 (64 lower-case hex digits), not {text[:80]!r}")
+    return text
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+# -- the measuring process ---------------------------------------------------------------------------
+def measure_file(
+    path: str, input_shape: tuple[int, ...], warmup: int, repeats: int, threads: int, timeout_s: float,
+) -> dict[str, Any]:
+    """Load and time the ONNX file ``path`` (in the measuring process). A bad model or shape is a
+    ``400``."""
+    try:
+        session = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+        inputs = session.get_inputs()
+    except Exception as exc:
+        raise HttpError(400, f"cannot load model: {ort_reason(exc)}") from None
+    if not inputs:
+        raise HttpError(400, "cannot measure a model without inputs")
+    feed = {inputs[0].name: fixed_input(input_shape)}
+    started = time.time()
+    try:
+        times, truncated = time_runs(session, feed, warmup, repeats, time.perf_counter() + timeout_s)
+    except Exception as exc:
+        shape = ",".join(map(str, input_shape))
+        raise HttpError(400, f"cannot run model on float32 input {shape}: {ort_reason(exc)}") from None
+    finished = time.time()
+    t = np.asarray(times)
+    return {
+        "median_ms": float(np.median(t) * 1e3),
+        "p90_ms": float(np.percentile(t, 90) * 1e3),
+        "mean_ms": float(t.mean() * 1e3),
+        "min_ms": float(t.min() * 1e3),
+        "repeats": len(times),
+        "warmup": warmup,
+        "threads": threads,
+        "truncated": truncated,
+        "started_at": started,
+        "finished_at": finished,
+        "input_shape": list(input_shape),
+        "onnxruntime": ort.__version__,
+        "machine": platform.machine(),
+    }
+
+
+def limit_memory(max_bytes: int | None) -> None:
+    """Cap this process's address space (``RLIMIT_AS``) where the platform has one."""
+    if max_bytes is None:
+        return
+    try:
+        import resource
+    except ImportError:  # not a Unix: no limit
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+
+
+def child_main() -> int:
+    """The measuring process: one job as JSON on stdin, one answer as JSON on stdout (``status`` 200
+    and ``result``, or the error's ``status`` and one-line ``error``)."""
+    job = json.loads(sys.stdin.buffer.read())
+    memory = job["max_memory_bytes"]
+    limit_memory(memory)
+    try:
+        result = measure_file(
+            job["model"], tuple(job["input_shape"]), job["warmup"], job["repeats"], job["threads"],
+            job["timeout_s"],
+        )
+        answer: dict[str, Any] = {"status": 200, "result": result}
+    except HttpError as exc:
+        answer = {"status": exc.status, "error": exc.message}
+        if memory is not None and re.search(r"alloc", exc.message, re.IGNORECASE):  # over the limit
+            answer = {"status": 422, "error": one_line(
+                f"out of memory under the {memory / MB:g} MB limit (--max-memory-mb): {exc.message}")}
+    except MemoryError:
+        answer = {"status": 422, "error": f"out of memory: the model needs more than the "
+                  f"{(memory or 0) / MB:g} MB limit (--max-memory-mb)"}
+    sys.stdout.write(json.dumps(answer))
+    sys.stdout.flush()
+    return 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -307,10 +534,12 @@ class Handler(BaseHTTPRequestHandler):
         self._unread = self._content_length_or_zero()
         try:
             path = urlsplit(self.path).path
-            if path not in ROUTES:
+            route = "/v1/models/{sha256}" if path.startswith(MODELS_PREFIX) else path
+            if route not in ROUTES:
                 raise HttpError(404, f"no such endpoint {path}; known: {', '.join(ROUTES)}")
-            if method != ROUTES[path]:
-                raise HttpError(405, f"{path} takes {ROUTES[path]}, not {method}", {"Allow": ROUTES[path]})
+            allowed = ", ".join(ROUTES[route])
+            if method not in ROUTES[route]:
+                raise HttpError(405, f"{path} takes {allowed}, not {method}", {"Allow": allowed})
             if path == "/healthz":
                 self._send_json(200, {"ok": True})
                 return
@@ -318,8 +547,12 @@ class Handler(BaseHTTPRequestHandler):
                 raise HttpError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
             if path == "/v1/info":
                 self._send_json(200, self.agent.info())
-            else:
+            elif route == "/v1/measure":
                 self._measure()
+            elif method == "GET":
+                self._model_info(model_id(path[len(MODELS_PREFIX):]))
+            else:
+                self._model_upload(model_id(path[len(MODELS_PREFIX):]))
         except HttpError as exc:
             self._send_error_json(exc.status, exc.message, exc.headers)
         except CLIENT_GONE as exc:
@@ -331,8 +564,9 @@ class Handler(BaseHTTPRequestHandler):
             self._drain()
             self._log_request()
 
-    def _measure(self) -> None:
-        agent = self.agent
+    def _body_length(self) -> int:
+        """The announced length of an ONNX body: required, positive and within ``--max-model-mb``
+        (413 before anything is read)."""
         length_text = self.headers.get("Content-Length")
         if length_text is None:
             raise HttpError(411, "Content-Length is required (send the ONNX file as the body)")
@@ -342,28 +576,54 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, f"bad Content-Length {length_text!r}") from None
         if length < 0:
             raise HttpError(400, f"bad Content-Length {length_text!r}")
-        if length > agent.max_model_bytes:
+        if length > self.agent.max_model_bytes:
             self.close_connection = True
             raise HttpError(
-                413, f"model is {length} bytes, over the agent's limit of {agent.max_model_bytes} bytes "
+                413, f"model is {length} bytes, over the agent's limit of {self.agent.max_model_bytes} bytes "
                 "(--max-model-mb)"
             )
         if length == 0:
             raise HttpError(400, "empty body: send the ONNX file")
+        return length
+
+    def _model_info(self, sha: str) -> None:
+        size = self.agent.cache.size(sha)
+        if size is None:
+            raise HttpError(404, f"model {sha} is not held here: PUT it to {MODELS_PREFIX}{sha}")
+        self._send_json(200, {"sha256": sha, "bytes": size})
+
+    def _model_upload(self, sha: str) -> None:
+        length = self._body_length()
+        self.agent.slot.admit()  # a body in memory counts against --max-queue, as a measurement's does
+        try:
+            self.agent.cache.add(self._read_body(length), sha)
+        finally:
+            self.agent.slot.leave()
+        self._send_json(201, {"sha256": sha, "bytes": length})
+
+    def _measure(self) -> None:
+        agent = self.agent
         params = agent.parse_query(urlsplit(self.path).query)
+        sha = params.pop("model", None)
+        if sha is None:
+            length = self._body_length()
+        elif self._content_length_or_zero():
+            raise HttpError(400, "send model=SHA256 (a model held here) or the ONNX body, not both")
         agent.slot.admit()
         try:
-            model = self._read_body(length)
-            queued = time.perf_counter()
-            agent.slot.acquire(agent.timeout_s)
-            try:
-                start = time.perf_counter()
-                result = agent.measure(model, **params)
-                del model
-                result["measure_s"] = time.perf_counter() - start
-            finally:
-                agent.slot.release()
+            if sha is None:
+                sha = agent.cache.add(self._read_body(length))
+            with agent.cache.pinned(sha) as path:
+                queued = time.perf_counter()
+                agent.slot.acquire(agent.timeout_s)
+                try:
+                    start = time.perf_counter()
+                    result = agent.measure(path, **params)
+                    result["measure_s"] = time.perf_counter() - start
+                finally:
+                    agent.slot.release()
             result["queued_s"] = start - queued
+            result["sha256"] = sha
         finally:
             agent.slot.leave()
         self._send_json(200, result)
@@ -454,10 +714,55 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    #: HTTPS when set (``--tls-cert``/``--tls-key``): each connection's handshake runs in its own thread.
+    tls: ssl.SSLContext | None = None
+
+    agent: Agent | None = None  # set on the subclass that ``serve`` builds
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            return super().finish_request(request, client_address)
+        request.settimeout(HANDSHAKE_S)
+        with self.tls.wrap_socket(request, server_side=True) as connection:
+            self.RequestHandlerClass(connection, client_address, self)
+
+    def server_close(self) -> None:
+        """Stop listening, kill a measurement still running, remove the model cache."""
+        super().server_close()
+        if self.agent is not None:
+            self.agent.stop_children()
+            shutil.rmtree(self.agent.cache.folder, ignore_errors=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
-        sys.stderr.write(f"{client_address[0]} connection error: {type(exc).__name__}: {one_line(exc)}\n")
+        sys.stderr.write(f"{client_address[0]} connection error: {type(exc).__name__}: {tls_reason(exc)}\n")
+
+
+def tls_reason(exc: BaseException | None) -> str:
+    """An ``ssl`` error on one line: the verification message or reason, without the C source place."""
+    if getattr(exc, "verify_message", None):
+        return one_line(exc.verify_message)  # type: ignore[union-attr]
+    text = exc.args[1] if isinstance(exc, ssl.SSLError) and len(exc.args) > 1 else exc
+    return one_line(re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(text)))
+
+
+def server_tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The TLS context of ``--tls-cert`` and ``--tls-key`` (both or neither); a ``UsageError`` naming
+    what is wrong with them."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise UsageError("--tls-cert and --tls-key go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(os.path.expanduser(cert), os.path.expanduser(key))
+    except FileNotFoundError as exc:
+        raise UsageError(f"cannot read {exc.filename or cert + ' or ' + key}: {exc.strerror}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(
+            f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key ({tls_reason(exc)})"
+        ) from None
+    return context
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -476,6 +781,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads-max", type=int, default=None, help="most threads a request may ask for "
                         "(default: the cpu count)")
+    parser.add_argument(
+        "--max-memory-mb", type=float, default=None,
+        help="address space of the process that measures one model (default: the machine's memory)",
+    )
+    parser.add_argument(
+        "--max-measure-s", type=float, default=None,
+        help=f"a measurement (load, warm-up, timed runs) still going after this is killed "
+        f"(default: --timeout-s + {LOAD_ALLOWANCE_S:g})",
+    )
+    parser.add_argument("--cache-models", type=int, default=64, help="models kept by sha256 (default 64)")
+    parser.add_argument("--cache-mb", type=float, default=None,
+                        help="bytes of models kept (default: 512 or 4 x --max-model-mb, the larger)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where the kept models go, in a folder removed at exit (default: the temp dir)")
+    parser.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS (with --tls-key)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     return parser
 
 
@@ -508,18 +829,38 @@ def read_token(path: str, min_length: int = 1) -> str:
     return check_token(text, f"token file {path}", min_length)
 
 
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the platform says."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def serve(args: argparse.Namespace, token: str) -> Server:
-    """Bind the server (not yet serving)."""
+    """Bind the server (not yet serving); ``server_close`` removes its model cache."""
+    tls = server_tls(getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
+    max_model = int(args.max_model_mb * MB)
+    cache_bytes = int(args.cache_mb * MB) if args.cache_mb is not None else max(512 * MB, 4 * max_model)
+    if cache_bytes < max_model:
+        raise UsageError("--cache-mb must be at least --max-model-mb")
+    memory = int(args.max_memory_mb * MB) if args.max_memory_mb is not None else physical_memory()
+    try:
+        where = os.path.expanduser(args.cache_dir) if args.cache_dir else None
+        folder = tempfile.mkdtemp(prefix="edgepareto-agent-", dir=where)
+    except OSError as exc:
+        raise UsageError(f"cannot use --cache-dir {args.cache_dir}: {exc.strerror or exc}") from None
     agent = Agent(
-        token, int(args.max_model_mb * MB), args.max_queue, args.timeout_s,
-        args.threads_max or os.cpu_count() or 1,
+        token, max_model, args.max_queue, args.timeout_s, args.threads_max or os.cpu_count() or 1,
+        ModelCache(folder, args.cache_models, cache_bytes), memory, args.max_measure_s,
     )
     handler = type("AgentHandler", (Handler,), {"agent": agent})
-    server_class = type("Server6", (Server,), {"address_family": socket.AF_INET6}) if ":" in args.host \
-        else Server
+    base = type("Server6", (Server,), {"address_family": socket.AF_INET6}) if ":" in args.host else Server
+    server_class = type("AgentServer", (base,), {"tls": tls, "agent": agent})
     try:
         return server_class((args.host, args.port), handler)
     except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
 
 
@@ -533,6 +874,10 @@ def main(argv: list[str] | None = None) -> int:
             (args.max_queue >= 0, "--max-queue must be 0 or more"),
             (args.timeout_s > 0, "--timeout-s must be positive"),
             (args.threads_max is None or args.threads_max >= 1, "--threads-max must be at least 1"),
+            (args.max_memory_mb is None or args.max_memory_mb >= 256, "--max-memory-mb must be at least 256"),
+            (args.max_measure_s is None or args.max_measure_s > 0, "--max-measure-s must be positive"),
+            (args.cache_models >= 1, "--cache-models must be at least 1"),
+            (args.cache_mb is None or args.cache_mb > 0, "--cache-mb must be positive"),
         )
         for ok, message in checks:
             if not ok:
@@ -545,10 +890,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host
-    print(f"edgepareto agent listening on http://{shown}:{port}", flush=True)
-    if host not in ("127.0.0.1", "::1", "localhost"):
+    scheme = "https" if server.tls is not None else "http"
+    print(f"edgepareto agent listening on {scheme}://{shown}:{port}", flush=True)
+    if server.tls is None and host not in ("127.0.0.1", "::1", "localhost"):
         print("edgepareto agent: warning: plain HTTP beyond this machine: the token and models travel "
-              "unencrypted; use a trusted network or a tunnel", file=sys.stderr, flush=True)
+              "unencrypted; use --tls-cert/--tls-key, a trusted network or a tunnel",
+              file=sys.stderr, flush=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

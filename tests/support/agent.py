@@ -32,10 +32,10 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class Agent:
     """A running agent (a subprocess, or None when it serves in this process)."""
 
-    def __init__(self, proc: subprocess.Popen | None, port: int) -> None:
+    def __init__(self, proc: subprocess.Popen | None, port: int, scheme: str = "http") -> None:
         self.proc = proc
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
 
     def request(
         self, path: str, data: bytes | None = None, token: str | None = TOKEN, method: str | None = None,
@@ -78,10 +78,10 @@ def start_agent(tmp: Path, *extra: str, command: list[str] | None = None, cwd: P
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     line = proc.stdout.readline()
-    if "listening on http://127.0.0.1:" not in line:
+    if "listening on http://127.0.0.1:" not in line and "listening on https://127.0.0.1:" not in line:
         proc.kill()
         raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()}")
-    return Agent(proc, int(line.rsplit(":", 1)[1]))
+    return Agent(proc, int(line.rsplit(":", 1)[1]), "https" if "https://" in line else "http")
 
 
 def stop_agent(agent: Agent) -> str:
@@ -106,5 +106,49 @@ def heavy_model() -> bytes:
         nodes, "heavy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, "H", "W"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, "H", "W"])], [w],
     )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    return model.SerializeToString()
+
+
+def endless_model() -> bytes:
+    """A hostile model: a Loop of 2**62 additions on a float input of shape (1,), which never ends."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.ones(1, np.float32), "one")],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "cond", "x"], ["y"], body=body)], "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.array(2**62, np.int64), "n"),
+         numpy_helper.from_array(np.array(True), "cond")],
+    )
+    return _serialized(graph)
+
+
+def greedy_model(elements: int) -> bytes:
+    """A hostile model: on a float input of shape (1,) it fills a tensor of ``elements`` floats (made at
+    run time, so it is not folded away when the session loads) and sums it."""
+    fill = numpy_helper.from_array(np.array([1.0], np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mul", ["s", "n"], ["size"]),
+         helper.make_node("ConstantOfShape", ["size"], ["z"], value=fill),
+         helper.make_node("ReduceSum", ["z"], ["y"], keepdims=0)],
+        "greedy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array([elements], np.int64), "n")],
+    )
+    return _serialized(graph)
+
+
+def _serialized(graph: Any) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     return model.SerializeToString()
