@@ -119,25 +119,32 @@ class LatencyPlan:
 
 
 def make_measurer(
-    target: str, profile: Profile | None, agent: str | None, threads: int, repeats: int
+    target: str, profile: Profile | None, agent: str | None, threads: int, repeats: int,
+    ca_file: str | None = None,
 ) -> Target | None:
     """What times candidates on ``target``: the target itself, the agent on a profile's device, or
-    nothing (a profile without ``--agent``)."""
+    nothing (a profile without ``--agent``). ``ca_file`` verifies an https agent's certificate."""
+    remote = f"remote:{agent}" if profile is not None and agent else target
+    if ca_file and not remote.startswith("remote:"):
+        raise UserError(f"--ca-file verifies an https agent's certificate; {target} has no agent",
+                        field="ca_file")
+    tls = {"ca_file": ca_file} if ca_file else {}
     if profile is not None:
-        return create_target(f"remote:{agent}", threads=threads, repeats=repeats) if agent else None
+        return create_target(remote, threads=threads, repeats=repeats, **tls) if agent else None
     if agent:
         raise UserError(f"--agent names the device of a profile target; {target} is measured directly")
-    return create_target(target, threads=threads, repeats=repeats)
+    return create_target(target, threads=threads, repeats=repeats, **tls)
 
 
 def plan_latency(
     target: str, mode: str | None, agent: str | None, threads: int, repeats: int, runs_root: Path,
+    ca_file: str | None = None,
 ) -> LatencyPlan:
     """Resolve a target name and ``--latency`` into a plan; impossible combinations are UserErrors."""
     if mode is not None and mode not in MODES:
         raise UserError(f"--latency must be one of {', '.join(MODES)}, got {mode!r}")
     profile = find_profile(target)
-    measurer = make_measurer(target, profile, agent, threads, repeats)
+    measurer = make_measurer(target, profile, agent, threads, repeats, ca_file)
     path = latest_calibration(runs_root, target, threads)
     if path is not None:
         predictor: Target | None = CalibratedTarget(Calibration.load(path), path)

@@ -57,9 +57,11 @@ class Samples:
     frame: pd.DataFrame
 
 
-def measuring_target(target: str, agent: str | None, threads: int, repeats: int) -> Target:
+def measuring_target(
+    target: str, agent: str | None, threads: int, repeats: int, ca_file: str | None = None,
+) -> Target:
     """What times the candidates: the target itself, or the agent on a profile's device."""
-    measurer = make_measurer(target, find_profile(target), agent, threads, repeats)
+    measurer = make_measurer(target, find_profile(target), agent, threads, repeats, ca_file)
     if measurer is None:
         raise UserError(
             f"calibrating {target} needs measurements on the device: run 'edgepareto agent' there "
@@ -99,9 +101,9 @@ def measure_samples(
 
 def collect(
     target: str, agent: str | None, count: int, models: Sequence[str], img_size: int, threads: int,
-    repeats: int, seed: int, log: Callable[[str], None],
+    repeats: int, seed: int, log: Callable[[str], None], ca_file: str | None = None,
 ) -> Samples:
-    measurer = measuring_target(target, agent, threads, repeats)
+    measurer = measuring_target(target, agent, threads, repeats, ca_file)
     profile = find_profile(target) or shipped_profiles()[FALLBACK_PROFILE]
     with tempfile.TemporaryDirectory(prefix="edgepareto-calibrate-") as tmp:
         files = []
@@ -115,12 +117,12 @@ def collect(
 def calibrate(
     target: str, agent: str | None = None, samples: int = 150, models: Sequence[str] = DEFAULT_MODELS,
     img_size: int = 32, threads: int = 1, repeats: int = BURST, runs_root: Path = Path("runs"), seed: int = 0,
-    log: Callable[[str], None] = lambda _m: None,
+    log: Callable[[str], None] = lambda _m: None, ca_file: str | None = None,
 ) -> tuple[Calibration, Path]:
     """Sample, measure, cross-validate, fit, store. Returns the calibration and where it was written."""
     if samples < MIN_SAMPLES:
         raise UserError(f"--samples must be at least {MIN_SAMPLES} (5-fold cross-validation)")
-    data = collect(target, agent, samples, models, img_size, threads, repeats, seed, log)
+    data = collect(target, agent, samples, models, img_size, threads, repeats, seed, log, ca_file)
     calibration = fit_calibration(
         data.x, data.prior, data.y, target=target, threads=threads,
         created=dt.datetime.now().isoformat(timespec="seconds"), device=_device(target, agent),
@@ -146,11 +148,11 @@ def format_calibration(calibration: Calibration, path: Path) -> str:
 def bench_predictor(
     target: str = "host", agent: str | None = None, train: int = 150, held_out: int = 60,
     models: Sequence[str] = DEFAULT_MODELS, img_size: int = 32, threads: int = 1, repeats: int = BURST,
-    save_to: Path | None = None, log: Callable[[str], None] = lambda _m: None,
+    save_to: Path | None = None, log: Callable[[str], None] = lambda _m: None, ca_file: str | None = None,
 ) -> pd.DataFrame:
     """Fit every predictor model on ``train`` candidates, score it on ``held_out`` other ones
     (sampled with another seed), all timed in the same interleaved passes."""
-    data = collect(target, agent, train + held_out, models, img_size, threads, repeats, 0, log)
+    data = collect(target, agent, train + held_out, models, img_size, threads, repeats, 0, log, ca_file)
     order = np.random.default_rng(1).permutation(len(data.y))
     fit_idx, test_idx = order[:train], order[train:]
     rows = []

@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--target", default="host", help="host, a device profile, or remote:URL")
     calibrate.add_argument("--agent", help="http://DEVICE:PORT of the agent on a profile's device")
+    calibrate.add_argument("--ca-file", help="PEM certificate (or CA) of an https agent")
     calibrate.add_argument("--samples", type=_positive_int, default=150, help="models to measure (150)")
     calibrate.add_argument("--model", type=_csv, default=None, help="comma list of base models "
                            "(default resnet18,mobilenetv3_small_100,vit_tiny_patch16_224)")
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--img-size", type=int, default=None)
     bench.add_argument("--target", default="host", help="predictor: the target to measure on")
     bench.add_argument("--agent", help="predictor: the agent of a profile's device")
+    bench.add_argument("--ca-file", help="predictor: PEM certificate (or CA) of an https agent")
     bench.add_argument("--train", type=_positive_int, default=150, help="predictor: models fitted on")
     bench.add_argument("--held-out", type=_positive_int, default=60, help="predictor: models scored")
     bench.add_argument("--epochs", type=int, default=None, help="scaling: baseline training epochs")
@@ -349,7 +351,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     calibration, path = calibrate(
         args.target, agent=args.agent, samples=args.samples, models=args.model or DEFAULT_MODELS,
         img_size=args.img_size, threads=args.threads, repeats=args.repeats,
-        runs_root=Path(args.runs_dir), seed=args.seed, log=_log,
+        runs_root=Path(args.runs_dir), seed=args.seed, log=_log, ca_file=args.ca_file,
     )
     print(format_calibration(calibration, path))
     return 0
@@ -367,7 +369,7 @@ def _bench(args: argparse.Namespace) -> int:
             args.target, agent=args.agent, train=args.train, held_out=args.held_out,
             models=_csv(args.model) if args.model else DEFAULT_MODELS, img_size=args.img_size or 32,
             save_to=Path(args.runs_dir) / "bench" / f"predictor-{time.strftime('%Y%m%d-%H%M%S')}.csv",
-            log=_log,
+            log=_log, ca_file=args.ca_file,
         )
         print(format_bench(table))
         return 0

@@ -55,6 +55,7 @@ class RunConfig:
     target: str = "host"
     latency: str | None = None  # measure | predict | hybrid; None: measure where the target can be
     agent: str | None = None  # http://DEVICE:PORT of the agent measuring a device profile's target
+    ca_file: str | None = None  # PEM certificate (or CA) that an https agent's certificate is checked against
     threads: int = 1
     repeats: int = 50
     backend: str = "optuna"  # optuna: trials in this process (more join with `edgepareto worker`); ray

@@ -17,8 +17,9 @@ from search.config.run_config import RunConfig
 from search.core.errors import UserError
 from search.core.paths import CHECKPOINT_SUFFIXES, SPACE_SUFFIXES, is_file_reference, is_name
 
-#: Settings the server decides, never a request: where runs go and which database holds their study.
-SERVER_FIELDS = ("name", "runs_dir", "storage")
+#: Settings the server decides, never a request: where runs go, which database holds their study, and
+#: the certificate its agents are verified against.
+SERVER_FIELDS = ("name", "runs_dir", "storage", "ca_file")
 #: Settings that may name files; they must lie under the data root (other values are names).
 PATH_FIELDS = ("data", "checkpoint", "teacher", "space")
 #: Settings whose values are files or names by ``core.paths.is_file_reference`` (names pass unchanged,

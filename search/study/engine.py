@@ -181,7 +181,9 @@ def load_space(run: Run, cfg: RunConfig) -> JointSpace:
 
 
 #: Settings ``--resume`` may change: how long and where it runs, never what it searches.
-RESUMABLE = ("trials", "timeout", "trial_timeout", "ray_address", "max_concurrent", "cpus_per_trial")
+RESUMABLE = (
+    "trials", "timeout", "trial_timeout", "ray_address", "max_concurrent", "cpus_per_trial", "ca_file",
+)
 
 
 def resume_search(
@@ -340,7 +342,7 @@ def _start_backend(cfg: RunConfig) -> None:
 
 def _plan(cfg: RunConfig, runs_root: Path) -> LatencyPlan:
     """The run's latency plan; a remote device is checked to be reachable before any training."""
-    plan = plan_latency(cfg.target, cfg.latency, cfg.agent, cfg.threads, cfg.repeats, runs_root)
+    plan = plan_latency(cfg.target, cfg.latency, cfg.agent, cfg.threads, cfg.repeats, runs_root, cfg.ca_file)
     if plan.measurer is not None and plan.mode != "predict":
         plan.measurer.check()
     return plan
