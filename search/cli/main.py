@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", help="file holding the bearer token (else $EDGEPARETO_TOKEN)")
     serve.add_argument("--max-body-bytes", type=_positive_int, default=65536, help="request size limit")
     serve.add_argument("--ray-address", help="run searches on this Ray cluster (--backend ray)")
+    serve.add_argument(
+        "--allow-agent", action="append", metavar="URL",
+        help="an agent a request may name (agent, target remote:URL); repeatable (default: none)",
+    )
+    serve.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS (with --tls-key)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--ca-file", help="PEM certificate (or CA) that https agents are verified against")
     sub.add_parser(
         "agent", add_help=False,
         help="serve latency measurements on a device over HTTP (onnxruntime and numpy only; "
@@ -340,7 +347,8 @@ def _serve(args: argparse.Namespace) -> int:
     serve(
         host=args.host, port=args.port, runs_dir=Path(args.runs_dir), data_root=Path(args.data_root),
         db_url=args.db, max_running=args.max_running, token_file=args.token_file,
-        max_body_bytes=args.max_body_bytes, ray_address=args.ray_address,
+        max_body_bytes=args.max_body_bytes, ray_address=args.ray_address, allow_agent=args.allow_agent,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, ca_file=args.ca_file,
     )
     return 0
 

@@ -3,7 +3,9 @@
 Security: every ``/v1`` route needs ``Authorization: Bearer TOKEN`` (401 without, 403 when wrong); a job
 id is looked up in the jobs table before any file is touched, so ids and trial numbers never become
 paths of their own; data, checkpoint, teacher and space paths in a request must lie under the data root;
-request bodies are capped (413); validation errors are 422 naming the field.
+an agent a request names (``agent``, ``target: remote:URL``) must be on ``serve --allow-agent`` and
+``ray_address`` is the server's, so a request never chooses where the workers connect; request bodies
+are capped (413); validation errors are 422 naming the field. ``serve --tls-cert/--tls-key``: HTTPS.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.errors import UserError
 from search.core.paths import CHECKPOINT_SUFFIXES, SPACE_SUFFIXES, is_file_reference, is_name
+from search.core.urls import agent_url
 
 #: Settings the server decides, never a request: where runs go, which database holds their study, and
 #: the certificate its agents are verified against.
@@ -39,6 +40,11 @@ class Settings:
     max_running: int = 1
     max_body_bytes: int = 65536
     ray_address: str | None = None
+    #: The agents a request may name (``agent``, ``target: remote:URL``), as ``core.urls.agent_url``
+    #: spells them (``serve --allow-agent``); empty: none.
+    allowed_agents: tuple[str, ...] = ()
+    #: PEM certificate (or CA) that the allowed https agents are verified against (``serve --ca-file``).
+    ca_file: str | None = None
 
 
 #: A JSON number that is finite (Python's JSON reader takes NaN and Infinity; no setting means those).
@@ -141,6 +147,7 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
         if path is None:
             raise invalid(key, f"{key} must be a path under the server's data root")
         config[key] = str(path)
+    _check_outbound(config, settings)
     if settings.ray_address and "backend" not in config:
         config |= {"backend": "ray", "ray_address": settings.ray_address}
     try:
@@ -148,3 +155,30 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
     except UserError as exc:
         raise invalid(exc.field, str(exc)) from None
     return config
+
+
+def _check_outbound(config: dict[str, Any], settings: Settings) -> None:
+    """The connections a request makes the server's workers open: an agent (``agent``, or ``target:
+    remote:URL``) must be on ``--allow-agent``, and ``ray_address`` can only be the server's own; 422
+    naming the field otherwise. An allowed https agent is verified against ``--ca-file``."""
+    urls = []
+    for key, value in (("agent", config.get("agent")), ("target", config.get("target"))):
+        if key == "target" and not (isinstance(value, str) and value.startswith("remote:")):
+            continue
+        if value is None:
+            continue
+        given = value.removeprefix("remote:") if key == "target" else value
+        try:
+            url = agent_url(given, field=key)
+        except UserError as exc:
+            raise invalid(key, str(exc)) from None
+        if url not in settings.allowed_agents:
+            allowed = f"allowed: {', '.join(settings.allowed_agents)}" if settings.allowed_agents \
+                else "it allows none"
+            raise invalid(key, f"{key}: the server may not connect to agent {url} (serve --allow-agent URL; "
+                          f"{allowed})")
+        urls.append(url)
+    if settings.ca_file and any(u.startswith("https://") for u in urls):
+        config["ca_file"] = settings.ca_file
+    if config.get("ray_address") not in (None, settings.ray_address):
+        raise invalid("ray_address", "ray_address is the server's to choose (serve --ray-address)")
