@@ -297,6 +297,11 @@ class Agent:
         self.slot = Slot(max_queue)
         self._children: set[subprocess.Popen] = set()
         self._children_lock = threading.Lock()
+        #: The measuring process's working folder, always empty: a model is loaded from its bytes, so
+        #: the external data files it names resolve here and find nothing (onnxruntime refuses paths
+        #: that leave it), never another cached model or a file of the agent's.
+        self.workdir = os.path.join(cache.folder, "empty")
+        os.makedirs(self.workdir, exist_ok=True)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -372,7 +377,7 @@ class Agent:
         }
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD_CODE, AGENT_FILE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=self.workdir,
         )
         with self._children_lock:
             self._children.add(child)
@@ -436,7 +441,10 @@ def measure_file(
     """Load and time the ONNX file ``path`` (in the measuring process). A bad model or shape is a
     ``400``."""
     try:
-        session = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+        with open(path, "rb") as f:  # from bytes: external data resolves in the empty working folder
+            model = f.read()
+        session = ort.InferenceSession(model, session_options(threads), providers=["CPUExecutionProvider"])
+        del model
         inputs = session.get_inputs()
     except Exception as exc:
         raise HttpError(400, f"cannot load model: {ort_reason(exc)}") from None

@@ -17,6 +17,7 @@ from tests.support.agent import (
     TOKEN,
     Agent,
     endless_model,
+    external_data_model,
     greedy_model,
     heavy_model,
     start_agent,
@@ -140,4 +141,18 @@ def test_a_hostile_model_through_the_remote_target_is_a_failed_candidate(limited
     path.write_bytes(endless_model())
     with pytest.raises(CandidateError, match="422 measurement stopped"):
         RemoteTarget(limited.url, repeats=1, warmup=0).latency(path, (1,))
+    _still_serves(limited)
+
+
+def test_a_model_cannot_read_files_beside_it(limited):
+    """External data a model names is looked up in the measuring process's empty working folder:
+    neither another cached model (by its file name, or through ``..``) nor a path elsewhere is read."""
+    import hashlib
+
+    held = greedy_model(11)
+    sha = hashlib.sha256(held).hexdigest()
+    assert limited.request(f"/v1/models/{sha}", data=held, method="PUT")[0] == 201
+    for location in (f"{sha}.onnx", f"../{sha}.onnx", "/etc/hostname"):
+        status, body, _ = limited.measure(external_data_model(location), "input_shape=4&warmup=0&repeats=1")
+        assert status == 400 and body["error"].startswith("cannot load model:"), (location, body)
     _still_serves(limited)
