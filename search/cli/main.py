@@ -116,6 +116,12 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
 }
 
 
+DB_RETRY_HELP = (
+    "seconds to wait for an unreachable study database (retrying with backoff) before stopping "
+    "(default 60, or $EDGEPARETO_DB_RETRY_S)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgepareto", description="Compression search for vision models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -127,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--runs-dir", default=None, help="where runs are written (default runs)")
     search.add_argument("--resume", metavar="NAME", help="continue the interrupted run NAME")
     search.add_argument("--quiet", action="store_true", help="no progress lines")
+    search.add_argument("--db-retry-s", type=float, default=None, help=DB_RETRY_HELP)
 
     worker = sub.add_parser(
         "worker", help="join a run as one more process: its trials, through a shared RDB storage"
@@ -137,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs-dir", default=None, help="the shared runs root (default: the one the run started with)"
     )
     worker.add_argument("--quiet", action="store_true", help="no progress lines")
+    worker.add_argument("--db-retry-s", type=float, default=None, help=DB_RETRY_HELP)
 
     show = sub.add_parser("show", help="print the Pareto table of a finished run")
     show.add_argument("name")
@@ -236,9 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _db_retry(args: argparse.Namespace) -> None:
+    """``--db-retry-s``: checked, then given to this process's storages and the processes it starts."""
+    if args.db_retry_s is not None:
+        from search.study.cluster import DB_RETRY_ENV, db_retry_s
+
+        os.environ[DB_RETRY_ENV] = repr(db_retry_s(args.db_retry_s))
+
+
 def _search(args: argparse.Namespace) -> int:
     from search import RunConfig, resume_search, run_search
     from search.study.progress import Progress
+
+    _db_retry(args)
 
     overrides = {dest: getattr(args, dest) for dest, _, _ in SEARCH_OPTIONS.values()}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -279,6 +297,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
 def _worker(args: argparse.Namespace) -> int:
     from search.study.engine import run_worker
 
+    _db_retry(args)
     ran = run_worker(args.name, args.storage, args.runs_dir, quiet=args.quiet)
     print(f"worker {args.name}: ran {ran} trial(s)")
     return 0
@@ -460,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"edgepareto: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(exc, "exit_code", EXIT_USAGE)  # the storage lost for good: EXIT_STORAGE
     except KeyboardInterrupt:
         if argv[:1] == ["worker"]:
             print(

@@ -6,20 +6,29 @@ trial is an orphan when its owner is a dead process on this host, or when its he
 than ``GRACE_S`` (a worker on another machine died or lost its network). Any process may recover an
 orphan: the trial is marked FAIL (``interrupted``, not counted) and its parameters are enqueued again.
 Changing the state is atomic in the storage, so two processes never re-queue the same trial twice.
+
+A database that goes away (a restart, a network cut) is waited for: every storage call is retried
+with backoff (``RetryingStorage``) for up to ``--db-retry-s`` (default ``DB_RETRY_S``, or
+``$EDGEPARETO_DB_RETRY_S``) from the first failure; past that the process stops with one line
+(``StorageUnreachable``, exit ``EXIT_STORAGE``), and the others re-queue the trial it was running.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
+import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy.exc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
@@ -33,20 +42,169 @@ GRACE_S = 30
 OWNER_ATTR = "worker"
 BASELINE_ATTR = "baseline"
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+#: Seconds a process waits for an unreachable database before it stops (``--db-retry-s``).
+DB_RETRY_S = 60.0
+DB_RETRY_ENV = "EDGEPARETO_DB_RETRY_S"
+#: Exit status of a process that stopped because its database stayed unreachable (EX_TEMPFAIL).
+EXIT_STORAGE = 75
+_T = TypeVar("_T")
 
 # Optuna warns when heartbeats are used with ask/tell; the runner records them itself (``Heartbeat``).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage (SQLite, PostgreSQL, MySQL, ...) with heartbeats; a bad URL is a
-    ``UserError``; a PostgreSQL URL without its driver names the package to install."""
+class StorageUnreachable(UserError):
+    """The database stayed unreachable longer than the retry limit: the process stops (one line)."""
+
+    exit_code = EXIT_STORAGE
+
+
+def db_retry_s(value: float | None = None) -> float:
+    """The retry limit: ``value``, else ``$EDGEPARETO_DB_RETRY_S``, else ``DB_RETRY_S``."""
+    if value is None:
+        text = os.environ.get(DB_RETRY_ENV, "").strip()
+        try:
+            value = float(text) if text else DB_RETRY_S
+        except ValueError:
+            raise UserError(f"${DB_RETRY_ENV} must be a number of seconds, got {text!r}") from None
+    if not 0 <= value <= 86400:
+        raise UserError(f"--db-retry-s must be 0-86400 seconds, got {value:g}", "db_retry_s")
+    return value
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or used right now (a refused or dropped
+    connection, a locked or read-only SQLite file), as opposed to a bad request. Optuna wraps the
+    driver's error in ``StorageInternalError``; the cause tells."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+class RetryingStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose calls wait for the database: a call that fails because the database
+    is unreachable is retried with exponential backoff (0.2 s doubling to 5 s, jittered) until it
+    succeeds or ``retry_s`` have passed since the first failure of any thread, then
+    ``StorageUnreachable`` is raised. One line goes to stderr when the database is lost and one when
+    it is back. Only the outermost call retries (Optuna's methods call each other)."""
+
+    def __init__(self, url: str, retry_s: float, **kwargs: Any) -> None:
+        self.retry_s = retry_s
+        self._init_retry_state()
+        super().__init__(url, **kwargs)
+
+    def _init_retry_state(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        for key in ("_local", "_lock", "_down_since"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        self._init_retry_state()
+        super().__setstate__(state)
+
+    def _retrying(self, call: Callable[[], _T]) -> _T:
+        if getattr(self._local, "inside", False):
+            return call()
+        self._local.inside = True
+        try:
+            delay = 0.2
+            while True:
+                try:
+                    result = call()
+                except Exception as exc:
+                    if not unreachable(exc):
+                        raise
+                    waited = self._lost(exc)
+                    if waited >= self.retry_s:
+                        raise StorageUnreachable(
+                            f"the storage {_safe_url(self.url)} was unreachable for {waited:.0f} s "
+                            f"(--db-retry-s {self.retry_s:g}): {one_line(exc, 160)}; this process stops, "
+                            "and the run's other processes re-queue the trial it was running"
+                        ) from None
+                    time.sleep(min(delay * random.uniform(0.8, 1.2), self.retry_s - waited + 0.05))
+                    delay = min(delay * 2, 5.0)
+                    continue
+                self._back()
+                return result
+        finally:
+            self._local.inside = False
+
+    def _lost(self, exc: BaseException) -> float:
+        """Note a failure; seconds since the database was first found unreachable."""
+        with self._lock:
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+                print(f"edgepareto: storage {_safe_url(self.url)} unreachable ({one_line(exc, 160)}); "
+                      f"retrying for up to {self.retry_s:g} s", file=sys.stderr, flush=True)
+            return now - self._down_since
+
+    def _back(self) -> None:
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is not None:
+                waited = time.monotonic() - self._down_since
+                print(f"edgepareto: storage reachable again after {waited:.1f} s", file=sys.stderr,
+                      flush=True)
+                self._down_since = None
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    def call(self: RetryingStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retrying(lambda: method(self, *args, **kwargs))
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+#: Every storage call Optuna's cached storage and this package make, public or not.
+RETRIED = sorted(
+    {n for n in vars(optuna.storages.BaseStorage) if not n.startswith("_")} - {"remove_session"}
+    | {"record_heartbeat", "_get_stale_trial_ids", "_create_new_trial", "_set_trial_param", "_get_trials",
+       "_get_best_trial_id"}
+)
+for _name in RETRIED:
+    setattr(RetryingStorage, _name, _retried(_name))
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password."""
+    with contextlib.suppress(Exception):
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    return url.split("@")[-1]
+
+
+def open_storage(url: str, retry_s: float | None = None) -> RetryingStorage:
+    """An Optuna RDB storage (SQLite, PostgreSQL, MySQL, ...) with heartbeats that waits up to
+    ``retry_s`` (``db_retry_s``) for an unreachable database; a bad URL is a ``UserError``; a
+    PostgreSQL URL without its driver names the package to install."""
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("postgresql", "postgres", "postgresql+psycopg2"):
         require("psycopg2", f"storage {scheme}://...")
+    limit = db_retry_s(retry_s)
+    # a server database: check each pooled connection before use, so a restarted server costs no call
+    engine = {} if scheme.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(2):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            return RetryingStorage(
+                url, limit, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+            )
         except Exception as exc:
             if attempt == 0 and "already exists" in str(exc):  # another process made the tables meanwhile
                 time.sleep(0.5)
@@ -87,8 +245,12 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self.stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(Exception):  # a storage hiccup must not kill the trial
+            try:
                 self.storage.record_heartbeat(self.trial_id)
+            except StorageUnreachable as exc:  # past --db-retry-s: the others re-queue this trial
+                lost(exc)
+            except Exception:  # a storage hiccup must not kill the trial
+                pass
 
     def __enter__(self) -> Heartbeat:
         if hasattr(self.storage, "record_heartbeat"):
@@ -102,6 +264,14 @@ class Heartbeat:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join()
+
+
+def lost(exc: StorageUnreachable) -> None:
+    """End this process from a thread other than the trial's (the trial may be deep in native code):
+    the one line, then exit ``EXIT_STORAGE``. The trial stays RUNNING; its owner is gone, so any other
+    process of the run re-queues it (as after ``kill -9``)."""
+    print(f"edgepareto: error: {exc}", file=sys.stderr, flush=True)
+    os._exit(EXIT_STORAGE)
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -4,6 +4,8 @@
 port and yields a SQLAlchemy URL for Optuna's RDBStorage; it stops the server and removes the directory
 when the ``with`` block ends. ``new_database`` gives a caller a database of its own on that server. The
 fixtures ``postgres_url`` (session scope) and ``fresh_database`` in ``tests/conftest.py`` wrap them.
+``restartable()`` is the same server as a ``Postgres`` handle that a test may ``stop()`` and ``start()``
+again on the same port (a database restart).
 
 PostgreSQL refuses to run as root, so under uid 0 the server commands run as the ``postgres`` system user
 (Debian's package creates it; otherwise a system user ``edgepareto-pg`` is created) through ``runuser``.
@@ -21,6 +23,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -130,9 +133,57 @@ def new_database(postgres_url: str) -> str:
     return f"{base}/{name}"
 
 
+def _options(port: int, root: Path) -> str:
+    return " ".join(
+        f"-c {setting}"
+        for setting in (
+            f"port={port}",
+            "listen_addresses=127.0.0.1",
+            f"unix_socket_directories={root}",
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+            "max_connections=100",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running throwaway server: its URL, and a restart in two steps (``stop``, then ``start``)."""
+
+    server: _Server
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def stop(self) -> None:
+        """A fast shutdown, as ``systemctl restart postgresql`` does: clients are disconnected."""
+        proc = self.server.run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.server.data))
+        if proc.returncode != 0:
+            pytest.fail(_fail("server stop", proc, self.server.log), pytrace=False)
+
+    def start(self) -> None:
+        """Start again on the same port and data (the databases and studies are kept)."""
+        start = ["start", "-w", "-t", "60", "-D", str(self.server.data), "-l", str(self.server.log),
+                 "-o", _options(self.port, self.server.root)]
+        proc = self.server.run("pg_ctl", *start, timeout=90)
+        if proc.returncode != 0:
+            pytest.fail(_fail("server restart", proc, self.server.log), pytrace=False)
+
+
 @contextmanager
 def server() -> Iterator[str]:
     """A throwaway PostgreSQL server: ``postgresql+psycopg2://edgepareto@127.0.0.1:PORT/edgepareto``."""
+    with restartable() as postgres:
+        yield postgres.url
+
+
+@contextmanager
+def restartable() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL server as a handle a test may stop and start again."""
     bindir = find_bindir()
     if bindir is None:
         pytest.skip(
@@ -157,19 +208,8 @@ def server() -> Iterator[str]:
 
         for _attempt in range(3):  # another process may take the free port before the server binds it
             port = _free_port()
-            options = " ".join(
-                f"-c {setting}"
-                for setting in (
-                    f"port={port}",
-                    "listen_addresses=127.0.0.1",
-                    f"unix_socket_directories={root}",
-                    "fsync=off",
-                    "synchronous_commit=off",
-                    "full_page_writes=off",
-                    "max_connections=100",
-                )
-            )
-            start = ["start", "-w", "-t", "60", "-D", str(server.data), "-l", str(server.log), "-o", options]
+            start = ["start", "-w", "-t", "60", "-D", str(server.data), "-l", str(server.log),
+                     "-o", _options(port, root)]
             proc = server.run("pg_ctl", *start, timeout=90)
             if proc.returncode == 0:
                 started = True
@@ -180,7 +220,7 @@ def server() -> Iterator[str]:
             pytest.fail(_fail("server start", proc, server.log), pytrace=False)
 
         _create_database(f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres", DATABASE)
-        yield f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{port}/{DATABASE}"
+        yield Postgres(server, port)
     finally:
         if started:
             proc = server.run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(server.data))
