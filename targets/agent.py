@@ -20,9 +20,10 @@ Protocol (HTTP/1.0, JSON answers, every error is ``{"error": "one line"}``):
 Every request but ``/healthz`` needs ``Authorization: Bearer <token>``. Measurements never overlap:
 they take one slot in arrival order, at most ``--max-queue`` requests wait for it, and each is
 measured the way the ``host`` target measures (same session options, fixed random float32 input,
-warm-up runs, then median and p90 of the timed runs). A measurement runs in a child process under a
-memory limit (``--max-memory-mb``) and a time limit (``--max-measure-s``): a model that crashes
-onnxruntime or exceeds a limit fails that request (422), and the agent goes on serving. Models are
+warm-up runs, then median and p90 of the timed runs). Models are measured in a separate process
+(started once and kept; a fresh one after a crash, a limit or 100 jobs) under a memory limit
+(``--max-memory-mb``) and a time limit (``--max-measure-s``): a model that crashes onnxruntime or
+exceeds a limit fails that request (422), and the agent goes on serving. Models are
 kept by sha256, least recently used dropped beyond ``--cache-models`` files or ``--cache-mb``. With
 ``--tls-cert`` and ``--tls-key`` it speaks HTTPS.
 """
@@ -279,6 +280,124 @@ class ModelCache:
             }
 
 
+class Measurer:
+    """The measuring process: a Python that loads this file, sets its memory limit, then measures one
+    job at a time (a JSON line in, a JSON line out). It is started on first use and kept, so a
+    measurement does not pay for importing onnxruntime; it is killed when a job overruns
+    ``max_measure_s``, replaced when it died, ran out of memory or served ``MAX_USES`` jobs."""
+
+    #: Jobs one measuring process serves before a fresh one replaces it (memory it fragmented).
+    MAX_USES = 100
+    #: How long a new measuring process may take to import numpy and onnxruntime.
+    START_S = 120.0
+
+    def __init__(
+        self, workdir: str, log_path: str, max_memory_bytes: int | None, max_measure_s: float,
+    ) -> None:
+        self.workdir = workdir
+        self.log_path = log_path
+        self.max_memory_bytes = max_memory_bytes
+        self.max_measure_s = max_measure_s
+        self._proc: subprocess.Popen | None = None
+        self._uses = 0
+        self._lock = threading.Lock()
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job's answer (``status`` and ``result`` or ``error``); a ``422`` when the process
+        overran the time limit or died on it, a ``500`` when it failed otherwise."""
+        with self._lock:
+            proc = self._ready()
+            try:
+                self._send(proc, job)
+            except OSError:  # it died while idle (killed from outside): one fresh try
+                self._discard()
+                proc = self._ready()
+                self._send(proc, job)
+            line = _read_line(proc, self.max_measure_s)
+            if line is None:
+                self._discard()
+                limit = f"{self.max_measure_s:g} s (--max-measure-s)"
+                raise HttpError(422, f"measurement stopped: still running after {limit}")
+            if not line:
+                raise self._died()
+            self._uses += 1
+            answer = json.loads(line)
+            if self._uses >= self.MAX_USES or answer.get("status") == 422:
+                self._discard()
+            return answer
+
+    def _ready(self) -> subprocess.Popen:
+        """The running measuring process, started (and waited for) when there is none."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self._discard()
+        with open(self.log_path, "wb") as log:  # its stderr: the last line explains a failure
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", CHILD_CODE, AGENT_FILE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, cwd=self.workdir,
+            )
+        self._uses = 0
+        self._send(self._proc, {"max_memory_bytes": self.max_memory_bytes})
+        line = _read_line(self._proc, self.START_S)
+        if line is None:
+            self._discard()
+            raise HttpError(500, f"the measuring process did not start within {self.START_S:g} s")
+        if not line:
+            raise self._died()
+        return self._proc
+
+    @staticmethod
+    def _send(proc: subprocess.Popen, message: dict[str, Any]) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write((json.dumps(message) + "\n").encode())
+        proc.stdin.flush()
+
+    def _died(self) -> HttpError:
+        """The error for a measuring process that ended without answering (it is then discarded)."""
+        assert self._proc is not None
+        code = self._proc.wait()
+        self._discard()
+        if code < 0:
+            memory = "the machine has" if self.max_memory_bytes is None else \
+                f"the {self.max_memory_bytes / MB:g} MB limit (--max-memory-mb)"
+            return HttpError(422, f"the measuring process died of {_signal_name(-code)}: onnxruntime crashed "
+                             f"on this model, or it needed more memory than {memory}")
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read()[-4096:].decode(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        last = lines[-1] if lines else "no message"
+        return HttpError(500, f"the measuring process failed (exit {code}): {one_line(last)}")
+
+    def _discard(self) -> None:
+        """Kill the measuring process, if any, and forget it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]  (stdout: a reader thread may still hold it)
+
+    def stop(self) -> None:
+        """Kill the measuring process (the agent is stopping), even while it measures."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+
+
+def _read_line(proc: subprocess.Popen, timeout_s: float) -> bytes | None:
+    """One line from ``proc``'s stdout (``b""`` when it ended), or None after ``timeout_s``."""
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout_s)
+    return None if reader.is_alive() else got[0]
+
+
 class Agent:
     """Settings and state shared by the request handlers."""
 
@@ -295,13 +414,14 @@ class Agent:
         self.max_memory_bytes = max_memory_bytes
         self.max_measure_s = max_measure_s if max_measure_s is not None else timeout_s + LOAD_ALLOWANCE_S
         self.slot = Slot(max_queue)
-        self._children: set[subprocess.Popen] = set()
-        self._children_lock = threading.Lock()
         #: The measuring process's working folder, always empty: a model is loaded from its bytes, so
         #: the external data files it names resolve here and find nothing (onnxruntime refuses paths
         #: that leave it), never another cached model or a file of the agent's.
-        self.workdir = os.path.join(cache.folder, "empty")
-        os.makedirs(self.workdir, exist_ok=True)
+        workdir = os.path.join(cache.folder, "empty")
+        os.makedirs(workdir, exist_ok=True)
+        self.measurer = Measurer(
+            workdir, os.path.join(cache.folder, "measure.log"), max_memory_bytes, self.max_measure_s
+        )
 
     def info(self) -> dict[str, Any]:
         return {
@@ -369,55 +489,15 @@ class Agent:
 
     def measure(self, path: str, input_shape: tuple[int, ...], warmup: int, repeats: int,
                 threads: int) -> dict[str, Any]:
-        """Time the model file ``path`` in a child process; the caller holds the slot. A bad model or
-        shape is a ``400``; a crash, or a memory or time limit reached, a ``422``."""
-        job = {
+        """Time the model file ``path`` in the measuring process; the caller holds the slot. A bad
+        model or shape is a ``400``; a crash, or a memory or time limit reached, a ``422``."""
+        answer = self.measurer.run({
             "model": path, "input_shape": list(input_shape), "warmup": warmup, "repeats": repeats,
-            "threads": threads, "timeout_s": self.timeout_s, "max_memory_bytes": self.max_memory_bytes,
-        }
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD_CODE, AGENT_FILE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=self.workdir,
-        )
-        with self._children_lock:
-            self._children.add(child)
-        try:
-            out, err = child.communicate(json.dumps(job).encode(), timeout=self.max_measure_s)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            raise HttpError(
-                422, f"measurement stopped: still running after {self.max_measure_s:g} s (--max-measure-s)"
-            ) from None
-        finally:
-            with self._children_lock:
-                self._children.discard(child)
-        if child.returncode < 0:
-            name = _signal_name(-child.returncode)
-            raise HttpError(422, f"the measuring process died of {name}: onnxruntime crashed on this model, "
-                            f"or it needed more memory than {self._memory_text()}")
-        try:
-            answer = json.loads(out)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict) or child.returncode:
-            last = (err.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
-            raise HttpError(500, f"the measuring process failed (exit {child.returncode}): {last}")
+            "threads": threads, "timeout_s": self.timeout_s,
+        })
         if answer.get("status") != 200:
             raise HttpError(int(answer.get("status") or 500), str(answer.get("error")))
         return answer["result"]
-
-    def _memory_text(self) -> str:
-        if self.max_memory_bytes is None:
-            return "the machine has"
-        return f"the {self.max_memory_bytes / MB:g} MB limit (--max-memory-mb)"
-
-    def stop_children(self) -> None:
-        """Kill any measuring process still running (the agent is stopping)."""
-        with self._children_lock:
-            for child in self._children:
-                with contextlib.suppress(OSError):
-                    child.kill()
 
 
 def model_id(text: str) -> str:
@@ -488,28 +568,35 @@ def limit_memory(max_bytes: int | None) -> None:
 
 
 def child_main() -> int:
-    """The measuring process: one job as JSON on stdin, one answer as JSON on stdout (``status`` 200
-    and ``result``, or the error's ``status`` and one-line ``error``)."""
-    job = json.loads(sys.stdin.buffer.read())
-    memory = job["max_memory_bytes"]
+    """The measuring process: its memory limit as the first JSON line on stdin (answered ``ready``),
+    then one job per line, each answered by one line (``status`` 200 and ``result``, or the error's
+    ``status`` and one-line ``error``), until stdin closes."""
+    memory = json.loads(sys.stdin.buffer.readline())["max_memory_bytes"]
     limit_memory(memory)
-    try:
-        result = measure_file(
-            job["model"], tuple(job["input_shape"]), job["warmup"], job["repeats"], job["threads"],
-            job["timeout_s"],
-        )
-        answer: dict[str, Any] = {"status": 200, "result": result}
-    except HttpError as exc:
-        answer = {"status": exc.status, "error": exc.message}
-        if memory is not None and re.search(r"alloc", exc.message, re.IGNORECASE):  # over the limit
-            answer = {"status": 422, "error": one_line(
-                f"out of memory under the {memory / MB:g} MB limit (--max-memory-mb): {exc.message}")}
-    except MemoryError:
-        answer = {"status": 422, "error": f"out of memory: the model needs more than the "
-                  f"{(memory or 0) / MB:g} MB limit (--max-memory-mb)"}
-    sys.stdout.write(json.dumps(answer))
-    sys.stdout.flush()
+    _answer({"ready": True})
+    for line in sys.stdin.buffer:
+        job = json.loads(line)
+        try:
+            result = measure_file(
+                job["model"], tuple(job["input_shape"]), job["warmup"], job["repeats"], job["threads"],
+                job["timeout_s"],
+            )
+            answer: dict[str, Any] = {"status": 200, "result": result}
+        except HttpError as exc:
+            answer = {"status": exc.status, "error": exc.message}
+            if memory is not None and re.search(r"alloc", exc.message, re.IGNORECASE):  # over the limit
+                answer = {"status": 422, "error": one_line(
+                    f"out of memory under the {memory / MB:g} MB limit (--max-memory-mb): {exc.message}")}
+        except MemoryError:
+            answer = {"status": 422, "error": f"out of memory: the model needs more than the "
+                      f"{(memory or 0) / MB:g} MB limit (--max-memory-mb)"}
+        _answer(answer)
     return 0
+
+
+def _answer(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -738,7 +825,7 @@ class Server(ThreadingHTTPServer):
         """Stop listening, kill a measurement still running, remove the model cache."""
         super().server_close()
         if self.agent is not None:
-            self.agent.stop_children()
+            self.agent.measurer.stop()
             shutil.rmtree(self.agent.cache.folder, ignore_errors=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:

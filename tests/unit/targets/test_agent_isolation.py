@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,8 +63,17 @@ def test_a_model_over_the_memory_limit_fails_alone(limited):
     _still_serves(limited)
 
 
+def _running(pid: int) -> bool:
+    """``pid`` is on a CPU or waiting for one (state R), not asleep waiting for a job."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] == "R"
+
+
 def test_a_crash_of_the_measuring_process_fails_that_request_only(limited):
-    """The measuring process dies of SIGSEGV (sent to it while it runs the endless model), as when
+    """The measuring process dies of SIGSEGV (sent to it while it works on the endless model), as when
     onnxruntime crashes: that request is a 422 naming the signal, and the agent measures the next."""
     answers: list[tuple[int, dict[str, Any]]] = []
 
@@ -74,8 +84,10 @@ def test_a_crash_of_the_measuring_process_fails_that_request_only(limited):
     client = threading.Thread(target=measure)
     client.start()
     assert limited.proc is not None
-    wait_until(lambda: descendants(limited.proc.pid), 30, "the measuring process", poll=0.05)
-    for pid in descendants(limited.proc.pid):
+    agent_pid = limited.proc.pid
+    busy = wait_until(lambda: [p for p in descendants(agent_pid) if _running(p)], 30,
+                      "a busy measuring process", poll=0.05)
+    for pid in busy:
         os.kill(pid, signal.SIGSEGV)
     client.join(60)
     [(status, body)] = answers
