@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from search.config.bounds import BOUNDS, check_bound
 from search.config.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, directions
 from search.core.errors import UserError
 from search.study.samplers import SAMPLERS, create_sampler
@@ -80,37 +81,30 @@ class RunConfig:
         return self.model if isinstance(self.model, tuple) else (self.model,)
 
     def validate(self) -> None:
-        """Raise ``UserError`` naming the first bad setting."""
+        """Raise ``UserError`` naming the first bad setting; size-like settings against ``BOUNDS``."""
         if self.name is not None:
             check_name(self.name)
-        _at_least("trials", self.trials, 1)
-        _at_least("img-size", self.img_size, 8)
-        if self.patch_size is not None:
-            _at_least("patch-size", self.patch_size, 1)
-            if self.img_size % self.patch_size:
-                raise UserError(
-                    f"--patch-size {self.patch_size} does not divide --img-size {self.img_size}",
-                    field="patch_size",
-                )
+        for key in BOUNDS:
+            value = getattr(self, key)
+            if value is not None or _DEFAULTS[key] is not None:  # None: automatic, where allowed
+                check_bound(key, value)
+        if self.patch_size is not None and self.img_size % self.patch_size:
+            raise UserError(
+                f"--patch-size {self.patch_size} does not divide --img-size {self.img_size}",
+                field="patch_size",
+            )
         if not self.models or not all(isinstance(m, str) and m for m in self.models):
             raise UserError("--model needs at least one timm model name", field="model")
         if len(set(self.models)) != len(self.models):
             raise UserError("--model lists a model twice", field="model")
         if self.checkpoint is not None and len(self.models) > 1:
             raise UserError("--checkpoint needs a single --model", field="checkpoint")
-        if self.epochs is not None:
-            _at_least("epochs", self.epochs, 0)
-        _at_least("batch-size", self.batch_size, 1)
-        _at_least("threads", self.threads, 1)
-        _at_least("repeats", self.repeats, 5)
         for key in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, key) < 0.5:
                 raise UserError(f"--{key.replace('_', '-')} must lie in (0, 0.5)", field=key)
         for key in ("lr", "finetune_lr"):
             if getattr(self, key) is not None and not 0 < getattr(self, key) <= 1:
                 raise UserError(f"--{key.replace('_', '-')} must lie in (0, 1]", field=key)
-        if self.timeout is not None and self.timeout <= 0:
-            raise UserError("--timeout must be a positive number of seconds", field="timeout")
         if self.backend not in BACKENDS:
             raise UserError(
                 f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}", field="backend",
@@ -124,18 +118,6 @@ class RunConfig:
                     "--gpus-per-trial needs --backend ray (the optuna backend trains on a GPU "
                     "whenever torch sees one)", field="gpus_per_trial",
                 )
-        if self.cpus_per_trial is not None:
-            _at_least("cpus-per-trial", self.cpus_per_trial, 1)
-        if self.max_concurrent is not None:
-            _at_least("max-concurrent", self.max_concurrent, 1)
-        if isinstance(self.gpus_per_trial, bool) or not isinstance(self.gpus_per_trial, (int, float)) \
-                or self.gpus_per_trial < 0:
-            raise UserError(
-                f"--gpus-per-trial must be a number of at least 0, got {self.gpus_per_trial!r}",
-                field="gpus_per_trial",
-            )
-        if self.trial_timeout is not None and self.trial_timeout <= 0:
-            raise UserError("--trial-timeout must be a positive number of seconds", field="trial_timeout")
         if not self.objectives:
             raise UserError(f"--objectives needs at least one of {', '.join(OBJECTIVES)}", field="objectives")
         for obj in self.objectives:
@@ -206,6 +188,10 @@ class RunConfig:
         return cls(**values)
 
 
+#: Each field's default (a bounded field whose default is None may be None: chosen automatically).
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+
 def check_name(name: str) -> None:
     """A run name is a folder name, never a path: ``UserError`` otherwise."""
     if not NAME_RE.match(name):
@@ -249,10 +235,3 @@ _TYPE_NAMES: dict[Any, str] = {
 def csv_items(text: str) -> tuple[str, ...]:
     """``"a, b,,c"`` as ``("a", "b", "c")``: the comma lists of flags and config values."""
     return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def _at_least(flag: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(
-            f"--{flag} must be an integer of at least {low}, got {value!r}", field=flag.replace("-", "_"),
-        )

@@ -10,8 +10,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, confloat, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    confloat,
+    conint,
+    create_model,
+)
 
+from search.config.bounds import BOUNDS, Bound
 from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.errors import UserError
@@ -51,9 +62,11 @@ class Settings:
 FiniteFloat = confloat(strict=True, allow_inf_nan=False)
 
 
-def _pydantic_type(hint: Any) -> Any:
-    """A RunConfig field type for request bodies: strict, JSON lists for tuples."""
+def _pydantic_type(hint: Any, bound: Bound | None = None) -> Any:
+    """A RunConfig field type for request bodies: strict, JSON lists for tuples, numbers within the
+    setting's ``bound`` (``search.config.bounds``) when it has one."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
+    limits = bound.constraints() if bound else {}
     mapped = []
     for option in options:
         if option is type(None):
@@ -61,9 +74,10 @@ def _pydantic_type(hint: Any) -> Any:
         elif option is bool:
             mapped.append(StrictBool)
         elif option is int:
-            mapped.append(StrictInt)
+            mapped.append(conint(strict=True, **limits))
         elif option is float:
-            mapped.extend([StrictInt, FiniteFloat])
+            mapped.append(conint(strict=True, **limits))
+            mapped.append(confloat(strict=True, allow_inf_nan=False, **limits))
         elif option is str:
             mapped.append(StrictStr)
         else:  # tuple[str, ...]
@@ -82,7 +96,7 @@ def _search_request() -> type[BaseModel]:
             continue
         default = getattr(defaults, f.name)
         default = list(default) if isinstance(default, tuple) else default
-        spec[f.name] = (_pydantic_type(hints[f.name]), Field(default=default))
+        spec[f.name] = (_pydantic_type(hints[f.name], BOUNDS.get(f.name)), Field(default=default))
     return create_model("SearchRequest", __config__=ConfigDict(extra="forbid"), **spec)
 
 
