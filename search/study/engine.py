@@ -45,7 +45,7 @@ from search.study.progress import Progress
 from search.study.runner import announce, run_trial
 from search.study.runs_root import RunsRoot, open_root
 from search.task import models
-from search.task.baseline import CACHE_DIR, Task, prepare_all
+from search.task.baseline import CACHE_DIR, Task, check_inputs, prepare_all, write_unreadable
 from spaces import Space
 from spaces.space import AUTO, JointSpace, resolve
 from targets.latency import CALIBRATIONS, LatencyPlan, plan_latency
@@ -105,6 +105,7 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
             f"--runs-dir {cfg.runs_dir} is shared through fsspec: the study needs a database server "
             "every machine reaches, e.g. --storage postgresql://USER@HOST/DB"
         )
+    check_inputs(cfg)  # names, and the data set's memory at --img-size
     _check_runs_root(run.root)
     if run.dir.exists() or run.mirror.exists(name):
         raise UserError(
@@ -127,6 +128,7 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     run.mirror.push(CACHE_DIR)
     run.dir.mkdir(parents=True)
     write_text(run.dir / "run.yaml", config_yaml(cfg))
+    write_unreadable(run.dir, tasks)
     write_text(run.dir / "space.yaml", yaml.safe_dump(space.to_mapping(), sort_keys=False))
     run.mirror.push(name)
     study = optuna.create_study(
@@ -205,6 +207,7 @@ def resume_search(
     plan = _plan(cfg, run.root)
     _start_backend(cfg)
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
+    write_unreadable(run.dir, tasks)
     try:
         study = optuna.load_study(
             study_name=name, storage=open_storage(run.storage_url(cfg)),
@@ -324,6 +327,7 @@ def run_worker(
         study_name=name, storage=study_storage, sampler=sampler_cfg.make_sampler()
     )
     run.dir.mkdir(parents=True, exist_ok=True)
+    write_unreadable(run.dir, tasks)
     progress.log(f"worker on run {name}: {finished_count(study)} of {cfg.trials} trials done")
     objective = Objective(cfg, tasks, space, plan, run.dir, progress, run.shared)
     with Interrupts() as interrupts:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,15 +12,18 @@ import torch
 from torch import nn
 
 from search.config.run_config import RunConfig
-from search.core.atomic import write_json, write_with
+from search.core.atomic import write_json, write_text, write_with
 from search.core.errors import UserError
+from search.core.layout import UNREADABLE_FILE
 from search.core.paths import is_file_reference
 from search.task import models
-from search.task.data import Dataset, load_dataset
+from search.task.data import Dataset, check_memory, load_dataset
 from spaces.train import fit, predict
 from targets.slot import checkpoint as slot_checkpoint
 
 CACHE_DIR = ".cache/baselines"
+#: Unreadable images a warning names; the run folder's ``unreadable_images.txt`` lists them all.
+NAMED_UNREADABLE = 3
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,18 @@ def check_names(cfg: RunConfig) -> None:
             raise UserError(f"teacher checkpoint {cfg.teacher} does not exist")
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """Fail fast, before any data is read: model and teacher names, and whether the data set fits in
+    memory at ``--img-size`` (one copy per base model)."""
+    check_names(cfg)
+    check_memory(cfg.data, cfg.img_size, datasets=len(cfg.models))
+
+
 def prepare_all(
     cfg: RunConfig, runs_root: Path, log: Callable[[str], None], warn: Callable[[str], None]
 ) -> dict[str, Task]:
     """One task per base model, in the order given."""
-    check_names(cfg)
+    check_inputs(cfg)
     return {name: prepare(cfg, name, runs_root, log, warn) for name in cfg.models}
 
 
@@ -65,13 +75,15 @@ def prepare(
     cfg: RunConfig, name: str, runs_root: Path, log: Callable[[str], None],
     warn: Callable[[str], None],
 ) -> Task:
-    """Validate model and data, load the checkpoint or the cached (or new) baseline, and the teacher."""
+    """Validate model and data, load the checkpoint or the cached (or new) baseline, and the teacher.
+    Unreadable images are skipped with a warning naming the first few (``unreadable_warning``)."""
     mean, std = models.data_config(name)
     data = load_dataset(
         cfg.data, cfg.img_size, mean, std, cfg.seed, cfg.val_fraction, cfg.test_fraction
     )
-    if data.skipped:
-        warn(f"skipped {data.skipped} unreadable image(s) in {cfg.data}")
+    if data.unreadable:
+        listing = Path(runs_root) / str(cfg.name) / UNREADABLE_FILE
+        warn(unreadable_warning(data.unreadable, cfg.data, listing))
     torch.manual_seed(cfg.seed)  # the baseline's initial weights are seeded too
     model = models.create(name, data.num_classes, cfg.img_size, cfg.patch_size)
     if cfg.checkpoint:
@@ -84,6 +96,37 @@ def prepare(
     return Task(
         model.eval(), data, cfg.img_size, mean, std, name, teacher, cfg.teacher, training.finetune_lr
     )
+
+
+def unreadable_images(tasks: Mapping[str, Task]) -> tuple[Path, ...]:
+    """The image files the tasks' data skipped as unreadable, each once, in order."""
+    return tuple(dict.fromkeys(p for task in tasks.values() for p in task.data.unreadable))
+
+
+def unreadable_warning(paths: Sequence[Path], data: str, listing: Path) -> str:
+    """``skipped 5 unreadable image(s) in DATA: a/x.png, b/y.jpg, b/z.gif, ... (all in LISTING)``:
+    the first ``NAMED_UNREADABLE`` named relative to the data folder."""
+    named = [_relative(p, Path(data)) for p in paths[:NAMED_UNREADABLE]]
+    more = ", ..." if len(paths) > NAMED_UNREADABLE else ""
+    return (
+        f"skipped {len(paths)} unreadable image(s) in {data}: {', '.join(named)}{more} "
+        f"(all listed in {listing})"
+    )
+
+
+def write_unreadable(run_dir: Path, tasks: Mapping[str, Task]) -> Path | None:
+    """The run folder's ``unreadable_images.txt``, one skipped file a line; None when none was."""
+    skipped = unreadable_images(tasks)
+    if not skipped:
+        return None
+    return write_text(Path(run_dir) / UNREADABLE_FILE, "".join(f"{p}\n" for p in skipped))
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def load_teacher(

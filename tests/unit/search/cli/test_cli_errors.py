@@ -56,9 +56,12 @@ def test_corrupt_images_are_skipped_with_a_warning(tmp_path, capfd):
     root = image_folder(tmp_path / "data", per_class=10)
     (root / "a" / "broken.png").write_bytes(b"not a png at all")
     (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    code, _, err = run_cli(search(tmp_path, "--data", str(root)), capfd)
+    code, _, err = run_cli(search(tmp_path, "--data", str(root), "--name", "r"), capfd)
     assert code == 0, err
-    assert "warning: skipped 2 unreadable image(s)" in err
+    listing = tmp_path / "runs" / "r" / "unreadable_images.txt"
+    assert f"warning: skipped 2 unreadable image(s) in {root}: a/broken.png, b/broken.jpg" in err
+    assert f"(all listed in {listing})" in err
+    assert listing.read_text().splitlines() == [str(root / f) for f in ("a/broken.png", "b/broken.jpg")]
 
 
 def test_only_corrupt_images_is_an_error(tmp_path, capfd):
