@@ -4,6 +4,7 @@
 
     runs/NAME/run.yaml, space.yaml, study.db        the settings, the searched space, the study
     runs/NAME/trials/NNNN/{model.onnx, params.json, metrics.json}
+    runs/NAME/trials/NNNN/trial.log                 what libraries logged or printed during the trial
     runs/NAME/unreadable_images.txt                 image files of --data that could not be read
     runs/NAME/trials.csv, pareto.csv, summary.json  the results (read back by ``load_run``)
     runs/NAME/report.html                           the page
@@ -18,6 +19,7 @@ TRIALS_DIR = "trials"
 MODEL_FILE = "model.onnx"
 PARAMS_FILE = "params.json"
 METRICS_FILE = "metrics.json"
+TRIAL_LOG = "trial.log"
 UNREADABLE_FILE = "unreadable_images.txt"
 RESULT_FILES = ("pareto.csv", "trials.csv", "summary.json")
 REPORT_FILE = "report.html"

@@ -1,8 +1,9 @@
 """One trial, run the same way by every backend: the driver's loop, ``edgepareto worker``, a Ray trial.
 
 Around the objective: the owner tag and heartbeat (see ``search.study.cluster``), the ``--trial-timeout``
-watchdog, and the device slot (``targets.slot``) that keeps this trial's work from overlapping a
-measurement on the same device. Failures become an ``Outcome`` with a reason, never an exception,
+watchdog, the device slot (``targets.slot``) that keeps this trial's work from overlapping a
+measurement on the same device, and the trial's log file that takes what libraries log or print
+(``search.core.trial_log``). Failures become an ``Outcome`` with a reason, never an exception,
 except ``UserError`` (the run itself cannot go on).
 """
 
@@ -20,8 +21,9 @@ from optuna.trial import TrialState
 
 from search.core.atomic import write_json
 from search.core.errors import UserError
-from search.core.layout import METRICS_FILE, trial_dir
+from search.core.layout import METRICS_FILE, TRIAL_LOG, trial_dir
 from search.core.text import reason
+from search.core.trial_log import library_output_to
 from search.study.cluster import OWNER_ATTR, Heartbeat, owner
 from search.study.constraints import is_feasible
 from search.study.interrupt import Interrupts
@@ -73,7 +75,8 @@ def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | Non
     limit = Deadline(None)
     try:
         with Heartbeat(trial.study, trial._trial_id), \
-                deadline(cfg.trial_timeout, on_hang=lambda d: _hung(trial, objective, d)) as limit, slot:
+                deadline(cfg.trial_timeout, on_hang=lambda d: _hung(trial, objective, d)) as limit, slot, \
+                library_output_to(trial_dir(objective.run_dir, trial.number) / TRIAL_LOG):
             values = objective(trial)
     except UserError:
         raise
