@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from search.core.text import one_line
 from search.service.routes import Service, router
 from search.service.scheduler import Scheduler
 from search.service.schemas import Settings
@@ -116,9 +118,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.scheduler = scheduler
     app.state.service = Service(settings, store, scheduler)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _jobs_database_unavailable)
     app.router.redirect_slashes = False  # a trailing slash is a 404, not a redirect to another path
     app.include_router(router)
     return BearerAuth(BodyLimit(app, settings.max_body_bytes), settings.token)  # type: ignore[return-value]
+
+
+async def _jobs_database_unavailable(_request: Any, exc: Exception) -> JSONResponse:
+    """503 with Retry-After when the jobs database refuses a request (read-only, locked, unreachable):
+    nothing was changed, and the same request may be sent again. The driver's message only, no SQL."""
+    reason = one_line(getattr(exc, "orig", None) or exc, 200)
+    return JSONResponse(status_code=503, headers={"Retry-After": "5"},
+                        content={"detail": f"the jobs database is unavailable ({reason}); retry later"})
 
 
 async def _validation_error(_request: Any, exc: Exception) -> JSONResponse:

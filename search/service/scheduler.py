@@ -120,23 +120,24 @@ class Scheduler:
                 self.progress[job_id] = read_progress(self.runs_dir, job_id, self.progress.get(job_id))
 
     def _reap(self) -> None:
+        """Record how ended workers ended. A worker leaves ``procs`` only once that is stored: when the
+        jobs database refuses the write (read-only, locked), the next tick records it again."""
         for job_id, proc in list(self.procs.items()):
             code = proc.poll()
             if code is None:
                 continue
+            job = self.store.get(job_id)
+            if job is not None and job.state == "running":  # else queued again to resume (a stop)
+                self.progress[job_id] = read_progress(self.runs_dir, job_id, self.progress.get(job_id))
+                now = time.time()
+                if job.cancel:
+                    self.store.update(job_id, state="cancelled", finished_at=now, pid=None)
+                elif code == 0:
+                    self.store.update(job_id, state="done", finished_at=now, pid=None, error=None)
+                else:
+                    self._fail(job_id, last_error(self.log_path(job_id), code))
             del self.procs[job_id]
             self.signalled.pop(job_id, None)
-            job = self.store.get(job_id)
-            if job is None or job.state != "running":  # queued again to resume (the service stopped)
-                continue
-            self.progress[job_id] = read_progress(self.runs_dir, job_id, self.progress.get(job_id))
-            now = time.time()
-            if job.cancel:
-                self.store.update(job_id, state="cancelled", finished_at=now, pid=None)
-            elif code == 0:
-                self.store.update(job_id, state="done", finished_at=now, pid=None, error=None)
-            else:
-                self._fail(job_id, last_error(self.log_path(job_id), code))
 
     def _cancel_running(self) -> None:
         for job in self.store.all("running"):
