@@ -238,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clients", type=_positive_int, default=50, help="service: concurrent requests")
     bench.add_argument("--bursts", type=_positive_int, default=20, help="service: bursts per phase")
     bench.add_argument(
+        "--soak", action="store_true",
+        help="service: the soak instead: searches at once, the server killed and the jobs database "
+        "made read-only midway, then what must hold checked (exit 1 when something did not)",
+    )
+    bench.add_argument("--searches", type=_positive_int, default=20, help="service --soak: searches")
+    bench.add_argument("--max-running", type=_positive_int, default=2, help="service --soak: at once")
+    bench.add_argument("--kills", type=int, default=2, help="service --soak: SIGKILLs of the server")
+    bench.add_argument(
         "--setups", type=_csv, default=None,
         help="scaling: comma list of optuna-1, optuna-2, ray-1, ray-2 (default all)",
     )
@@ -413,6 +421,15 @@ def _bench(args: argparse.Namespace) -> int:
         )
         print(format_scaling(results))
         return 0
+    if args.what == "service" and args.soak:
+        from search.bench.soak import SoakPlan, format_soak, soak_service
+
+        if args.kills < 0:
+            raise UserError(f"--kills must be 0 or more, got {args.kills}")
+        plan = SoakPlan(searches=args.searches, max_running=args.max_running, kills=args.kills)
+        result = soak_service(plan, runs_dir=args.runs_dir, log=_log)
+        print(format_soak(result))
+        return 1 if result.violations else 0
     if args.what == "service":
         from search.bench.service import bench_service, format_service
 
