@@ -3,6 +3,8 @@ request body into a run config (paths confined to the data root, RunConfig's own
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -38,6 +40,9 @@ PATH_FIELDS = ("data", "checkpoint", "teacher", "space")
 #: and the worker reads them as names, never as files); for the others only these values are names.
 NAMED_BY_RULE = {"teacher": CHECKPOINT_SUFFIXES, "space": SPACE_SUFFIXES}
 NOT_PATHS = {"data": ("digits",)}
+#: Targets registered in code (``targets/host.py``); the device profiles are ``targets/profiles/*.yaml``,
+#: and ``remote:URL`` is checked against ``--allow-agent``. A test keeps this in step with the registry.
+CODE_TARGETS = ("host",)
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,7 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
         if path is None:
             raise invalid(key, f"{key} must be a path under the server's data root")
         config[key] = str(path)
+    _check_target(config, settings)
     _check_outbound(config, settings)
     if settings.ray_address and "backend" not in config:
         config |= {"backend": "ray", "ray_address": settings.ray_address}
@@ -169,6 +175,36 @@ def checked_config(body: BaseModel, settings: Settings) -> dict[str, Any]:
     except UserError as exc:
         raise invalid(exc.field, str(exc)) from None
     return config
+
+
+def target_names() -> tuple[str, ...]:
+    """The target names a request may give: ``CODE_TARGETS`` and the shipped device profiles, found
+    without importing ``targets`` (which loads onnxruntime) so that submitting stays light."""
+    spec = importlib.util.find_spec("targets")
+    folders = [Path(f) / "profiles" for f in (spec.submodule_search_locations or [])] if spec else []
+    return (*CODE_TARGETS, *sorted(p.stem for folder in folders for p in folder.glob("*.yaml")))
+
+
+def _check_target(config: dict[str, Any], settings: Settings) -> None:
+    """``target`` at submit time, never connecting anywhere: a known name, a device profile file under
+    the data root (made absolute), or ``remote:URL`` (left to ``_check_outbound``); 422 otherwise."""
+    value = config.get("target")
+    if not isinstance(value, str) or value.startswith("remote:"):
+        return
+    if value == "remote":
+        raise invalid("target", "target remote needs the agent's URL: remote:http://HOST:PORT")
+    if value.endswith((".yaml", ".yml")):  # a device profile of the user's
+        path = _under(settings.data_root, value)
+        if path is None or not path.is_file():
+            raise invalid("target", f"target {value!r}: a profile file must lie under the server's data root")
+        config["target"] = str(path)
+        return
+    names = target_names()
+    if value not in names:
+        close = difflib.get_close_matches(value, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise invalid("target", f"unknown target {value!r}{hint} (known: {', '.join(names)}, a profile "
+                      "file under the data root, or remote:http://HOST:PORT)")
 
 
 def _check_outbound(config: dict[str, Any], settings: Settings) -> None:

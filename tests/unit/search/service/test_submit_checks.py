@@ -1,8 +1,11 @@
 """What ``POST /v1/searches`` refuses at submit time, before a job is stored: size-like settings
-outside ``search.config.bounds`` (the same table as the CLI), 422 naming the field."""
+outside ``search.config.bounds`` (the same table as the CLI) and a target that is no target, 422
+naming the field; checked without importing onnxruntime or connecting anywhere."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ from fastapi.testclient import TestClient
 
 from search.config.bounds import BOUNDS
 from search.service.app import create_app
-from search.service.schemas import SearchRequest, Settings
+from search.service.schemas import SearchRequest, Settings, target_names
+from targets import TARGETS
 
 TOKEN = "t" * 32
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -56,3 +60,61 @@ def test_the_request_schema_carries_the_bounds():
         for option in numbers:
             low = option.get("exclusiveMinimum" if bound.open_low else "minimum")
             assert (low, option["maximum"]) == (bound.low, bound.high), (key, option)
+
+
+# ---------------------------------------------------------------- the target
+
+
+@pytest.mark.parametrize(("target", "needle"), [
+    ("raspberry", "unknown target 'raspberry'"),
+    ("rpi3", "did you mean rpi5, rpi4?"),
+    ("remote", "needs the agent's URL"),
+    ("../outside.yaml", "under the server's data root"),
+    ("missing.yaml", "under the server's data root"),
+    ("boards/rpi4", "unknown target"),
+])
+def test_a_target_that_is_no_target_is_422_naming_it(client, target, needle):
+    r = client.post("/v1/searches", json={"model": "test_resnet", "target": target}, headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert "target" in named_fields(r) and needle in r.text, r.text
+    assert client.get("/v1/searches", headers=AUTH).json()["searches"] == []
+
+
+def test_known_targets_and_profile_files_under_the_data_root_are_accepted(client, tmp_path):
+    (tmp_path / "boards").mkdir()
+    (tmp_path / "boards" / "mine.yaml").write_text("name: mine\n")  # its content is the worker's to read
+    for target in ("host", "rpi4", "cortex-m7", "boards/mine.yaml"):
+        r = client.post("/v1/searches", json={"model": "test_resnet", "target": target}, headers=AUTH)
+        assert r.status_code == 202, (target, r.text)
+    stored = client.get(f"/v1/searches/{r.json()['id']}", headers=AUTH).json()["config"]["target"]
+    assert stored == str((tmp_path / "boards" / "mine.yaml").resolve())
+
+
+def test_the_target_names_agree_with_the_registry():
+    assert set(target_names()) == set(TARGETS.names()) - {"remote"}
+
+
+SUBMIT = r"""
+import json, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from search.service.app import create_app
+from search.service.schemas import Settings
+
+root = Path(sys.argv[1])
+token = "t" * 32
+app = create_app(Settings(token=token, runs_dir=root / "runs", data_root=root,
+                          db_url=f"sqlite:///{root / 'jobs.db'}", max_running=0))
+with TestClient(app) as client:
+    auth = {"Authorization": "Bearer " + token}
+    codes = [client.post("/v1/searches", json={"target": t}, headers=auth).status_code
+             for t in ("rpi4", "nowhere")]
+print(json.dumps({"codes": codes, "heavy": sorted(m for m in sys.argv[2:] if m in sys.modules)}))
+"""
+
+
+def test_checking_a_target_imports_no_onnxruntime(tmp_path):
+    done = subprocess.run([sys.executable, "-c", SUBMIT, str(tmp_path), "onnxruntime", "torch", "timm"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == '{"codes": [202, 422], "heavy": []}'
