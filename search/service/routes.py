@@ -18,7 +18,7 @@ from search.core.cells import plain_record
 from search.core.errors import UserError
 from search.core.layout import MODEL_FILE, TRIALS_DIR, trial_dir
 from search.front.counts import TrialCounts
-from search.service.scheduler import Scheduler, describe, read_progress, trials_of
+from search.service.scheduler import Scheduler, describe, read_progress, study_url, trials_of
 from search.service.schemas import (
     SearchRequest,
     SelectRequest,
@@ -189,7 +189,7 @@ def live_trials(run: Path, name: str) -> pd.DataFrame:
 
     storage = None
     try:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
+        storage = optuna.storages.RDBStorage(study_url(db), skip_table_creation=True)
         return trials_frame(optuna.load_study(study_name=name, storage=storage))
     except Exception:  # the worker is creating the tables or the study right now
         return pd.DataFrame()

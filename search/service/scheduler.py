@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -222,7 +223,7 @@ def read_progress(runs_dir: Path, job_id: str, before: TrialCounts | None) -> Tr
 
         from search.front.trials import frozen_row
 
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
+        storage = optuna.storages.RDBStorage(study_url(db), skip_table_creation=True)
         try:
             study_id = storage.get_study_id_from_name(job_id)
             rows = [frozen_row(t) for t in storage.get_all_trials(study_id, deepcopy=False)]
@@ -232,6 +233,13 @@ def read_progress(runs_dir: Path, job_id: str, before: TrialCounts | None) -> Tr
     except Exception:
         return before or TrialCounts(total)
     return count_trials(rows, total)
+
+
+def study_url(db: Path) -> str:
+    """A run's SQLite study, opened read-only: the service only reads it. Opened read-write, Optuna
+    writes its version rows into a study its worker is creating at that moment, and one of the two
+    fails on a UNIQUE constraint (the soak saw a search fail that way at its start)."""
+    return f"sqlite:///file:{quote(str(db))}?mode=ro&uri=true"
 
 
 def last_error(log: Path, code: int) -> str:

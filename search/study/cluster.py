@@ -200,17 +200,27 @@ def open_storage(url: str, retry_s: float | None = None) -> RetryingStorage:
     limit = db_retry_s(retry_s)
     # a server database: check each pooled connection before use, so a restarted server costs no call
     engine = {} if scheme.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(2):
+    for attempt in range(3):
         try:
             return RetryingStorage(
                 url, limit, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
             )
         except Exception as exc:
-            if attempt == 0 and "already exists" in str(exc):  # another process made the tables meanwhile
+            # another process made the tables or Optuna's version rows meanwhile (CREATE TABLE, or the
+            # UNIQUE alembic_version row): open again, and find them made
+            if attempt < 2 and ("already exists" in str(exc) or _is_integrity(exc)):
                 time.sleep(0.5)
                 continue
             raise UserError(f"cannot open storage {url}: {one_line(exc)}") from None
     raise AssertionError("unreachable")
+
+
+def _is_integrity(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, sqlalchemy.exc.IntegrityError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def owner() -> str:
