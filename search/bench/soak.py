@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 
 from search.bench.service import _free_port
+from search.core.text import one_line
+from search.service.scheduler import study_url
 
 #: A search of a few seconds: the tiny timm test model on the embedded digits, quantization only.
 SOAK_SEARCH: dict[str, Any] = {
@@ -109,6 +111,7 @@ class SoakResult:
 
     searches: int
     states: dict[str, int]
+    failures: dict[str, str]  # search id -> its error, for those that failed
     requests: int
     by_code: dict[str, int]
     p50_ms: float
@@ -477,11 +480,16 @@ class Soak:
                 if state == "done":
                     out.append(f"search {job} is done without a study")
                 continue
-            storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
             try:
-                trials = optuna.load_study(study_name=job, storage=storage).get_trials(deepcopy=False)
-            finally:
-                storage.engine.dispose()
+                storage = optuna.storages.RDBStorage(study_url(db), skip_table_creation=True)
+                try:
+                    trials = optuna.load_study(study_name=job, storage=storage).get_trials(deepcopy=False)
+                finally:
+                    storage.engine.dispose()
+            except Exception as exc:  # a search that failed before its study was made
+                if state == "done":
+                    out.append(f"search {job} is done, and its study cannot be read: {one_line(exc, 200)}")
+                continue
             out += _study_violations(job, state, trials, int(self.plan.search.get("trials", 0)))
             self.complete += sum(1 for t in trials if t.state.name == "COMPLETE")
             self.requeued += sum(1 for t in trials if t.user_attrs.get("retry_of") is not None)
@@ -510,6 +518,8 @@ class Soak:
         attempts = _attempts(self.db)
         return SoakResult(
             searches=len(self.ids), states=dict(states), requests=len(self.client.log),
+            failures={i: str(self.states[i].get("error")) for i in self.ids
+                      if self.states.get(i, {}).get("state") == "failed"},
             by_code=dict(sorted(Counter(r.code for r in self.client.log).items())),
             p50_ms=_pct(answered, 50), p99_ms=_pct(answered, 99), max_ms=max(answered, default=0.0),
             recovered=sum(1 for i in self.ids if attempts.get(i, 0) > 1
@@ -597,6 +607,7 @@ def format_soak(result: SoakResult) -> str:
         f"recovered         {result.recovered} search(es) resumed after a kill; "
         f"{result.trials_requeued} trial(s) cut and run again; {result.trials_complete} complete",
         f"duration          {result.duration_s:.0f} s",
+        *(f"failed            {job}: {error}" for job, error in result.failures.items()),
         "invariants        "
         + ("all held" if not result.violations else f"{len(result.violations)} violated:"),
     ]
