@@ -12,7 +12,7 @@ def test_cluster_flags_are_checked_before_any_training(tmp_path, capfd):
         (["--backend", "dask"], "--backend must be one of optuna, ray"),
         (["--max-concurrent", "2"], "--max-concurrent needs --backend ray"),
         (["--ray-address", "auto"], "--ray-address needs --backend ray"),
-        (["--trial-timeout", "0"], "--trial-timeout must be a positive number"),
+        (["--trial-timeout", "0"], "--trial-timeout must be a number of seconds above 0"),
         (["--runs-dir", "file:///tmp/x"], "needs a database server every machine reaches"),
     ]
     for extra, message in cases:

@@ -297,7 +297,7 @@ def test_resume_takes_the_resumable_changes(tmp_path, monkeypatch):
         engine.resume_search("r2", str(tmp_path), quiet=True, trials=9, timeout=60.0, trial_timeout=None)
     assert seen["cfg"] == RunConfig(name="r2", runs_dir=str(tmp_path), trials=9, timeout=60.0)
     assert set(engine.RESUMABLE) == {
-        "trials", "timeout", "trial_timeout", "ray_address", "max_concurrent", "cpus_per_trial"
+        "trials", "timeout", "trial_timeout", "ray_address", "max_concurrent", "cpus_per_trial", "ca_file",
     }
 
 
