@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,6 +39,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _bounded(field: str) -> Callable[[str], int | float]:
+    """An argparse type for a size-like flag, checked against its bound (``search.config.bounds``)."""
+    from search.config.bounds import parse_bounded
+
+    def parse(text: str) -> int | float:
+        try:
+            return parse_bounded(field, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = field  # argparse names the type in its message
+    return parse
 
 
 def _on_off(text: str) -> bool:
@@ -181,13 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="the search service: a REST API to submit, watch and fetch searches")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_bounded("port"), default=8000)
     serve.add_argument("--runs-dir", default="runs", help="where the searches' run folders go")
     serve.add_argument("--data-root", default=".", help="data, checkpoint and space paths must lie under it")
     serve.add_argument("--db", help="jobs database, any SQLAlchemy URL (default sqlite:///RUNS_DIR/service.db)")
-    serve.add_argument("--max-running", type=int, default=1, help="searches at once (0: queue only)")
+    serve.add_argument(
+        "--max-running", type=_bounded("max_running"), default=1,
+        help="searches at once (0: queue only)",
+    )
     serve.add_argument("--token-file", help="file holding the bearer token (else $EDGEPARETO_TOKEN)")
-    serve.add_argument("--max-body-bytes", type=_positive_int, default=65536, help="request size limit")
+    serve.add_argument(
+        "--max-body-bytes", type=_bounded("max_body_bytes"), default=65536,
+        help="request size limit",
+    )
     serve.add_argument("--ray-address", help="run searches on this Ray cluster (--backend ray)")
     serve.add_argument(
         "--allow-agent", action="append", metavar="URL",
@@ -204,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="ONNX graph analysis: MACs, bytes, shapes per node")
     analyze.add_argument("onnx_file")
-    analyze.add_argument("--batch", type=_positive_int, default=1)
+    analyze.add_argument("--batch", type=_bounded("batch"), default=1)
     analyze.add_argument("--nodes", action="store_true", help="one line per node, not per op type")
 
     calibrate = sub.add_parser(
@@ -213,38 +233,47 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--target", default="host", help="host, a device profile, or remote:URL")
     calibrate.add_argument("--agent", help="http://DEVICE:PORT of the agent on a profile's device")
     calibrate.add_argument("--ca-file", help="PEM certificate (or CA) of an https agent")
-    calibrate.add_argument("--samples", type=_positive_int, default=150, help="models to measure (150)")
+    calibrate.add_argument("--samples", type=_bounded("samples"), default=150, help="models to measure (150)")
     calibrate.add_argument("--model", type=_csv, default=None, help="comma list of base models "
                            "(default resnet18,mobilenetv3_small_100,vit_tiny_patch16_224)")
-    calibrate.add_argument("--img-size", type=_positive_int, default=32)
-    calibrate.add_argument("--threads", type=_positive_int, default=1)
-    calibrate.add_argument("--repeats", type=_positive_int, default=10, help="timed runs per pass (10)")
+    calibrate.add_argument("--img-size", type=_bounded("img_size"), default=32)
+    calibrate.add_argument("--threads", type=_bounded("threads"), default=1)
+    calibrate.add_argument("--repeats", type=_bounded("repeats"), default=10, help="timed runs per pass (10)")
     calibrate.add_argument("--runs-dir", default="runs")
-    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--seed", type=_bounded("seed"), default=0)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("what", choices=["search", "techniques", "predictor", "scaling", "service"])
-    bench.add_argument("--trials", type=_positive_int, default=20)
-    bench.add_argument("--seeds", type=_positive_int, default=3)
+    bench.add_argument("--trials", type=_bounded("trials"), default=20)
+    bench.add_argument("--seeds", type=_bounded("seeds"), default=3)
     bench.add_argument("--runs-dir", default="runs")
     bench.add_argument("--model", default=None)
-    bench.add_argument("--img-size", type=int, default=None)
+    bench.add_argument("--img-size", type=_bounded("img_size"), default=None)
     bench.add_argument("--target", default="host", help="predictor: the target to measure on")
     bench.add_argument("--agent", help="predictor: the agent of a profile's device")
     bench.add_argument("--ca-file", help="predictor: PEM certificate (or CA) of an https agent")
-    bench.add_argument("--train", type=_positive_int, default=150, help="predictor: models fitted on")
-    bench.add_argument("--held-out", type=_positive_int, default=60, help="predictor: models scored")
-    bench.add_argument("--epochs", type=int, default=None, help="scaling: baseline training epochs")
-    bench.add_argument("--clients", type=_positive_int, default=50, help="service: concurrent requests")
-    bench.add_argument("--bursts", type=_positive_int, default=20, help="service: bursts per phase")
+    bench.add_argument("--train", type=_bounded("train"), default=150, help="predictor: models fitted on")
+    bench.add_argument("--held-out", type=_bounded("held_out"), default=60, help="predictor: models scored")
+    bench.add_argument(
+        "--epochs", type=_bounded("epochs"), default=None,
+        help="scaling: baseline training epochs",
+    )
+    bench.add_argument("--clients", type=_bounded("clients"), default=50, help="service: concurrent requests")
+    bench.add_argument("--bursts", type=_bounded("bursts"), default=20, help="service: bursts per phase")
     bench.add_argument(
         "--soak", action="store_true",
         help="service: the soak instead: searches at once, the server killed and the jobs database "
         "made read-only midway, then what must hold checked (exit 1 when something did not)",
     )
-    bench.add_argument("--searches", type=_positive_int, default=20, help="service --soak: searches")
-    bench.add_argument("--max-running", type=_positive_int, default=2, help="service --soak: at once")
-    bench.add_argument("--kills", type=int, default=2, help="service --soak: SIGKILLs of the server")
+    bench.add_argument("--searches", type=_bounded("searches"), default=20, help="service --soak: searches")
+    bench.add_argument(
+        "--max-running", type=_bounded("max_concurrent"), default=2,
+        help="service --soak: at once",
+    )
+    bench.add_argument(
+        "--kills", type=_bounded("kills"), default=2,
+        help="service --soak: SIGKILLs of the server",
+    )
     bench.add_argument(
         "--setups", type=_csv, default=None,
         help="scaling: comma list of optuna-1, optuna-2, ray-1, ray-2 (default all)",

@@ -74,6 +74,41 @@ BOUNDS: dict[str, Bound] = {
 }
 
 
+#: Flags of the other commands (calibrate, bench, serve, analyze) that are not RunConfig settings. Their
+#: flags that are (``--img-size``, ``--threads``, ``--repeats``, ...) use ``BOUNDS``' entries.
+FLAG_BOUNDS: dict[str, Bound] = {
+    "samples": Bound(1, 100_000),  # calibrate: models measured
+    "train": Bound(1, 100_000),  # bench predictor: models fitted on
+    "held_out": Bound(1, 100_000),  # bench predictor: models scored
+    "seeds": Bound(1, 1000),  # bench search
+    "clients": Bound(1, 1000),  # bench service: concurrent requests
+    "bursts": Bound(1, 10_000),
+    "searches": Bound(1, 1000),  # bench service --soak
+    "kills": Bound(0, 100),
+    "max_running": Bound(0, 1024),  # serve: searches at once (0: queue only)
+    "port": Bound(1, 65_535),
+    "max_body_bytes": Bound(1024, 64 * 2**20, unit="bytes"),
+    "batch": Bound(1, 4096),  # analyze
+}
+
+
+def bound_of(field: str) -> Bound:
+    """The bound of a RunConfig setting or of another command's flag."""
+    return BOUNDS[field] if field in BOUNDS else FLAG_BOUNDS[field]
+
+
+def parse_bounded(field: str, text: str) -> int | float:
+    """A flag's text as the number its bound allows; ``ValueError`` with the bound when it is not."""
+    bound = bound_of(field)
+    try:
+        value: int | float = int(text) if bound.integer else float(text)
+    except ValueError:
+        raise ValueError(f"must be {bound.describe()}, got {text!r}") from None
+    if not bound.contains(value):
+        raise ValueError(f"must be {bound.describe()}, got {text}")
+    return value
+
+
 def flag(field: str) -> str:
     """``img_size`` -> ``--img-size``."""
     return "--" + field.replace("_", "-")

@@ -112,3 +112,36 @@ def test_the_cli_says_one_line_and_exits_2(tmp_path, capfd, flags, needle):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["calibrate", "--samples", "10000000"],
+    ["calibrate", "--img-size", "100000"],
+    ["calibrate", "--threads", "0"],
+    ["calibrate", "--repeats", "1e9"],
+    ["calibrate", "--seed", "-1"],
+    ["bench", "search", "--trials", str(10**30)],
+    ["bench", "search", "--seeds", "100000"],
+    ["bench", "scaling", "--img-size", "100000"],
+    ["bench", "scaling", "--epochs", "1000000"],
+    ["bench", "predictor", "--train", "0"],
+    ["bench", "predictor", "--held-out", "10000000"],
+    ["bench", "service", "--clients", "1000000"],
+    ["bench", "service", "--bursts", "0"],
+    ["bench", "service", "--soak", "--searches", "100000"],
+    ["bench", "service", "--soak", "--max-running", "0"],
+    ["bench", "service", "--soak", "--kills", "1000"],
+    ["serve", "--port", "70000"],
+    ["serve", "--max-running", "-1"],
+    ["serve", "--max-body-bytes", "10"],
+    ["analyze", "model.onnx", "--batch", "100000"],
+])
+def test_the_other_commands_flags_are_bounded_too(tmp_path, capfd, argv):
+    """Every size-like flag of calibrate, bench, serve and analyze: one line naming it, exit 2, before
+    any work (nothing is written)."""
+    code, out, err = run_cli([*argv, *(["--runs-dir", str(tmp_path / "runs")] if argv[0] in
+                                       ("calibrate", "bench", "serve") else [])], capfd)
+    lines = [line for line in err.splitlines() if line.strip()]
+    flag = next(a for a in argv if a.startswith("--") and a != "--soak")
+    assert code == 2 and len(lines) == 1 and flag in lines[0] and "must be" in lines[0], err
+    assert not (tmp_path / "runs").exists()
