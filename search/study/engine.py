@@ -135,6 +135,16 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
         study_name=name, storage=storage or open_storage(run.storage_url(cfg)),
         directions=cfg.directions, sampler=cfg.make_sampler(),
     )
+    _seed(study, cfg, space)
+    progress.log(f"run {name}: {run.dir}")
+    progress.log("space " + space.describe())
+    progress.log(plan.describe())
+    return _execute(cfg, run, study, tasks, space, plan, progress)
+
+
+def _seed(study: optuna.Study, cfg: RunConfig, space: JointSpace) -> None:
+    """A new study's attributes (objectives, and the config and space a worker joins with), then its
+    first trials queued: each model's baseline, and each technique's recipe with ``warm_start``."""
     study.set_metric_names([OBJECTIVES[o].study_metric for o in cfg.objectives])  # optuna-dashboard axes
     study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
     study.set_user_attr(SPACE_ATTR, space.to_mapping())
@@ -143,10 +153,6 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     if cfg.warm_start:
         for params in space.recipes():
             study.enqueue_trial(params, user_attrs={"recipe": True})
-    progress.log(f"run {name}: {run.dir}")
-    progress.log("space " + space.describe())
-    progress.log(plan.describe())
-    return _execute(cfg, run, study, tasks, space, plan, progress)
 
 
 def config_yaml(cfg: RunConfig) -> str:
@@ -208,13 +214,19 @@ def resume_search(
     _start_backend(cfg)
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
     write_unreadable(run.dir, tasks)
+    storage = open_storage(run.storage_url(cfg))
+    started = (run.dir / "trials").is_dir()
     try:
-        study = optuna.load_study(
-            study_name=name, storage=open_storage(run.storage_url(cfg)),
-            sampler=cfg.make_sampler(),
-        )
+        study = optuna.load_study(study_name=name, storage=storage, sampler=cfg.make_sampler())
     except KeyError:
-        raise UserError(f"the storage of run {name!r} has no study of that name") from None
+        if started:
+            raise UserError(f"the storage of run {name!r} has no study of that name") from None
+        # stopped between writing run.yaml and making its study (a kill at that moment): make it now
+        study = optuna.create_study(study_name=name, storage=storage, directions=cfg.directions,
+                                    sampler=cfg.make_sampler())
+    if not study.trials and not started:  # stopped before its first trials were queued
+        progress.log(f"resume {name}: the run stopped before its first trial; starting it")
+        _seed(study, cfg, space)
     recovered = recover(study, everything=True)
     if recovered:
         progress.log(f"resume: re-queued interrupted trial(s) {describe(recovered)}")

@@ -1,5 +1,6 @@
 """An interrupted search (kill -9 or Ctrl-C) resumes without losing or repeating a completed trial."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
+from search.config.run_config import RunConfig
 from tests.support.cli import ROOT, TINY, run_cli
 from tests.support.runs import slow_space
 
@@ -98,3 +101,27 @@ def test_resume_after_ctrl_c(runs_dir, tmp_path, capfd):
     code, _, err = run_cli(["search", "--runs-dir", str(runs), "--resume", name], capfd)
     assert code == 0, err
     check_resumed(runs / name, name, before)
+
+
+@pytest.mark.parametrize("stopped", ["before its study", "before its first trials"])
+def test_resume_of_a_run_stopped_at_its_start(runs_dir, capfd, stopped):
+    """A kill between writing run.yaml and queuing the first trials (the service's soak hit it: the
+    server killed while a search started) leaves a run folder whose study is missing or empty; resume
+    makes and seeds it, and runs the whole search."""
+    name = "early"
+    code, _, err = run_cli(["search", "--runs-dir", str(runs_dir), "--name", name, "--trials", "2",
+                            "--space", "quant-only", "--warm-start", "off", *TINY], capfd)
+    assert code == 0, err
+    run = runs_dir / name  # back to what the kill left: the settings written, nothing else
+    for path in run.iterdir():
+        if path.name not in ("run.yaml", "space.yaml"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if stopped == "before its first trials":
+        cfg = RunConfig.from_dict(yaml.safe_load((run / "run.yaml").read_text()))
+        optuna.create_study(study_name=name, storage=f"sqlite:///{run / 'study.db'}",
+                            directions=cfg.directions)
+    code, _, err = run_cli(["search", "--runs-dir", str(runs_dir), "--resume", name], capfd)
+    assert code == 0, err
+    trials = load(run, name).get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and trials[0].user_attrs["baseline"]
+    assert (run / "pareto.csv").is_file()
