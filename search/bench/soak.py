@@ -18,6 +18,7 @@ answers by status, latency percentiles, searches recovered after a kill, trials 
 from __future__ import annotations
 
 import contextlib
+import csv
 import http.client
 import json
 import math
@@ -585,12 +586,20 @@ def soak_service(
     caller may seed ``work/runs`` first, e.g. with a trained baseline); with ``runs_dir``, save its
     figures and every request under ``runs_dir/bench/service-soak-DATE.{json,csv}``."""
     work = work or Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    result = Soak(plan or SoakPlan(), work, log).run()
+    soak = Soak(plan or SoakPlan(), work, log)
+    result = soak.run()
     if runs_dir is not None:
         out = Path(runs_dir) / "bench" / f"service-soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.to_dict(), indent=1, default=str))
-        log(f"saved {out}")
+        with out.with_suffix(".csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["started_s", "ms", "method", "route", "status", "error"])
+            t0 = min((r.started for r in soak.client.log), default=0.0)
+            for r in soak.client.log:
+                row = [f"{r.started - t0:.3f}", f"{r.ms:.1f}", r.method, r.route, r.code, r.error or ""]
+                writer.writerow(row)
+        log(f"saved {out} and {out.with_suffix('.csv').name}")
     return result
 
 
