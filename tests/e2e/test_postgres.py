@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from search.study.cluster import EXIT_STORAGE, OWNER_ATTR, finished_count
 from tests.e2e.test_cluster import finish, popen, study_of, wait_for
 from tests.support import postgres
-from tests.support.cli import TINY
+from tests.support.cli import ROOT, TINY
 from tests.support.runs import building, slow_space
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -59,6 +59,16 @@ def test_fresh_databases_are_separate(postgres_url: str, fresh_database: str) ->
 # ---------------------------------------------------------------- a database restart under running workers
 
 RESTART_TRIALS = 5
+#: ``edgepareto worker`` with its imports (torch, timm, onnxruntime: many seconds on a busy machine)
+#: done before the run exists; it starts when the file argv[1] appears, so it joins while trials remain.
+WORKER_WHEN_READY = """
+import pathlib, sys, time
+from search.cli.main import main
+import search.study.engine
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.05)
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def _building(storage: optuna.storages.RDBStorage, name: str, run: Path, pid: int) -> bool:
@@ -79,10 +89,14 @@ def test_a_database_restart_under_running_workers(runs_dir, tmp_path):
     name, run = "db-restart", runs_dir / "db-restart"
     with postgres.restartable() as server:
         storage = postgres.new_database(server.url)
+        go = tmp_path / "go"
+        args = ["worker", name, "--storage", storage, "--quiet", "--db-retry-s", "2"]
+        worker = subprocess.Popen([sys.executable, "-c", WORKER_WHEN_READY, str(go), *args], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         driver = popen("search", "--runs-dir", str(runs_dir), "--name", name, "--trials",
                        str(RESTART_TRIALS), "--storage", storage, "--space", str(slow_space(tmp_path)), *TINY)
-        wait_for(lambda: study_of(storage, name, run) is not None, [driver], what="the study")
-        worker = popen("worker", name, "--storage", storage, "--quiet", "--db-retry-s", "2")
+        wait_for(lambda: study_of(storage, name, run) is not None, [driver, worker], what="the study")
+        go.touch()
         look = optuna.storages.RDBStorage(storage)
         wait_for(lambda: _building(look, name, run, worker.pid), [driver, worker], what="a worker trial")
         look.engine.dispose()
