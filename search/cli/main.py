@@ -238,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default resnet18,mobilenetv3_small_100,vit_tiny_patch16_224)")
     calibrate.add_argument("--img-size", type=_bounded("img_size"), default=32)
     calibrate.add_argument("--threads", type=_bounded("threads"), default=1)
-    calibrate.add_argument("--repeats", type=_bounded("repeats"), default=10, help="timed runs per pass (10)")
+    calibrate.add_argument(
+        "--repeats", type=_bounded("calibrate_repeats"), default=10, help="timed runs per pass (10)",
+    )
     calibrate.add_argument("--runs-dir", default="runs")
     calibrate.add_argument("--seed", type=_bounded("seed"), default=0)
 

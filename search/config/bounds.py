@@ -78,6 +78,7 @@ BOUNDS: dict[str, Bound] = {
 #: flags that are (``--img-size``, ``--threads``, ``--repeats``, ...) use ``BOUNDS``' entries.
 FLAG_BOUNDS: dict[str, Bound] = {
     "samples": Bound(1, 100_000),  # calibrate: models measured
+    "calibrate_repeats": Bound(1, 10_000),  # calibrate: timed runs per pass (a median of each pass)
     "train": Bound(1, 100_000),  # bench predictor: models fitted on
     "held_out": Bound(1, 100_000),  # bench predictor: models scored
     "seeds": Bound(1, 1000),  # bench search

@@ -119,6 +119,7 @@ def test_the_cli_says_one_line_and_exits_2(tmp_path, capfd, flags, needle):
     ["calibrate", "--img-size", "100000"],
     ["calibrate", "--threads", "0"],
     ["calibrate", "--repeats", "1e9"],
+    ["calibrate", "--repeats", "0"],
     ["calibrate", "--seed", "-1"],
     ["bench", "search", "--trials", str(10**30)],
     ["bench", "search", "--seeds", "100000"],
