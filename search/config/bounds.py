@@ -90,6 +90,7 @@ FLAG_BOUNDS: dict[str, Bound] = {
     "port": Bound(1, 65_535),
     "max_body_bytes": Bound(1024, 64 * 2**20, unit="bytes"),
     "batch": Bound(1, 4096),  # analyze
+    "db_retry_s": Bound(0, DAY_S, integer=False, unit="seconds"),  # search, worker: wait for the database
 }
 
 

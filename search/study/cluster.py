@@ -33,6 +33,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from search.config.bounds import bound_of
 from search.core.errors import UserError
 from search.core.optional import require
 from search.core.text import one_line
@@ -67,8 +68,9 @@ def db_retry_s(value: float | None = None) -> float:
             value = float(text) if text else DB_RETRY_S
         except ValueError:
             raise UserError(f"${DB_RETRY_ENV} must be a number of seconds, got {text!r}") from None
-    if not 0 <= value <= 86400:
-        raise UserError(f"--db-retry-s must be 0-86400 seconds, got {value:g}", "db_retry_s")
+    bound = bound_of("db_retry_s")
+    if not bound.contains(value):
+        raise UserError(f"--db-retry-s must be {bound.describe()}, got {value:g}", "db_retry_s")
     return value
 
 

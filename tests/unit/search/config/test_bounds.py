@@ -146,3 +146,12 @@ def test_the_other_commands_flags_are_bounded_too(tmp_path, capfd, argv):
     flag = next(a for a in argv if a.startswith("--") and a != "--soak")
     assert code == 2 and len(lines) == 1 and flag in lines[0] and "must be" in lines[0], err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("value", [-1.0, 86_401.0, float("nan"), float("inf")])
+def test_the_database_wait_is_bounded_by_the_same_table(value):
+    from search.study.cluster import db_retry_s
+
+    with pytest.raises(UserError, match="--db-retry-s must be a number of seconds from 0 to 86400"):
+        db_retry_s(value)
+    assert db_retry_s(0.0) == 0.0 and db_retry_s(86_400.0) == 86_400.0
