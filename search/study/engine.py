@@ -206,6 +206,7 @@ def resume_search(
     if bad:
         raise UserError(f"--resume cannot change {', '.join(bad)}")
     cfg = cfg.replace(**{k: v for k, v in changes.items() if v is not None})
+    check_inputs(cfg)
     _check_runs_root(run.root)
     progress = progress or Progress(cfg.objectives, cfg.directions, quiet=quiet)
     space = load_space(run, cfg)
@@ -326,6 +327,7 @@ def run_worker(
         cfg = cfg.replace(runs_dir=runs_dir)
     if cfg.backend == "ray":
         raise UserError(f"run {name!r} uses --backend ray; add nodes to its Ray cluster instead")
+    check_inputs(cfg)
     run = Run.at(name, cfg.runs_dir)
     _check_runs_root(run.root)
     run.pull_common()

@@ -66,8 +66,7 @@ def check_inputs(cfg: RunConfig) -> None:
 def prepare_all(
     cfg: RunConfig, runs_root: Path, log: Callable[[str], None], warn: Callable[[str], None]
 ) -> dict[str, Task]:
-    """One task per base model, in the order given."""
-    check_inputs(cfg)
+    """One task per base model, in the order given (the entry points ran ``check_inputs`` first)."""
     return {name: prepare(cfg, name, runs_root, log, warn) for name in cfg.models}
 
 
