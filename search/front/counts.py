@@ -64,6 +64,12 @@ class TrialCounts:
         return text
 
 
+def frozen_row(trial: Any) -> TrialRow:
+    """What counting needs of an Optuna trial (a ``FrozenTrial``, read only by its attributes)."""
+    a = trial.user_attrs
+    return TrialRow(trial.state.name, bool(a.get("interrupted")), str(a.get("fail_reason", "")))
+
+
 def count_trials(rows: Iterable[TrialRow], budget: int) -> TrialCounts:
     """Count trial rows against ``budget``; failures grouped by reason (its text before a colon)."""
     states: Counter[str] = Counter()

@@ -9,7 +9,6 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from search.front.counts import TrialRow
 from search.study.cluster import BASELINE_ATTR
 from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, is_feasible
 
@@ -47,10 +46,4 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "params_json": json.dumps(t.params, default=str),
         })
     return pd.DataFrame(rows)
-
-
-def frozen_row(trial: optuna.trial.FrozenTrial) -> TrialRow:
-    """What counting needs of a study's trial."""
-    a = trial.user_attrs
-    return TrialRow(trial.state.name, bool(a.get("interrupted")), str(a.get("fail_reason", "")))
 

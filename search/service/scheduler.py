@@ -27,7 +27,7 @@ from urllib.parse import quote
 import yaml
 
 from search.core.text import one_line
-from search.front.counts import TrialCounts, count_trials
+from search.front.counts import TrialCounts, count_trials, frozen_row
 from search.service.store import Job, JobStore
 
 #: Where the service keeps job files (config, log) inside the runs root.
@@ -220,8 +220,6 @@ def read_progress(runs_dir: Path, job_id: str, before: TrialCounts | None) -> Tr
         return before or TrialCounts(total)
     try:
         import optuna
-
-        from search.front.trials import frozen_row
 
         storage = optuna.storages.RDBStorage(study_url(db), skip_table_creation=True)
         try:

@@ -37,6 +37,7 @@ from search.config.bounds import bound_of
 from search.core.errors import UserError
 from search.core.optional import require
 from search.core.text import one_line
+from search.front.counts import count_trials, frozen_row
 
 HEARTBEAT_S = 5
 GRACE_S = 30
@@ -287,11 +288,10 @@ def lost(exc: StorageUnreachable) -> None:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards ``--trials``: finished, and not cut short by an interruption."""
-    return sum(
-        1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-        if not t.user_attrs.get("interrupted")
-    )
+    """Trials that count towards ``--trials``: finished, and not cut short by an interruption (the
+    rule of ``search.front.counts``, which ``show``, the service and the report count by)."""
+    rows = [frozen_row(t) for t in study.get_trials(deepcopy=False, states=FINISHED)]
+    return count_trials(rows, budget=0).counted
 
 
 def running_count(study: optuna.Study) -> int:

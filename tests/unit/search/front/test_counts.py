@@ -9,9 +9,9 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState, create_trial
 
-from search.front.counts import TrialCounts, TrialRow, count_trials, frame_counts
+from search.front.counts import TrialCounts, TrialRow, count_trials, frame_counts, frozen_row
 from search.front.run import load_run
-from search.front.trials import frozen_row, trials_frame
+from search.front.trials import trials_frame
 from search.outputs.report import header
 from search.service.scheduler import describe, read_progress
 from search.service.store import Job
