@@ -76,12 +76,26 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--model": (
         "model", _models, "timm model name, or a comma list searched together (default resnet18)"
     ),
-    "--checkpoint": ("checkpoint", str, "state_dict or whole saved model to start from"),
+    "--checkpoint": (
+        "checkpoint", str, "timm checkpoint to start from: .safetensors, or .pth/.pt with state_dict, "
+        "state_dict_ema or model (a classifier for other classes is re-initialised)"
+    ),
+    "--pretrained": (
+        "pretrained", _on_off, "start from timm's pretrained weights (Hugging Face cache; HF_HUB_OFFLINE=1 "
+        "works when cached), classifier reset to the data's classes"
+    ),
     "--teacher": (
         "teacher", str, "distillation teacher: base (default), a timm model name, or a checkpoint"
     ),
     "--data": ("data", str, "'digits' (embedded default) or an ImageFolder path"),
     "--img-size": ("img_size", int, "input size in pixels (default 32)"),
+    "--augment": (
+        "augment", str, "training augmentation: none, light (random resized crop, flip) or strong "
+        "(plus RandAugment); default light for an ImageFolder, none for digits"
+    ),
+    "--workers": (
+        "workers", int, "data loader processes reading an ImageFolder (default: half the cores, at most 8)"
+    ),
     "--patch-size": ("patch_size", int, "ViT patch size (default: a grid of at least 8x8 patches)"),
     "--epochs": ("epochs", int, "baseline training epochs when no checkpoint (default 15, ViTs 30)"),
     "--batch-size": ("batch_size", int, "training batch size (default 64)"),
@@ -142,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="run a compression search")
     for flag, (dest, kind, text) in SEARCH_OPTIONS.items():
+        if flag == "--pretrained":  # a bare --pretrained means on
+            search.add_argument(flag, dest=dest, type=kind, nargs="?", const=True, default=None, help=text)
+            continue
         search.add_argument(flag, dest=dest, type=kind, default=None, help=text)
     search.add_argument("--config", help="YAML run config; flags override it")
     search.add_argument("--runs-dir", default=None, help="where runs are written (default runs)")

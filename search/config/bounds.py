@@ -61,6 +61,7 @@ BOUNDS: dict[str, Bound] = {
     "patch_size": Bound(1, 2048),
     "epochs": Bound(0, 1000),
     "batch_size": Bound(1, 4096),
+    "workers": Bound(0, 256),
     "trials": Bound(1, 100_000),
     "timeout": Bound(0, 30 * DAY_S, integer=False, open_low=True, unit="seconds"),
     "trial_timeout": Bound(0, 30 * DAY_S, integer=False, open_low=True, unit="seconds"),

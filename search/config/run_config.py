@@ -18,6 +18,7 @@ from search.core.errors import UserError
 from search.study.samplers import SAMPLERS, create_sampler
 
 LATENCY_MODES = ("measure", "predict", "hybrid")
+AUGMENTS = ("none", "light", "strong")
 BACKENDS = ("optuna", "ray")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -29,15 +30,18 @@ class RunConfig:
     name: str | None = None
     runs_dir: str = "runs"
     model: str | tuple[str, ...] = "resnet18"  # several: the model becomes a searched choice
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # timm checkpoint formats: .safetensors, .pth/.pt (state_dict, ema, model)
+    pretrained: bool = False  # timm's pretrained weights from the Hugging Face cache, classifier reset
     teacher: str = "base"  # distillation teacher: base, a timm model name, or a checkpoint file
     data: str = "digits"
     img_size: int = 32
+    augment: str | None = None  # none | light | strong; None: light for an ImageFolder, none for digits
+    workers: int | None = None  # DataLoader processes for an ImageFolder; None: data.default_workers
     patch_size: int | None = None  # ViTs only; None: chosen from img_size (see models.patch_size_for)
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 0
-    epochs: int | None = None  # None: per architecture (15 CNNs, 30 ViTs), see models.TRAINING
+    epochs: int | None = None  # None: per architecture and start (scratch or not), models.training_for
     batch_size: int = 64
     lr: float | None = None  # None: per architecture, see models.TRAINING
     finetune_lr: float | None = None
@@ -99,6 +103,15 @@ class RunConfig:
             raise UserError("--model lists a model twice", field="model")
         if self.checkpoint is not None and len(self.models) > 1:
             raise UserError("--checkpoint needs a single --model", field="checkpoint")
+        if self.checkpoint is not None and self.pretrained:
+            raise UserError(
+                "--pretrained and --checkpoint both give the starting weights: choose one",
+                field="pretrained",
+            )
+        if self.augment is not None and self.augment not in AUGMENTS:
+            raise UserError(
+                f"--augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}", field="augment",
+            )
         for key in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, key) < 0.5:
                 raise UserError(f"--{key.replace('_', '-')} must lie in (0, 0.5)", field=key)
