@@ -380,6 +380,9 @@ def _show(args: argparse.Namespace) -> int:
     run = _load(args)
     print(run.table())
     print(f"trials: {run.counts().describe()}")
+    stages = run.time_per_stage()
+    if stages:
+        print(stages)
     return 0
 
 

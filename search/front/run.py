@@ -18,6 +18,7 @@ from search.core.cells import latency_label
 from search.core.errors import UserError
 from search.core.layout import RESULT_FILES
 from search.front.counts import TrialCounts, frame_counts
+from search.front.trials import stage_seconds, stage_shares
 from search.outputs.selection import Budget, Selection, select
 
 
@@ -36,6 +37,10 @@ class Report:
     def counts(self) -> TrialCounts:
         """The run's trials against its budget (the numbers ``show``, the service and the report give)."""
         return frame_counts(self.trials, int(self.summary.get("config", {}).get("trials", len(self.trials))))
+
+    def time_per_stage(self) -> str | None:
+        """Where the trials' time went, as ``show`` prints it (see :func:`time_per_stage`)."""
+        return time_per_stage(self.trials)
 
     @property
     def config(self) -> RunConfig:
@@ -84,6 +89,19 @@ def format_table(pareto: pd.DataFrame) -> str:
             latency_label(src, err) for src, err in zip(pareto["latency_source"], errors)
         ])
     return view.to_string(index=False)
+
+
+def time_per_stage(trials: pd.DataFrame) -> str | None:
+    """``time per stage: train 61%, accuracy 18%, ... (median trial 12.3 s)``: the stages' shares of the
+    time of the completed, non-duplicate trials that recorded stage times, largest first, 0% left out;
+    None when none did (a run from before stage times)."""
+    original = trials.reindex(columns=["duplicate_of"])["duplicate_of"].isna()
+    seconds = stage_seconds(trials[(trials["state"].astype(str) == "COMPLETE") & original])
+    shares = stage_shares(seconds.sum().to_dict())
+    parts = [f"{s} {p:.0%}" for s, p in sorted(shares.items(), key=lambda sp: -sp[1]) if f"{p:.0%}" != "0%"]
+    if not parts:
+        return None
+    return f"time per stage: {', '.join(parts)} (median trial {seconds.sum(axis=1).median():.1f} s)"
 
 
 def load_run(path: str | Path) -> Report:

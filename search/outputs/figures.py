@@ -13,7 +13,9 @@ import pandas as pd
 
 from search.config.objectives import OBJECTIVES
 from search.core.optional import require
+from search.core.stages import STAGES
 from search.front.pareto import hypervolume_curve as hypervolume_curve_of
+from search.front.trials import stage_seconds
 
 go = require("plotly.graph_objects", "report.html")
 
@@ -25,6 +27,9 @@ METRIC_AXES = (("accuracy % (val)", "val_accuracy", 100.0, ".1f"), ("latency ms"
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "cross")
 COLORSCALE = "Viridis"
 BUDGET_COLOR = "#c0392b"
+#: Where the time goes: a fixed colour per stage, given in ``STAGES`` order (cycled past the eighth).
+STAGE_PALETTE = ("#2a6fdb", "#8e6bd1", "#e67e22", "#16a085", "#c0392b", "#e4b429", "#34495e", "#9aa3ad")
+STAGE_COLORS = {stage: STAGE_PALETTE[i % len(STAGE_PALETTE)] for i, stage in enumerate(STAGES)}
 
 
 # ---- reading the tables -------------------------------------------------------------------------
@@ -307,6 +312,35 @@ def parallel_figure(trials: pd.DataFrame) -> go.Figure:
         labelangle=-30, labelside="top", labelfont={"size": 11}, tickfont={"size": 10},
     ))
     fig.update_layout(template="plotly_white", height=520, margin={"l": 100, "r": 60, "t": 120, "b": 30})
+    return fig
+
+
+def stage_figure(trials: pd.DataFrame) -> go.Figure | None:
+    """Where the time goes: the seconds per stage of each trial that recorded them, stacked in ``STAGES``
+    order (x: trial number); hover gives the seconds and the share of the trial (and the state of one
+    that did not complete). None when no trial recorded stage times (a run from before them)."""
+    seconds = stage_seconds(trials)
+    if seconds.empty:
+        return None
+    totals = seconds.sum(axis=1)
+    shares = seconds.div(totals.where(totals > 0), axis=0).fillna(0.0)
+    state = dict(zip(trials["trial"].astype(int), trials["state"].astype(str))) if "state" in trials else {}
+    notes = [f", {state[t].lower()}" if state.get(t, "COMPLETE") != "COMPLETE" else "" for t in seconds.index]
+    fig = go.Figure()
+    for stage in STAGES:
+        fig.add_trace(go.Bar(
+            x=seconds.index.tolist(), y=seconds[stage].tolist(), name=stage,
+            marker={"color": STAGE_COLORS[stage]},
+            customdata=[[share, total, note] for share, total, note in zip(shares[stage], totals, notes)],
+            hovertemplate=(f"trial %{{x}}%{{customdata[2]}} (%{{customdata[1]:.3g}} s)<br>{stage}: "
+                           "%{y:.3g} s, %{customdata[0]:.0%} of the trial<extra></extra>"),
+        ))
+    fig.update_layout(
+        barmode="stack", template="plotly_white", height=420, margin={"l": 70, "r": 30, "t": 20, "b": 60},
+        xaxis={"title": {"text": "trial"}, "type": "category"}, yaxis_title="seconds",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0, "traceorder": "normal"},
+        hoverlabel={"align": "left"},
+    )
     return fig
 
 

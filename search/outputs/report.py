@@ -9,6 +9,7 @@ Pareto table and :func:`write_report` writes the page atomically.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,6 +18,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from search.config.objectives import OBJECTIVES
+from search.core import stages
 from search.core.atomic import write_with
 from search.core.layout import REPORT_FILE, FinishedRun
 from search.core.optional import require
@@ -31,6 +33,7 @@ from search.outputs.figures import (
     parallel_figure,
     pareto_figure,
     several_models,
+    stage_figure,
 )
 
 pio = require("plotly.io", "report.html")
@@ -149,6 +152,26 @@ def latency_phrase(report: FinishedRun) -> str:
     return f"median ms, measured side by side on {target}"
 
 
+def stage_note() -> str:
+    """What the stage names mean, as HTML: the part of ``search.core.stages``'s docstring after its
+    first paragraph (the one definition)."""
+    text = " ".join((stages.__doc__ or "").split("\n\n", 1)[-1].split())
+    return re.sub(r"``(.+?)``", r"<code>\1</code>", html.escape(text))
+
+
+def stage_section(plot: str | None) -> str:
+    """The "Where the time goes" section around its plot; empty without one (no stage times)."""
+    if plot is None:
+        return ""
+    return f"""<section id="stages">
+<h2>Where the time goes</h2>
+<p class="note">Seconds per stage of each trial that recorded them, stacked; hover for the seconds and
+the share of the trial. The stages are those of <code>search/core/stages.py</code>: {stage_note()}</p>
+{plot}
+</section>
+"""
+
+
 # ---- the page ---------------------------------------------------------------------------------
 
 CSS = """
@@ -190,8 +213,10 @@ def build_page(report: FinishedRun) -> str:
         ("pareto-plot", pareto_figure(report.pareto, report.trials, cfg, mode)),
         ("hypervolume-plot", hypervolume_figure(curve, report.trials)),
         ("parallel-plot", parallel_figure(report.trials)),
+        ("stages-plot", stage_figure(report.trials)),
     ]
-    plots = {name: _figure_html(fig, name, i == 0) for i, (name, fig) in enumerate(figures)}
+    plots = {name: _figure_html(fig, name, i == 0)
+             for i, (name, fig) in enumerate(figures) if fig is not None}
     links = model_links(report.pareto, report.trials, report.run_dir)
     box = ", ".join(HV_BOX[k] for k in objectives if k in HV_BOX)
     title = html.escape(str(s.get("run", report.run_dir.name)))
@@ -233,7 +258,7 @@ are shown; <code>{ABSENT}</code>: the parameter did not apply (its technique was
 to filter.</p>
 {plots["parallel-plot"]}
 </section>
-<section id="models">
+{stage_section(plots.get("stages-plot"))}<section id="models">
 <h2>Pareto models</h2>
 <p class="note">Test split; drop in points below the baseline; speed-up and compression against the
 baseline; latency source after each latency. Links are relative to this report.</p>

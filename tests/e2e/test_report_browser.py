@@ -11,11 +11,18 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 import pytest
 
+from search.front.trials import stage_seconds
 from tests.support.browser import Chromium, Rendered, png_size, requires_chromium
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 PLOTS = ["pareto-plot", "hypervolume-plot", "parallel-plot"]
+
+
+def plots_of(run: Path) -> list[str]:
+    """The plots of ``run``'s report: ``PLOTS``, then where the time goes when its trials recorded it."""
+    timed = not stage_seconds(pd.read_csv(run / "trials.csv")).empty
+    return PLOTS + (["stages-plot"] if timed else [])
 
 
 # ---- in the browser ---------------------------------------------------------------------------
@@ -25,8 +32,8 @@ def check_report_page(page: Rendered, run: Path, rows: int) -> None:
     """What a good report shows in the browser; raises AssertionError otherwise."""
     assert not page.errors, f"JavaScript errors: {page.errors}"
     assert not page.requests, f"network requests: {page.requests}"
-    assert page.probe["plots"] == PLOTS, f"plot divs: {page.probe['plots']}"
-    assert page.probe["rendered"] == PLOTS, f"plots drawn: {page.probe['rendered']}"
+    assert page.probe["plots"] == plots_of(run), f"plot divs: {page.probe['plots']}"
+    assert page.probe["rendered"] == plots_of(run), f"plots drawn: {page.probe['rendered']}"
     assert page.probe["rows"].get("pareto-table") == rows, f"table rows: {page.probe['rows']}"
     assert len(page.probe["links"]) == rows
     for link in page.probe["links"]:
@@ -63,6 +70,23 @@ def test_report_in_chromium_after_copying_the_run(chromium, report_run, tmp_path
 
 
 @requires_chromium
+def test_report_in_chromium_with_stage_times(chromium, report_run, tmp_path):
+    """Where the time goes, drawn as the fifth plot when the trials recorded their stage times."""
+    from search import load_run
+    from search.core.stages import STAGE_KEYS
+
+    run = tmp_path / "timed"
+    shutil.copytree(report_run, run)
+    trials = pd.read_csv(run / "trials.csv")
+    trials[list(STAGE_KEYS)] = [[0.5 * (i + 1) for i in range(len(STAGE_KEYS))]] * len(trials)
+    trials.to_csv(run / "trials.csv", index=False)
+    load_run(run).write_report()
+    page = chromium.render(run / "report.html")
+    assert plots_of(run)[-1] == "stages-plot"
+    check_report_page(page, run, rows=len(pd.read_csv(run / "pareto.csv")))
+
+
+@requires_chromium
 def test_harness_catches_a_javascript_error(chromium, report_run, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text(
@@ -89,7 +113,7 @@ def test_harness_catches_a_missing_or_undrawn_plot(chromium, report_run, tmp_pat
     with pytest.raises(AssertionError, match="plot divs"):
         check_report_page(got, report_run, rows)
     undrawn = tmp_path / "undrawn.html"  # the divs are there, nothing draws into them
-    divs = "".join(f'<div id="{p}" class="plotly-graph-div"></div>' for p in PLOTS)
+    divs = "".join(f'<div id="{p}" class="plotly-graph-div"></div>' for p in plots_of(report_run))
     undrawn.write_text(f"<html><body>{divs}{table}</body></html>", encoding="utf-8")
     got = chromium.render(undrawn, wait_ms=1000)
     with pytest.raises(AssertionError, match="plots drawn"):

@@ -1,7 +1,8 @@
 """Tiny studies for the engine's unit tests: an Optuna study on SQLite (as a run's ``study.db``) and a
 lightweight objective with exactly what ``search.study.engine._loop`` and ``search.study.runner.run_trial``
 use of a real ``Objective`` (``cfg``, ``plan.local_device``, ``run_dir``, ``publish`` and the call), so
-the loop runs in milliseconds with no training, export or measurement."""
+the loop runs in milliseconds with no training, export or measurement; and a study whose trials recorded
+their stage times (``timed_study``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import optuna
 
 from search.config.run_config import RunConfig
+from search.core.stages import STAGES, stage_key
 from search.study.cluster import open_storage
 from search.study.progress import Progress
 
@@ -91,3 +93,28 @@ def dead_pid() -> int:
     except ProcessLookupError:
         return pid
     raise AssertionError(f"pid {pid} was reused at once; run the test again")
+
+
+def stage_attrs(**seconds: float) -> dict[str, float]:
+    """The user attributes of a trial that recorded its stage times: ``seconds`` (stage -> s), the
+    other stages 0."""
+    return {stage_key(s): float(seconds.get(s, 0.0)) for s in STAGES}
+
+
+def timed_study() -> optuna.Study:
+    """An in-memory study whose trials recorded stage times, but for a failure's, a duplicate's and an
+    older version's. Completed with times: 0 (4 s), 1 (16.1 s), 5 (8 s); failed with times: 2 (30 s)."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    done, failed = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+    rows = [
+        (done, [0.90, 2.0], {"baseline": True, **stage_attrs(accuracy=2, latency=1, export=1)}),
+        (done, [0.85, 1.0], stage_attrs(train=12, recalibrate=0.1, accuracy=2, export=1, quantize=0.5,
+                                        other=0.5)),
+        (failed, None, {"fail_reason": "CandidateError: export failed", **stage_attrs(train=30)}),
+        (done, [0.85, 1.0], {"duplicate_of": 1}),  # reused trial 1's result: no time of its own
+        (done, [0.70, 0.5], {"techniques": "from before stage times"}),
+        (done, [0.70, 0.5], stage_attrs(train=6, accuracy=1, latency=1)),
+    ]
+    for state, values, attrs in rows:
+        study.add_trial(optuna.trial.create_trial(state=state, values=values, user_attrs=attrs))
+    return study

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import optuna
@@ -19,6 +20,8 @@ from search.core.errors import UserError
 from search.front.pareto import hypervolume, is_dominated, pareto_front
 from search.front.run import format_table, load_report, load_run
 from search.front.trials import trials_frame
+from tests.support.cli import run_cli
+from tests.support.studies import stage_attrs
 
 MAX_MIN = ["maximize", "minimize"]
 MIN_MIN = ["minimize", "minimize"]
@@ -91,8 +94,10 @@ def test_hypervolume(points, directions, reference, volume):
 CFG = RunConfig(name="demo", model="resnet18", trials=4, target="rpi4", latency="predict")
 
 
-def finished_study() -> optuna.Study:
-    """The trials a short search leaves: a baseline, two candidates, one failure."""
+def finished_study(stages: Mapping[int, Mapping[str, float]] | None = None) -> optuna.Study:
+    """The trials a short search leaves: a baseline, two candidates, one failure; ``stages``: trial
+    number -> the seconds per stage it recorded (none by default, as a run from before stage times)."""
+    stages = stages or {}
     study = optuna.create_study(directions=CFG.directions)
     rows = [
         (TrialState.COMPLETE, [0.96, 4.0, 2.0], {"baseline": True, "techniques": "baseline"}),
@@ -104,6 +109,8 @@ def finished_study() -> optuna.Study:
         if values is not None:
             attrs = {**attrs, "model": "resnet18", "accuracy": values[0], "latency_ms": values[1],
                      "size_mb": values[2], "artifact": f"trials/{number:04d}/model.onnx"}
+        if number in stages:
+            attrs = {**attrs, **stage_attrs(**stages[number])}
         study.add_trial(create_trial(state=state, values=values, user_attrs=attrs))
     return study
 
@@ -210,6 +217,23 @@ def test_format_table_adds_columns_only_when_they_say_something(run_dir):
     header = format_table(two_models).splitlines()[0].split()
     assert header[:3] == ["trial", "model", "role"]
     assert format_table(two_models).splitlines()[2].split()[:2] == ["1", "vit_tiny"]
+
+
+def test_show_prints_where_the_time_goes(run_dir, capfd):
+    """After the table and the trial counts; nothing for a run from before stage times. The failed
+    trial's 30 s of training are left out: the shares are of the completed trials' time."""
+    show = ["show", "demo", "--runs-dir", str(run_dir.parent)]
+    code, out, _ = run_cli(show, capfd)
+    assert code == 0 and out.splitlines()[-1].startswith("trials: ") and "time per stage" not in out
+    stages = {0: {"accuracy": 2, "latency": 1, "export": 1}, 2: {"train": 30},
+              1: {"train": 12, "recalibrate": 0.1, "accuracy": 2, "export": 1, "quantize": 0.5, "other": 0.5},
+              3: {"train": 6, "accuracy": 1, "latency": 1}}
+    trials_frame(finished_study(stages)).to_csv(run_dir / "trials.csv", index=False)
+    code, out, _ = run_cli(show, capfd)
+    *_, counts, line = out.splitlines()
+    assert code == 0 and counts.startswith("trials: ")
+    assert line == ("time per stage: train 64%, accuracy 18%, export 7%, latency 7%, quantize 2%, "
+                    "other 2% (median trial 8.0 s)")
 
 
 def test_a_missing_folder_is_a_user_error(tmp_path):

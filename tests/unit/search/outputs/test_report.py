@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,8 +16,18 @@ import pytest
 
 from search import load_run
 from search.core.errors import UserError
-from search.outputs.figures import ABSENT, hypervolume_curve, param_dimensions, pareto_figure
+from search.core.stages import STAGE_KEYS, STAGES
+from search.front.trials import trials_frame
+from search.outputs.figures import (
+    ABSENT,
+    STAGE_COLORS,
+    hypervolume_curve,
+    param_dimensions,
+    pareto_figure,
+    stage_figure,
+)
 from search.outputs.report import model_links, pareto_table, write_report
+from tests.support.studies import timed_study
 
 PLOTS = ["pareto-plot", "hypervolume-plot", "parallel-plot"]
 ACC_LAT = {"accuracy": "maximize", "latency": "minimize"}
@@ -152,6 +164,33 @@ def test_model_links_and_table_escape_text(tmp_path):
     assert "predicted:analytic ±12%" in table
 
 
+def test_stage_figure_stacks_each_trials_stages(tmp_path):
+    """One bar per trial that recorded stage times (the failed trial 2 too; not the duplicate 3 nor the
+    older 4), one segment per stage in order and colour; each stack is the trial's total."""
+    frame = trials_frame(timed_study())
+    frame.to_csv(tmp_path / "trials.csv", index=False)
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    fig = stage_figure(trials)
+    assert fig is not None and fig.layout.barmode == "stack"
+    assert [t.name for t in fig.data] == list(STAGES)
+    assert [t.marker.color for t in fig.data] == [STAGE_COLORS[s] for s in STAGES]
+    assert len(set(STAGE_COLORS.values())) == len(STAGES)  # a colour of its own per stage
+    assert all(list(t.x) == [0, 1, 2, 5] for t in fig.data)
+    totals = trials.set_index("trial").loc[[0, 1, 2, 5], list(STAGE_KEYS)].sum(axis=1)
+    assert np.sum([t.y for t in fig.data], axis=0) == pytest.approx(totals.to_numpy())
+    train = fig.data[STAGES.index("train")]
+    assert [share for share, _, _ in train.customdata] == pytest.approx([0, 12 / 16.1, 1, 6 / 8])
+    assert [total for _, total, _ in train.customdata] == pytest.approx([4, 16.1, 30, 8])
+    assert [note for _, _, note in train.customdata] == ["", "", ", fail", ""]
+    assert "%{y:.3g} s" in train.hovertemplate and "%{customdata[0]:.0%} of the trial" in train.hovertemplate
+
+
+def test_no_stage_figure_without_stage_times():
+    assert stage_figure(trials_table([(0, "COMPLETE", True, 0.9, 2, 4, None)])) is None  # an older run
+    frame = trials_frame(timed_study())
+    assert stage_figure(frame[frame["trial"].isin([3, 4])]) is None
+
+
 # ---- the page ---------------------------------------------------------------------------------
 
 
@@ -194,3 +233,37 @@ def test_report_escapes_run_text(report_run, tmp_path):
     pareto.to_csv(run / "pareto.csv", index=False)
     page = write_report(load_run(run)).read_text(encoding="utf-8")
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+
+
+REPORT_SCRIPT = """
+import sys
+from search import load_run
+run = load_run(sys.argv[1])
+run.write_report()
+print(run.time_per_stage())
+print([m for m in sys.argv[2:] if m in sys.modules])
+"""
+
+
+def test_report_shows_where_the_time_goes_without_model_code(report_run, tmp_path):
+    """With stage times in trials.csv: the stacked bars after the other figures, written in a fresh
+    interpreter that imports no model code; without them (an older run): no section, no error."""
+    run = tmp_path / "run"
+    shutil.copytree(report_run, run)
+    trials = pd.read_csv(run / "trials.csv")
+    for i, key in enumerate(STAGE_KEYS):
+        trials[key] = 0.5 * (i + 1)
+    trials.to_csv(run / "trials.csv", index=False)
+    done = subprocess.run([sys.executable, "-c", REPORT_SCRIPT, str(run), "torch", "timm", "onnxruntime"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line, heavy = done.stdout.strip().splitlines()[-2:]
+    assert line.startswith("time per stage: other 22%, latency 19%,") and heavy == "[]"
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert page.index('id="parallel-plot"') < page.index('id="stages-plot"') < page.index('id="pareto-table"')
+    assert "Where the time goes" in page and "<code>compress</code>" in page  # the stages' meaning
+
+    trials.drop(columns=list(STAGE_KEYS)).to_csv(run / "trials.csv", index=False)
+    page = write_report(load_run(run)).read_text(encoding="utf-8")
+    assert 'id="stages-plot"' not in page and "Where the time goes" not in page
+    assert all(f'id="{p}"' in page for p in PLOTS)
