@@ -33,6 +33,7 @@ from search.front.trials import trials_frame
 from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, baseline_trial, is_feasible
 from search.study.progress import Progress
 from search.task.baseline import Task
+from search.task.preprocess import Preprocess
 from targets import Latency, Target
 from targets.latency import LatencyPlan
 
@@ -151,7 +152,8 @@ def _summary(
             "layout": "NCHW float32 RGB scaled to [0, 1], then (x - mean) / std",
             "mean": list(task.mean), "std": list(task.std),
             "classes": list(task.data.classes),
-            "by_model": {m: {"mean": list(t.mean), "std": list(t.std)} for m, t in tasks.items()},
+            **_transform(task),
+            "by_model": {m: _transform(t) for m, t in tasks.items()},
         },
         "split_sizes": {
             "train": len(task.data.train), "val": len(task.data.val), "test": len(task.data.test)
@@ -161,3 +163,13 @@ def _summary(
             "onnxruntime": ort.__version__, "torch": torch.__version__, "optuna": optuna.__version__,
         },
     }
+
+
+def _transform(task: Task) -> dict[str, Any]:
+    """The task's evaluation transform as summary.json records it (its fields and one line). Without
+    one (task or data), images were squashed to S x S, bilinear."""
+    # getattr: until Task.preprocess and Dataset.preprocess land (search/task/baseline.py, data.py)
+    prep = getattr(task, "preprocess", None) or getattr(task.data, "preprocess", None) or Preprocess(
+        task.img_size, task.mean, task.std, crop_pct=1.0, interpolation="bilinear", mode="squash"
+    )
+    return {**prep.to_dict(), "transform": prep.describe()}

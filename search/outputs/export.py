@@ -1,8 +1,9 @@
 """Export one trial of a finished run as a deployable bundle.
 
 The bundle is a folder holding ``model.onnx`` (the trial's file, byte-identical), ``model.json`` (the
-model card: metrics, input spec, preprocessing, class names, checksum), ``predict.py`` (a standalone
-script needing only onnxruntime, numpy and Pillow) and ``README.txt``.
+model card: metrics, input spec, the evaluation transform, class names, checksum), ``predict.py`` (a
+standalone script needing only onnxruntime, numpy and Pillow, applying that transform) and
+``README.txt``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import pandas as pd
 from search.core.cells import latency_label, plain
 from search.core.errors import UserError
 from search.core.layout import MODEL_FILE, PARAMS_FILE, FinishedRun, trial_dir, trial_name
+from search.task.preprocess import Preprocess
 
 #: The source of the bundle's ``predict.py``.
 PREDICT_SOURCE = Path(__file__).with_name("predict_template.py")
 #: Bumped when model.json changes incompatibly.
 CARD_FORMAT = "edgepareto-bundle/1"
-#: How images become inputs, for ImageFolder data (search/task/data.py) and in predict.py.
-RESIZE = "Pillow: image.convert('RGB').resize((S, S), Image.Resampling.BILINEAR)"
+#: What runs whose summary.json predates the recorded transform did: every image squashed to S x S.
+LEGACY = {"crop_pct": 1.0, "interpolation": "bilinear", "mode": "squash"}
 
 
 def export_trial(report: FinishedRun, trial: int, to: Path) -> Path:
@@ -77,10 +79,9 @@ def model_card(report: FinishedRun, row: pd.Series, model_file: Path) -> dict[st
     final = front.iloc[0] if len(front) else None
     reference = report.pareto.iloc[0]
     prep = summary.get("preprocessing", {})
-    norm = prep.get("by_model", {}).get(model, {"mean": prep.get("mean"), "std": prep.get("std")})
     inputs, outputs = _io_specs(model_file)
     config = summary.get("config", {})
-    size = config.get("img_size") or inputs[0]["shape"][-1]
+    transform = bundle_preprocess(prep, model, config.get("img_size") or inputs[0]["shape"][-1])
     params = _technique_params(report.run_dir, number, row)
     source = final if final is not None else row
     latency = {
@@ -123,12 +124,12 @@ def model_card(report: FinishedRun, row: pd.Series, model_file: Path) -> dict[st
         "output": {**outputs[0], "meaning": "class scores (logits) in the order of classes; softmax gives "
                    "probabilities"},
         "preprocessing": {
-            "image_size": size,
+            "image_size": transform.img_size,
             "color": "RGB",
-            "resize": RESIZE.replace("S, S", f"{size}, {size}"),
+            "resize": _pillow_steps(transform),
             "scale": "pixel / 255 (to [0, 1])",
-            "mean": norm["mean"],
-            "std": norm["std"],
+            **transform.to_dict(),
+            "transform": transform.describe(),
             "layout": prep.get("layout", "NCHW float32 RGB scaled to [0, 1], then (x - mean) / std"),
             "trained_on": config.get("data"),
         },
@@ -140,9 +141,30 @@ def model_card(report: FinishedRun, row: pd.Series, model_file: Path) -> dict[st
     if config.get("data") == "digits":
         card["preprocessing"]["note"] = (
             "trained on the embedded 8x8 digits (values / 16, upsampled by torch bilinear "
-            "interpolation); image files go through the Pillow resize above, as ImageFolder data does"
+            "interpolation); image files are squashed by the Pillow resize above"
         )
     return card
+
+
+def bundle_preprocess(prep: dict[str, Any], model: str, size: int) -> Preprocess:
+    """The evaluation transform of ``model`` from summary.json's "preprocessing" block: its
+    ``by_model`` entry, else the block itself; fields an older summary lacks are what those runs
+    did (squash to ``size`` x ``size``, bilinear)."""
+    entry = prep.get("by_model", {}).get(model) or prep
+    return Preprocess.from_dict({"img_size": size, **LEGACY, "mean": prep.get("mean"),
+                                 "std": prep.get("std"), **entry})
+
+
+def _pillow_steps(p: Preprocess) -> str:
+    """The transform as Pillow calls (what predict.py does)."""
+    flt = f"Image.Resampling.{p.interpolation.upper()}"
+    if p.mode == "squash":
+        return f"Pillow: image.convert('RGB').resize(({p.img_size}, {p.img_size}), {flt})"
+    return (
+        f"Pillow: image.convert('RGB').resize((w, h), {flt}) with the shorter side {p.resize_size} and "
+        f"the longer one truncated (torchvision Resize({p.resize_size})), then .crop() of the centred "
+        f"{p.img_size}x{p.img_size} box, offsets rounded (torchvision CenterCrop({p.img_size}))"
+    )
 
 
 def _trial_row(report: FinishedRun, trial: int) -> pd.Series:
@@ -238,6 +260,7 @@ def _readme(card: dict[str, Any]) -> str:
         "Run: pip install onnxruntime numpy pillow && python predict.py photo.jpg [--top 3] [--json]",
         f"Input {card['input']['name']}: {card['input']['dtype']} {shape} "
         f"({card['input'].get('layout', '')}), see model.json 'preprocessing'.",
+        f"Preprocessing (predict.py applies it): {card['preprocessing']['transform']}.",
         f"{acc}; {timing}; {m['size_mb']:.3f} MB.",
         "",
     ])

@@ -7,11 +7,14 @@ On the board (or any machine with Python 3)::
     python predict.py photo.jpg [more.png ...] [--top 3] [--json]
 
 Needs only onnxruntime, numpy and Pillow. ``model.json`` beside this file gives the input size,
-mean, std and class names. Images are preprocessed exactly as edgepareto trained on ImageFolder
-data: Pillow ``convert("RGB")``, ``resize((S, S), BILINEAR)``, scaled to [0, 1], then
-``(x - mean) / std`` per channel, NCHW float32. A ``.npy`` file may hold an image array
-(H x W x 3 or H x W, uint8: preprocessed like an image) or an already preprocessed float array
-(N x 3 x S x S or 3 x S x S: used as it is).
+class names and the evaluation transform ("preprocessing"), which this script applies exactly as
+timm's eval transform (torchvision on a PIL image) does: Pillow ``convert("RGB")``; in mode
+``crop``, ``resize`` so the shorter side is ``resize_size`` (``floor(S / crop_pct)``, the other side
+truncated) with the recorded interpolation, then the centre S x S box (offsets rounded); in mode
+``squash`` (the embedded digits, and runs from before the crop mode), ``resize((S, S))``. Then
+scaled to [0, 1], ``(x - mean) / std`` per channel, NCHW float32. A ``.npy`` file may hold an
+image array (H x W x 3 or H x W, uint8: preprocessed like an image) or an already preprocessed
+float array (N x 3 x S x S or 3 x S x S: used as it is).
 """
 
 from __future__ import annotations
@@ -26,15 +29,39 @@ import onnxruntime as ort
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-BILINEAR = getattr(Image, "Resampling", Image).BILINEAR  # Pillow < 9.1 has no Image.Resampling
+_FILTERS = getattr(Image, "Resampling", Image)  # Pillow < 9.1 has no Image.Resampling
+#: The card's interpolation names as Pillow filters (torchvision maps its modes to the same ones).
+FILTERS = {
+    "nearest": _FILTERS.NEAREST, "bilinear": _FILTERS.BILINEAR, "bicubic": _FILTERS.BICUBIC,
+    "lanczos": _FILTERS.LANCZOS, "box": _FILTERS.BOX, "hamming": _FILTERS.HAMMING,
+}
+
+
+def transform(image: Image.Image, prep: dict) -> Image.Image:
+    """The card's resize and crop: an RGB image of S x S. A card without ``mode`` (older bundles)
+    squashes with bilinear, as those runs did."""
+    size = int(prep.get("img_size") or prep["image_size"])
+    resample = FILTERS[prep.get("interpolation", "bilinear")]
+    rgb = image.convert("RGB")
+    if prep.get("mode", "squash") == "squash":
+        return rgb.resize((size, size), resample)
+    shorter = int(prep["resize_size"])
+    width, height = rgb.size
+    if width <= height:  # torchvision's Resize(int): the longer side truncated
+        new = (shorter, int(shorter * height / width))
+    else:
+        new = (int(shorter * width / height), shorter)
+    if new != rgb.size:
+        rgb = rgb.resize(new, resample)
+    left = int(round((new[0] - size) / 2.0))  # torchvision's CenterCrop
+    top = int(round((new[1] - size) / 2.0))
+    return rgb.crop((left, top, left + size, top + size))
 
 
 def preprocess(image: Image.Image, card: dict) -> np.ndarray:
-    """One image as a 1 x 3 x S x S float32 array, normalised as in training."""
+    """One image as a 1 x 3 x S x S float32 array, by the card's evaluation transform."""
     prep = card["preprocessing"]
-    size = prep["image_size"]
-    rgb = image.convert("RGB").resize((size, size), BILINEAR)
-    x = np.asarray(rgb, dtype=np.float32) / 255.0
+    x = np.asarray(transform(image, prep), dtype=np.float32) / np.float32(255.0)
     x = (x - np.asarray(prep["mean"], dtype=np.float32)) / np.asarray(prep["std"], dtype=np.float32)
     return x.transpose(2, 0, 1)[None].copy()
 
