@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from search.core.registry import Registry
+from spaces.data import Split
 from spaces.params import Param
 
 TECHNIQUES: Registry[type[Technique]] = Registry("technique")
@@ -21,8 +22,7 @@ TECHNIQUES: Registry[type[Technique]] = Registry("technique")
 class Context:
     """What a technique may use besides the subject it transforms."""
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
+    train: Split  # training images: fine-tuning, BN recalibration, importance, calibration
     teacher: nn.Module | None = None
     seed: int = 0
     batch_size: int = 64
@@ -34,7 +34,8 @@ class Context:
 
     @property
     def example_input(self) -> torch.Tensor:
-        return self.train_x[:1]
+        """One training image in the evaluation transform (``1 x 3 x S x S``)."""
+        return self.train.images(1)
 
 
 class Technique(ABC):
@@ -47,6 +48,8 @@ class Technique(ABC):
     recipe: ClassVar[Mapping[str, Any] | None] = None
     #: Whether the recipe is tried together with recovery fine-tuning (structural changes).
     needs_recovery: ClassVar[bool] = False
+    #: The trial stage its time counts towards (``search.core.stages.STAGES``).
+    stage: ClassVar[str] = "compress"
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -73,6 +76,8 @@ class TorchTechnique(Technique):
 
 class OnnxTechnique(Technique):
     """Transforms an exported ONNX file into another ONNX file."""
+
+    stage = "quantize"
 
     @abstractmethod
     def apply(self, src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None: ...

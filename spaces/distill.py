@@ -17,6 +17,7 @@ class Distill(TorchTechnique):
     """Fine-tune the compressed student; ``alpha`` weighs the teacher's soft targets (0: plain CE)."""
 
     order = 40
+    stage = "train"
     params = (
         IntParam("epochs", 1, 10),
         FloatParam("temperature", 1.0, 8.0),
@@ -31,9 +32,11 @@ class Distill(TorchTechnique):
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module:
         epochs = int(cfg["epochs"])
         return fit(
-            model, ctx.train_x, ctx.train_y,
+            model, ctx.train,
             epochs=epochs, lr=ctx.lr, batch_size=ctx.batch_size, seed=ctx.seed,
             teacher=ctx.teacher, temperature=float(cfg["temperature"]), alpha=float(cfg["alpha"]),
-            on_epoch=lambda e, loss: ctx.on_progress(f"fine-tune {e}/{epochs} loss {loss:.3f}"),
+            on_epoch=lambda e, loss, rate: ctx.on_progress(
+                f"fine-tune {e}/{epochs} loss {loss:.3f} ({rate:,.0f} images/s)"
+            ),
             checkpoint=ctx.checkpoint,
         )

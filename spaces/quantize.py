@@ -76,7 +76,7 @@ def _dynamic(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None
 
 
 def _static(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None:
-    images = ctx.train_x[:CALIBRATION_IMAGES].numpy().astype(np.float32)
+    images = ctx.train.images(CALIBRATION_IMAGES).numpy().astype(np.float32)
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
         quantize_static(
             str(_preprocessed(src, dst)), str(dst), _Images(_input_name(src), images),

@@ -1,19 +1,52 @@
-"""Training and distillation loops (CPU or CUDA), and the knowledge-distillation loss."""
+"""Training and distillation loops (CPU or CUDA), and the knowledge-distillation loss.
+
+On CUDA, training runs under autocast (bf16 where the GPU supports it, else fp16 with a gradient
+scaler) in channels_last, with batches copied from pinned memory while the GPU works; BatchNorm
+recalibration, the teacher's passes and predictions run on the GPU too. Models leave every function
+on the CPU in the default memory format, ready for export.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spaces.data import Split
+
 
 def no_checkpoint() -> None:
     """The default checkpoint hook: nothing waits."""
 
+
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def amp_dtype(dev: torch.device) -> torch.dtype | None:
+    """The autocast dtype on ``dev``: bf16 where the GPU supports it, else fp16; None on the CPU
+    (fp32: CPU autocast would change what the exported fp32 model computes)."""
+    if dev.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module) -> Iterator[torch.device]:
+    """``model`` on the training device (channels_last on CUDA) for the block, then back on the CPU
+    in the default memory format."""
+    dev = device()
+    if dev.type == "cuda":
+        model.to(dev, memory_format=torch.channels_last)
+    try:
+        yield dev
+    finally:
+        if dev.type == "cuda":
+            model.to("cpu", memory_format=torch.contiguous_format)
 
 
 def distillation_loss(
@@ -60,8 +93,7 @@ def student_loss(
 
 def fit(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Split,
     *,
     epochs: int,
     lr: float,
@@ -70,70 +102,105 @@ def fit(
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     alpha: float = 0.0,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
     checkpoint: Callable[[], None] = no_checkpoint,
 ) -> nn.Module:
-    """AdamW with a one-cycle schedule; distils from ``teacher`` when ``alpha > 0``.
+    """AdamW with a one-cycle schedule on ``data``'s augmented batches; distils from ``teacher``
+    when ``alpha > 0``.
 
     Models with a distillation head (timm's distilled DeiT) train both heads (``student_loss``)
     and average them at inference, as timm does in eval mode. ``checkpoint`` is called before every
     batch (the search passes its device slot's, so a parallel trial's measurement waits one batch).
+    ``on_epoch(epoch, mean loss, images per second)`` follows each epoch.
     """
-    dev = device()
-    model.to(dev)
     two_heads = hasattr(model, "set_distilled_training")
     if two_heads:
         model.set_distilled_training(True)
-    if teacher is not None:
-        teacher.to(dev).eval()
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = (len(x) + batch_size - 1) // batch_size
+    steps_per_epoch = (len(data) + batch_size - 1) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch)
     )
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=generator)
-        total = 0.0
-        for i in range(0, len(x), batch_size):
-            checkpoint()
-            idx = order[i : i + batch_size]
-            xb, yb = x[idx].to(dev), y[idx].to(dev)
-            outputs = model(xb)
-            teacher_logits = None
-            if teacher is not None and alpha > 0:
-                with torch.no_grad():
-                    teacher_logits = teacher(xb)
-            loss = student_loss(outputs, teacher_logits, yb, temperature, alpha)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, total / len(x))
+    with on_device(model) as dev, on_device(teacher) if teacher is not None else contextlib.nullcontext():
+        dtype = amp_dtype(dev)
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+        if teacher is not None:
+            teacher.eval()
+        for epoch in range(epochs):
+            model.train()
+            total, seen, start = 0.0, 0, time.monotonic()
+            for xb, yb in data.batches(batch_size, shuffle_seed=seed * 1000 + epoch, augment=True):
+                checkpoint()
+                if len(yb) < 2:  # BatchNorm cannot train on one image (a short last batch, skips)
+                    continue
+                xb = xb.to(dev, non_blocking=True)
+                yb = yb.to(dev, non_blocking=True)
+                if dev.type == "cuda":
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext():
+                    outputs = model(xb)
+                    teacher_logits = None
+                    if teacher is not None and alpha > 0:
+                        with torch.no_grad():
+                            teacher_logits = teacher(xb)
+                    loss = student_loss(_float(outputs), _float(teacher_logits), yb, temperature, alpha)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                if sched.last_epoch < sched.total_steps:  # skipped batches leave steps over
+                    sched.step()
+                total += loss.item() * len(yb)
+                seen += len(yb)
+            if on_epoch is not None:
+                rate = seen / max(time.monotonic() - start, 1e-9)
+                on_epoch(epoch + 1, total / max(seen, 1), rate)
     if two_heads:
         model.set_distilled_training(False)
-    model.to("cpu").eval()
-    if teacher is not None:
-        teacher.to("cpu")
-    return model
+    return model.eval()
+
+
+def _float(t: torch.Tensor | tuple[torch.Tensor, ...] | None):
+    """Logits in fp32 for the loss (autocast may have made them bf16 or fp16)."""
+    if t is None:
+        return None
+    if isinstance(t, tuple):
+        return tuple(x.float() for x in t)
+    return t.float()
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict(model: nn.Module, data: Split, batch_size: int = 256) -> torch.Tensor:
+    """Predicted class of every image of ``data`` (evaluation transform, in order)."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    out = []
+    with on_device(model) as dev:
+        for x, _ in data.batches(batch_size):
+            out.append(model(x.to(dev, non_blocking=True)).argmax(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Split, batch_size: int = 256) -> float:
+    """Top-1 accuracy of the torch model on ``data`` (the images it could read)."""
+    model.eval()
+    correct = seen = 0
+    with on_device(model) as dev:
+        for x, y in data.batches(batch_size):
+            correct += int((model(x.to(dev, non_blocking=True)).argmax(1).cpu() == y).sum())
+            seen += len(y)
+    return correct / max(seen, 1)
 
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    model: nn.Module, x: torch.Tensor, batch_size: int = 128, checkpoint: Callable[[], None] = no_checkpoint,
+    model: nn.Module, data: Split, limit: int | None = None, batch_size: int = 128,
+    checkpoint: Callable[[], None] = no_checkpoint,
 ) -> nn.Module:
-    """Re-estimate BatchNorm running statistics on ``x`` (exact averages, weights untouched).
+    """Re-estimate BatchNorm running statistics on ``data``'s first ``limit`` images (exact
+    averages, weights untouched), on the training device.
 
     Structural changes shift every layer's activation statistics; with stale BN statistics a
     ResNet-18 pruned by 30% falls to chance accuracy, and recalibration alone restores it
@@ -147,9 +214,10 @@ def recalibrate_batchnorm(
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the batches below
     model.train()
-    for i in range(0, len(x), batch_size):
-        checkpoint()
-        model(x[i : i + batch_size])
+    with on_device(model) as dev:
+        for x, _ in data.batches(batch_size, limit=limit):
+            checkpoint()
+            model(x.to(dev, non_blocking=True))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()

@@ -18,6 +18,7 @@ import torch
 from search.cli.main import main
 from search.task.data import load_dataset
 from spaces import Context
+from spaces.data import TensorSplit
 from tests.support import postgres
 from tests.support.cli import TINY
 from tests.support.runs import Baselines, seed
@@ -42,7 +43,7 @@ def tiny_model():
 
 @pytest.fixture
 def ctx(digits16, tiny_model):
-    return Context(train_x=digits16.train.x[:256], train_y=digits16.train.y[:256], teacher=tiny_model)
+    return Context(train=TensorSplit(digits16.train.x[:256], digits16.train.y[:256]), teacher=tiny_model)
 
 
 # ---------------------------------------------------------------- trained baselines and runs dirs

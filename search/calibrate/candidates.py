@@ -18,7 +18,7 @@ import torch
 from search.candidate.build import build
 from search.task import models
 from search.task.baseline import Task
-from search.task.data import load_dataset
+from search.task.data import load_dataset, model_preprocess
 from spaces import Candidate, Context, Space
 from spaces.space import resolve
 from targets.slot import checkpoint as slot_checkpoint
@@ -44,15 +44,13 @@ def untrained_task(
 ) -> tuple[Task, Context]:
     """An untrained base model on the digits data, and the context techniques read data from
     (its first ``context_images`` training images; None: all of them)."""
-    mean, std = models.data_config(model)
-    data = load_dataset("digits", img_size, mean, std, seed, 0.2, 0.2)
+    prep = model_preprocess(model, img_size, "digits")
+    data = load_dataset("digits", img_size, prep.mean, prep.std, seed, 0.2, 0.2, preprocess=prep)
     torch.manual_seed(seed)
     base = models.create(model, data.num_classes, img_size).eval()
-    task = Task(base, data, img_size, mean, std, model)
-    ctx = Context(
-        train_x=data.train.x[:context_images], train_y=data.train.y[:context_images], teacher=base,
-        seed=seed, checkpoint=slot_checkpoint,
-    )
+    task = Task(base, data, img_size, prep.mean, prep.std, model, preprocess=prep)
+    train = data.train if context_images is None else data.train.subset(context_images)
+    ctx = Context(train=train, teacher=base, seed=seed, checkpoint=slot_checkpoint)
     return task, ctx
 
 

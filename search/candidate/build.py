@@ -49,27 +49,29 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
 
 
 def build(
-    candidate: Candidate, task: Task, out_dir: Path, ctx: Context, stage: Callable[[str], None]
+    candidate: Candidate, task: Task, out_dir: Path, ctx: Context, stage: Callable[..., None]
 ) -> tuple[Path, nn.Module]:
-    """Apply the candidate to a copy of the base model; returns the final ONNX file and torch model."""
+    """Apply the candidate to a copy of the base model; returns the final ONNX file and torch model.
+    ``stage(name, kind)`` announces each step (``kind``: its ``search.core.stages`` stage)."""
     model = copy.deepcopy(task.base)
     steps = [(s, TECHNIQUES.get(s.technique)()) for s in candidate.steps]
     for step, technique in steps:
         if isinstance(technique, TorchTechnique):
-            stage(step.technique)
+            stage(step.technique, technique.stage)
             torch.manual_seed(ctx.seed)
             model = technique.apply(model, step.params, ctx)
-            recalibrate_batchnorm(model, ctx.train_x[:RECALIBRATION_IMAGES], checkpoint=ctx.checkpoint)
+            stage("recalibrate", "recalibrate")
+            recalibrate_batchnorm(model, ctx.train, RECALIBRATION_IMAGES, checkpoint=ctx.checkpoint)
     for _step, technique in steps:
         if isinstance(technique, TorchTechnique):
             model = technique.finalize(model)
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise CandidateError("the compressed model has NaN or infinite weights")
-    stage("export")
+    stage("export", "export")
     current = export_onnx(model, ctx.example_input, out_dir / "fp32.onnx")
     for step, technique in steps:
         if isinstance(technique, OnnxTechnique):
-            stage(step.technique)
+            stage(step.technique, technique.stage)
             nxt = out_dir / f"{step.technique}.onnx"
             technique.apply(current, nxt, step.params, ctx)
             current = nxt

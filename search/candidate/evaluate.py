@@ -6,6 +6,7 @@ disk, MACs and parameters from the torch model.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -14,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from search.core.errors import CandidateError
 from search.task.baseline import Task
-from search.task.data import Split
+from spaces.data import Split
 from spaces.sparsity import sparsity_of
 from targets import Target
 from targets.host import cpu_session
@@ -34,6 +36,10 @@ MB = 1e6
 BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
 #: The evaluation batch of graphs whose per-image result does not depend on the batch.
 EVAL_BATCH = 128
+#: Ops of an integer graph: such files are scored on the CPU provider, the kernels a CPU device runs.
+INTEGER_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+}) | BATCH_DEPENDENT_OPS
 
 
 @dataclass(frozen=True)
@@ -66,13 +72,17 @@ def op_types(graph: onnx.GraphProto) -> set[str]:
     return found
 
 
+def graph_ops(path: Path) -> set[str]:
+    """Every op type of the file's graph, its subgraphs and its local functions."""
+    model = onnx.load(str(path), load_external_data=False)
+    return op_types(model.graph).union(*(op_types(onnx.helper.make_graph(f.node, f.name, [], []))
+                                         for f in model.functions))
+
+
 def batch_dependent(path: Path) -> bool:
     """Whether the file's per-image output depends on what else is in the batch (see
     ``BATCH_DEPENDENT_OPS``), read from its graph and its local functions."""
-    model = onnx.load(str(path), load_external_data=False)
-    ops = op_types(model.graph).union(*(op_types(onnx.helper.make_graph(f.node, f.name, [], []))
-                                        for f in model.functions))
-    return bool(ops & BATCH_DEPENDENT_OPS)
+    return bool(graph_ops(path) & BATCH_DEPENDENT_OPS)
 
 
 def eval_batch(path: Path) -> int:
@@ -81,21 +91,47 @@ def eval_batch(path: Path) -> int:
     return 1 if batch_dependent(path) else EVAL_BATCH
 
 
-def onnx_accuracy(path: Path, split: Split, batch_size: int | None = None) -> float:
-    """Top-1 accuracy of the ONNX file in a fresh onnxruntime session, with torch's thread count
-    (``--cpus-per-trial``; by default every core), at ``eval_batch(path)`` unless told otherwise."""
+def accuracy_session(path: Path) -> ort.InferenceSession:
+    """The session that scores the file: onnxruntime's CUDA provider for a float graph where
+    ``onnxruntime-gpu`` and a GPU are present (TF32 off, so fp32 stays fp32), else the CPU provider
+    with torch's thread count (``--cpus-per-trial``; by default every core). Integer graphs always
+    run on the CPU provider: its int8 kernels are the ones a CPU device runs."""
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+    if cuda and not graph_ops(path) & INTEGER_OPS:
+        options = {"device_id": torch.cuda.current_device(), "use_tf32": 0}
+        return ort.InferenceSession(
+            str(path), providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+        )
+    return cpu_session(path, threads=torch.get_num_threads())
+
+
+def onnx_accuracy(
+    path: Path, split: Split, batch_size: int | None = None,
+    on_rate: Callable[[float], None] | None = None,
+) -> float:
+    """Top-1 accuracy of the ONNX file in a fresh onnxruntime session (``accuracy_session``), at
+    ``eval_batch(path)`` unless told otherwise, reading ``split`` batch by batch (images the data
+    could not decode are skipped and counted by the split). ``on_rate(images/s)`` follows each
+    chunk of about a thousand images."""
     batch_size = eval_batch(path) if batch_size is None else batch_size
-    session = cpu_session(path, threads=torch.get_num_threads())
+    session = accuracy_session(path)
     name = session.get_inputs()[0].name
-    x = split.x.numpy()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        slot_checkpoint()
-        logits = session.run(None, {name: x[i : i + batch_size]})[0]
-        if not np.isfinite(logits).all():
-            raise CandidateError("the model outputs NaN or infinite logits")
-        correct += int((logits.argmax(1) == split.y.numpy()[i : i + batch_size]).sum())
-    return correct / len(x)
+    correct = seen = reported = 0
+    start = time.monotonic()
+    for xb, yb in split.batches(max(batch_size, EVAL_BATCH)):  # read in large batches, run at batch_size
+        for i in range(0, len(yb), batch_size):
+            slot_checkpoint()
+            logits = session.run(None, {name: xb[i : i + batch_size].numpy()})[0]
+            if not np.isfinite(logits).all():
+                raise CandidateError("the model outputs NaN or infinite logits")
+            correct += int((logits.argmax(1) == yb[i : i + batch_size].numpy()).sum())
+        seen += len(yb)
+        if on_rate is not None and seen - reported >= 1000:
+            on_rate(seen / max(time.monotonic() - start, 1e-9))
+            reported = seen
+    if not seen:
+        raise CandidateError("no image of the split could be read")
+    return correct / seen
 
 
 def model_cost(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -114,14 +150,18 @@ def compressed_mb(path: Path) -> float:
 
 def evaluate(
     path: Path, model: nn.Module, task: Task, split: Split, target: Target,
-    stage: Callable[[str], None],
+    stage: Callable[..., None],
 ) -> Metrics:
-    """Accuracy (onnxruntime), latency (target), size (disk) of the artifact."""
-    stage("accuracy")
-    accuracy = onnx_accuracy(path, split)
-    stage("latency")
+    """Accuracy (onnxruntime), latency (target), size (disk) of the artifact; ``stage(name, kind)``
+    announces each step."""
+    stage("accuracy", "accuracy")
+    accuracy = onnx_accuracy(
+        path, split, on_rate=lambda rate: stage(f"accuracy ({rate:,.0f} images/s)", "accuracy")
+    )
+    stage("latency", "latency")
     latency = target.latency(path, task.input_shape)
-    macs, params = model_cost(model, task.data.train.x[:1])
+    stage("size and MACs", "other")
+    macs, params = model_cost(model, task.data.train.images(1))
     return Metrics(
         accuracy=accuracy,
         latency_ms=latency.median_ms,

@@ -262,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=_bounded("seed"), default=0)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["search", "techniques", "predictor", "scaling", "service"])
-    bench.add_argument("--trials", type=_bounded("trials"), default=20)
+    bench.add_argument("what", choices=["search", "techniques", "predictor", "scaling", "service", "scale"])
+    bench.add_argument("--trials", type=_bounded("trials"), default=None, help="default 20 (scale: 3)")
     bench.add_argument("--seeds", type=_bounded("seeds"), default=3)
     bench.add_argument("--runs-dir", default="runs")
     bench.add_argument("--model", default=None)
@@ -275,8 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--held-out", type=_bounded("held_out"), default=60, help="predictor: models scored")
     bench.add_argument(
         "--epochs", type=_bounded("epochs"), default=None,
-        help="scaling: baseline training epochs",
+        help="scaling, scale: baseline training epochs",
     )
+    bench.add_argument(
+        "--images", type=_csv, default=None,
+        help="scale: comma list of data set sizes, synthetic JPEGs (default 2000,20000)",
+    )
+    bench.add_argument("--workers", type=_bounded("workers"), default=None, help="scale: loader processes")
+    bench.add_argument("--json", action="store_true", help="scale: the measurements as JSON")
     bench.add_argument("--clients", type=_bounded("clients"), default=50, help="service: concurrent requests")
     bench.add_argument("--bursts", type=_bounded("bursts"), default=20, help="service: bursts per phase")
     bench.add_argument(
@@ -459,6 +465,16 @@ def _bench(args: argparse.Namespace) -> int:
         )
         print(format_bench(table))
         return 0
+    if args.what == "scale":
+        from search.bench.scale import bench_scale, format_scale, parse_images, scale_json
+
+        points = bench_scale(
+            images=parse_images(args.images or ("2000", "20000")), img_size=args.img_size or 224,
+            model=args.model or "resnet18", trials=args.trials or 3, epochs=args.epochs or 1,
+            workers=args.workers, runs_dir=args.runs_dir, log=_log,
+        )
+        print(scale_json(points) if args.json else format_scale(points))
+        return 0
     if args.what == "scaling":
         from search.bench.scaling import SETUPS, bench_scaling, format_scaling
 
@@ -467,7 +483,7 @@ def _bench(args: argparse.Namespace) -> int:
         if unknown:
             raise UserError(f"unknown setup(s) {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
         results = bench_scaling(
-            trials=args.trials, runs_dir=args.runs_dir, model=args.model or "resnet18",
+            trials=args.trials or 20, runs_dir=args.runs_dir, model=args.model or "resnet18",
             img_size=args.img_size or 16, epochs=args.epochs, setups=setups, log=_log,
         )
         print(format_scaling(results))
@@ -497,7 +513,7 @@ def _bench(args: argparse.Namespace) -> int:
     from search.bench.search import bench_search
 
     print(bench_search(
-        trials=args.trials, seeds=args.seeds, runs_dir=args.runs_dir,
+        trials=args.trials or 20, seeds=args.seeds, runs_dir=args.runs_dir,
         model=args.model, img_size=args.img_size,
     ))
     return 0

@@ -11,7 +11,7 @@ import json
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json
 from search.core.layout import METRICS_FILE, PARAMS_FILE, trial_dir
+from search.core.stages import StageClock
 from search.front.pareto import is_dominated
 from search.study.cluster import BASELINE_ATTR
 from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, budget_constraints, is_feasible
@@ -71,6 +72,9 @@ class Objective:
     run_dir: Path
     progress: Progress
     shared: RunsRoot | None = None  # an fsspec runs root each finished trial is copied to
+    #: The running trial's stage clock (by trial number), and how many skipped images were reported.
+    clocks: dict[int, StageClock] = field(default_factory=dict, compare=False)
+    skips_reported: dict[int, int] = field(default_factory=dict, compare=False)
 
     def publish(self, number: int) -> None:
         """Copy a finished trial's folder to the shared runs root (if any)."""
@@ -80,13 +84,35 @@ class Objective:
     def context(self, task: Task) -> Context:
         data = task.data
         return Context(
-            train_x=data.train.x, train_y=data.train.y,
+            train=data.train,
             teacher=task.base if task.teacher is None else task.teacher,
             seed=self.cfg.seed, batch_size=self.cfg.batch_size, lr=task.finetune_lr,
             on_progress=self.progress.stage, checkpoint=slot_checkpoint,
         )
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        clock = StageClock()
+        self.clocks[trial.number] = clock
+        try:
+            return self.run(trial, clock)
+        finally:
+            self.clocks.pop(trial.number, None)
+            self.warn_skipped(trial)
+
+    def warn_skipped(self, trial: optuna.Trial) -> None:
+        """Images that failed to decode mid-run (any task's data): a warning with the count and the
+        first paths, once per newly skipped batch of paths; the trial records the run's total."""
+        for task in self.tasks.values():
+            log = task.data.corrupt
+            seen = self.skips_reported.get(id(log), 0)
+            message = log.message(since=seen)
+            if message:
+                self.progress.warn(message)
+                self.skips_reported[id(log)] = len(log)
+                with contextlib.suppress(Exception):  # the trial may already be finished
+                    trial.set_user_attr("skipped_images", len(log))
+
+    def run(self, trial: optuna.Trial, clock: StageClock) -> list[float]:
         baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         model_name, candidate = self.space.sample(trial, baseline=baseline)
         task = self.tasks[model_name]
@@ -108,14 +134,16 @@ class Objective:
         path, model = build(candidate, task, out, self.context(task), self.stage)
         metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage)
         if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
-            self.progress.stage("latency (measured)")
+            self.stage("latency (measured)", "latency")
             measured = self.plan.measurer.latency(path, task.input_shape)
             trial.set_user_attr("latency_predicted_ms", metrics.latency_ms)
             metrics = replace(
                 metrics, latency_ms=measured.median_ms, latency_p90_ms=measured.p90_ms,
                 latency_source=measured.source, latency_error_pct=None,
             )
-        for key, value in metrics.to_dict().items():
+        clock.enter("other")
+        stages = clock.totals()
+        for key, value in {**metrics.to_dict(), **stages}.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
         baseline_accuracy = None if baseline else self.baseline_accuracy(trial, model_name)
@@ -127,7 +155,9 @@ class Objective:
                 trial.set_user_attr("infeasible_reason", "; ".join(verdict.reasons))
         for key, value in violations.items():
             trial.set_constraint(key, value)
-        write_json(out / METRICS_FILE, {"split": "val", **metrics.to_dict(), "constraints": violations})
+        write_json(out / METRICS_FILE, {
+            "split": "val", **metrics.to_dict(), "constraints": violations, "stages": stages,
+        })
         if baseline:
             trial.study.set_user_attr(baseline_accuracy_key(model_name), metrics.accuracy)
         return objective_values(metrics, self.cfg.objectives)
@@ -157,9 +187,11 @@ class Objective:
             trial.set_constraint(key, value)
         return list(twin.values)
 
-    def stage(self, name: str) -> None:
-        """A new stage of the trial: shown, and a point where a parallel trial's measurement may
-        take the device (``targets.slot.checkpoint``)."""
+    def stage(self, name: str, kind: str = "other") -> None:
+        """A new stage of the trial: timed as ``kind`` (``search.core.stages.STAGES``), shown, and a
+        point where a parallel trial's measurement may take the device (``targets.slot.checkpoint``)."""
+        for clock in self.clocks.values():
+            clock.enter(kind)
         slot_checkpoint()
         self.progress.stage(name)
 

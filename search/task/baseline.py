@@ -17,8 +17,9 @@ from search.core.errors import UserError
 from search.core.layout import UNREADABLE_FILE
 from search.core.paths import is_file_reference
 from search.task import models
-from search.task.data import Dataset, check_memory, load_dataset
-from spaces.train import fit, predict
+from search.task.data import Dataset, check_memory, load_dataset, model_preprocess
+from search.task.preprocess import Preprocess
+from spaces.train import accuracy, fit
 from targets.slot import checkpoint as slot_checkpoint
 
 CACHE_DIR = ".cache/baselines"
@@ -39,6 +40,7 @@ class Task:
     teacher: nn.Module | None = None  # None: the base model teaches
     teacher_name: str = "base"
     finetune_lr: float = 2e-3
+    preprocess: Preprocess | None = None  # the evaluation transform (None: data.preprocess)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -74,27 +76,43 @@ def prepare(
     cfg: RunConfig, name: str, runs_root: Path, log: Callable[[str], None],
     warn: Callable[[str], None],
 ) -> Task:
-    """Validate model and data, load the checkpoint or the cached (or new) baseline, and the teacher.
-    Unreadable images are skipped with a warning naming the first few (``unreadable_warning``)."""
-    mean, std = models.data_config(name)
+    """Validate model and data, then the baseline: trained from scratch, or fine-tuned from timm's
+    pretrained weights or a checkpoint (cached either way), and the teacher. Unreadable images are
+    skipped with a warning naming the first few (``unreadable_warning``)."""
+    preprocess = model_preprocess(name, cfg.img_size, cfg.data)
     data = load_dataset(
-        cfg.data, cfg.img_size, mean, std, cfg.seed, cfg.val_fraction, cfg.test_fraction
+        cfg.data, cfg.img_size, preprocess.mean, preprocess.std, cfg.seed, cfg.val_fraction,
+        cfg.test_fraction, preprocess=preprocess, augment=cfg.augment, workers=cfg.workers,
     )
     if data.unreadable:
         listing = Path(runs_root) / str(cfg.name) / UNREADABLE_FILE
         warn(unreadable_warning(data.unreadable, cfg.data, listing))
     torch.manual_seed(cfg.seed)  # the baseline's initial weights are seeded too
-    model = models.create(name, data.num_classes, cfg.img_size, cfg.patch_size)
+    model = models.create(name, data.num_classes, cfg.img_size, cfg.patch_size, pretrained=cfg.pretrained)
+    start, source = ("pretrained", f"timm:{name}") if cfg.pretrained else ("scratch", "")
     if cfg.checkpoint:
-        model = models.load_checkpoint(model, cfg.checkpoint)
+        loaded = models.load_checkpoint(model, cfg.checkpoint, warn)
+        model = loaded.model
         _check_outputs(model, data, cfg.checkpoint)
-    else:
-        model = cached_baseline(model, name, cfg, data, runs_root, log)
+        start = "pretrained" if loaded.head_reset else "checkpoint"
+        source = f"checkpoint:{_file_digest(Path(cfg.checkpoint))}"
+    training = models.training_for(model, cfg.epochs, cfg.lr, cfg.finetune_lr, start)
+    if start == "scratch" or training.epochs > 0:
+        model = cached_baseline(model, name, cfg, data, runs_root, log, training=training, source=source)
     teacher = load_teacher(cfg, name, data, runs_root, log)
-    training = models.training_for(model, cfg.epochs, cfg.lr, cfg.finetune_lr)
     return Task(
-        model.eval(), data, cfg.img_size, mean, std, name, teacher, cfg.teacher, training.finetune_lr
+        model.eval(), data, cfg.img_size, preprocess.mean, preprocess.std, name, teacher, cfg.teacher,
+        training.finetune_lr, preprocess,
     )
+
+
+def _file_digest(path: Path) -> str:
+    """The first 16 hex digits of the file's sha256 (a checkpoint's identity in the cache key)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def unreadable_images(tasks: Mapping[str, Task]) -> tuple[Path, ...]:
@@ -139,48 +157,69 @@ def load_teacher(
     if is_file_reference(cfg.teacher):  # a file (checked by check_names), never a name found on disk
         torch.manual_seed(cfg.seed)
         shell = models.create(student, data.num_classes, cfg.img_size, cfg.patch_size)
-        teacher = models.load_checkpoint(shell, cfg.teacher)
+        loaded = models.load_checkpoint(shell, cfg.teacher)
+        if loaded.head_reset:
+            raise UserError(
+                f"teacher checkpoint {cfg.teacher} has no classifier for the data's {data.num_classes} "
+                "classes: a teacher must be trained on this data"
+            )
+        teacher = loaded.model
         _check_outputs(teacher, data, cfg.teacher)
         log(f"teacher: {cfg.teacher}")
         return teacher.eval()
     torch.manual_seed(cfg.seed)
-    teacher = models.create(cfg.teacher, data.num_classes, cfg.img_size)
-    return cached_baseline(teacher, cfg.teacher, cfg, data, runs_root, log, role="teacher")
+    teacher = models.create(cfg.teacher, data.num_classes, cfg.img_size, pretrained=cfg.pretrained)
+    start, source = ("pretrained", f"timm:{cfg.teacher}") if cfg.pretrained else ("scratch", "")
+    training = models.training_for(teacher, cfg.epochs, cfg.lr, cfg.finetune_lr, start)
+    return cached_baseline(
+        teacher, cfg.teacher, cfg, data, runs_root, log, role="teacher", training=training, source=source
+    )
 
 
-def baseline_key(cfg: RunConfig, name: str, data: Dataset, training: models.Training) -> str:
-    """What decides the trained weights: model, data (its fingerprint includes the normalisation),
-    training settings."""
+def baseline_key(
+    cfg: RunConfig, name: str, data: Dataset, training: models.Training, source: str = ""
+) -> str:
+    """What decides the trained weights: model, data (its fingerprint includes the transforms and
+    the augmentation), training settings, and the starting weights (``source``: empty from scratch,
+    ``timm:NAME`` for timm's pretrained ones, ``checkpoint:SHA`` for a file)."""
     key = {
         "model": name, "data": data.fingerprint, "classes": data.num_classes,
         "img_size": cfg.img_size, "epochs": training.epochs, "batch_size": cfg.batch_size,
         "lr": training.lr, "seed": cfg.seed, "torch": torch.__version__.split("+")[0],
         "patch_size": cfg.patch_size,
     }
+    if source:
+        key["source"] = source
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return f"{name}-{digest}"
 
 
 def cached_baseline(
     model: nn.Module, name: str, cfg: RunConfig, data: Dataset, runs_root: Path,
-    log: Callable[[str], None], role: str = "baseline",
+    log: Callable[[str], None], role: str = "baseline", training: models.Training | None = None,
+    source: str = "",
 ) -> nn.Module:
-    training = models.training_for(model, cfg.epochs, cfg.lr, cfg.finetune_lr)
+    """``model`` trained on the data (from its current weights) for ``training``'s epochs, or the
+    cached result of the same training."""
+    training = training or models.training_for(model, cfg.epochs, cfg.lr, cfg.finetune_lr)
     epochs, lr = training.epochs, training.lr
-    folder = runs_root / CACHE_DIR / baseline_key(cfg, name, data, training)
+    folder = runs_root / CACHE_DIR / baseline_key(cfg, name, data, training, source)
     weights = folder / "model.pt"
     if weights.is_file():
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         log(f"{role}: cached {weights}")
         return model.eval()
-    log(f"{role}: training {name} for {epochs} epochs (lr {lr:g}, seed {cfg.seed}); cached after")
+    what = f"fine-tuning {name} from {source}" if source else f"training {name}"
+    log(f"{role}: {what} for {epochs} epochs (lr {lr:g}, seed {cfg.seed}); cached after")
     fit(
-        model, data.train.x, data.train.y, epochs=epochs, lr=lr,
+        model, data.train, epochs=epochs, lr=lr,
         batch_size=cfg.batch_size, seed=cfg.seed,
-        on_epoch=lambda e, loss: log(f"{role}: {name} epoch {e}/{epochs} loss {loss:.4f}"),
+        on_epoch=lambda e, loss, rate: log(
+            f"{role}: {name} epoch {e}/{epochs} loss {loss:.4f} ({rate:,.0f} images/s)"
+        ),
         checkpoint=slot_checkpoint,
     )
-    val_acc = float((predict(model, data.val.x) == data.val.y).float().mean())
+    val_acc = accuracy(model, data.val)
     write_with(weights, lambda tmp: torch.save(model.state_dict(), tmp))
     write_json(folder / "meta.json", {"model": name, "config": cfg.to_dict(), "val_accuracy_torch": val_acc})
     log(f"{role}: {name} val accuracy (torch) {val_acc:.4f}")
@@ -188,11 +227,12 @@ def cached_baseline(
 
 
 def _check_outputs(model: nn.Module, data: Dataset, path: str) -> None:
+    x = data.train.images(2)
     try:
         with torch.no_grad():
-            out = model.eval()(data.train.x[:2])
+            out = model.eval()(x)
     except Exception as exc:
-        raise UserError(f"checkpoint {path} cannot run on {data.train.x.shape[1:]} inputs: {exc}") from None
+        raise UserError(f"checkpoint {path} cannot run on {tuple(x.shape[1:])} inputs: {exc}") from None
     if out.ndim != 2 or out.shape[1] != data.num_classes:
         raise UserError(
             f"checkpoint {path} outputs {tuple(out.shape[1:])} but the data has "

@@ -20,6 +20,7 @@ from torch import nn
 
 from search.candidate.build import export_onnx
 from spaces import TECHNIQUES, Context, OnnxTechnique, TorchTechnique
+from spaces.data import TensorSplit
 from spaces.params import CategoricalParam, FloatParam, IntParam
 from tests.support.onnx import run_onnx_file
 
@@ -66,7 +67,7 @@ def setting(cls) -> dict[str, Any]:
 
 @pytest.fixture
 def contract_ctx(digits16) -> Context:
-    return Context(train_x=digits16.train.x[:64], train_y=digits16.train.y[:64], batch_size=32, seed=0)
+    return Context(train=TensorSplit(digits16.train.x[:64], digits16.train.y[:64]), batch_size=32, seed=0)
 
 
 def build(cls, cfg: Mapping[str, Any], ctx: Context, tmp: Path, export: bool = True
@@ -117,7 +118,7 @@ def test_every_technique_has_an_identity_decision():
 def test_identity_setting_is_lossless(name, contract_ctx):
     cls = TECHNIQUES.get(name)
     model = subject(cls)
-    x = contract_ctx.train_x[:4]
+    x = contract_ctx.train.x[:4]
     with torch.no_grad():
         before = model(x)
     out = cls().apply(model, IDENTITY[name], contract_ctx).eval()
@@ -130,7 +131,7 @@ def test_result_survives_onnx_export(name, contract_ctx, tmp_path):
     cls = TECHNIQUES.get(name)
     model, path = build(cls, setting(cls), contract_ctx, tmp_path)
     onnx.checker.check_model(onnx.load(str(path)))
-    x = contract_ctx.train_x[:3]
+    x = contract_ctx.train.x[:3]
     got = run_onnx_file(path, x)
     assert got.shape == (3, 10) and np.isfinite(got).all()
     if model is not None:  # a torch technique: onnxruntime computes what torch computes
@@ -145,7 +146,7 @@ def test_deterministic_under_a_seed(name, contract_ctx, tmp_path):
     cls = TECHNIQUES.get(name)
     first = build(cls, setting(cls), contract_ctx, tmp_path / "first", export=False)
     second = build(cls, setting(cls), contract_ctx, tmp_path / "second", export=False)
-    x = contract_ctx.train_x[:8]
+    x = contract_ctx.train.x[:8]
     if first[0] is None:
         np.testing.assert_array_equal(run_onnx_file(first[1], x), run_onnx_file(second[1], x))
         return

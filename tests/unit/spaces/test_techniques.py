@@ -28,7 +28,7 @@ def macs_params(model, x):
     ("importance", "scope"), [("l1", "uniform"), ("l2", "global"), ("taylor", "uniform")]
 )
 def test_prune_removes_channels_for_real(tiny_model, ctx, importance, scope):
-    x = ctx.train_x[:4]
+    x = ctx.train.x[:4]
     before = tiny_model(x).detach()
     macs0, params0 = macs_params(tiny_model, x[:1])
     pruned = TECHNIQUES.get("prune")().apply(
@@ -52,7 +52,7 @@ def test_lowrank_full_rank_is_lossless():
 
 
 def test_lowrank_reduces_macs_and_skips_unprofitable_layers(tiny_model, ctx):
-    x = ctx.train_x[:1]
+    x = ctx.train.x[:1]
     macs0, _ = macs_params(tiny_model, x)
     depthwise = sum(isinstance(m, nn.Conv2d) and m.groups > 1 for m in tiny_model.modules())
     replaced = factorize_model(tiny_model, 0.25)
@@ -67,7 +67,7 @@ def test_sparsity_reaches_level_survives_finetune_and_compresses(tiny_model, ctx
     tech = TECHNIQUES.get("sparsity")()
     dense = export_onnx(tiny_model, ctx.example_input, tmp_path / "dense.onnx")
     model = tech.apply(tiny_model, {"level": 0.8}, ctx)
-    fit(model, ctx.train_x, ctx.train_y, epochs=1, lr=1e-3, batch_size=64, seed=0)
+    fit(model, ctx.train, epochs=1, lr=1e-3, batch_size=64, seed=0)
     model = tech.finalize(model)
     assert not any(hasattr(m, "weight_orig") for m in model.modules())
     assert sparsity_of(model) == pytest.approx(0.8, abs=0.01)
@@ -86,7 +86,7 @@ def test_distillation_loss_alpha_zero_is_plain_cross_entropy():
 
 def test_distill_recovers_accuracy_of_a_pruned_student(ctx, digits16):
     teacher = fit(
-        timm.create_model("test_resnet", num_classes=10), ctx.train_x, ctx.train_y,
+        timm.create_model("test_resnet", num_classes=10), ctx.train,
         epochs=3, lr=3e-3, batch_size=64, seed=0,
     )
     student = TECHNIQUES.get("prune")().apply(
@@ -111,11 +111,11 @@ def test_distill_recovers_accuracy_of_a_pruned_student(ctx, digits16):
     ],
 )
 def test_quantize_produces_a_runnable_smaller_model(tiny_model, ctx, tmp_path, cfg):
-    model = fit(tiny_model, ctx.train_x, ctx.train_y, epochs=1, lr=3e-3, batch_size=64, seed=0)
+    model = fit(tiny_model, ctx.train, epochs=1, lr=3e-3, batch_size=64, seed=0)
     src = export_onnx(model, ctx.example_input, tmp_path / "fp32.onnx")
     dst = tmp_path / "q.onnx"
     TECHNIQUES.get("quantize")().apply(src, dst, cfg, ctx)
-    x = ctx.train_x[:32]
+    x = ctx.train.x[:32]
     ref, out = run_onnx_file(src, x), run_onnx_file(dst, x)
     assert out.shape == ref.shape and np.isfinite(out).all()
     assert dst.stat().st_size < 0.8 * src.stat().st_size

@@ -12,6 +12,7 @@ from torch import nn
 from search.candidate.build import export_onnx
 from search.candidate.evaluate import model_cost
 from spaces import TECHNIQUES, Context
+from spaces.data import TensorSplit
 from spaces.lowrank import factorize_model
 from spaces.tokens import MergingBlocks, match, merge, merge_schedule, spread, token_counts
 from targets.host import cpu_session
@@ -67,7 +68,7 @@ def without_positions(model: nn.Module) -> nn.Module:
 
 
 def context(x: torch.Tensor) -> Context:
-    return Context(train_x=x, train_y=torch.zeros(len(x), dtype=torch.long))
+    return Context(train=TensorSplit(x, torch.zeros(len(x), dtype=torch.long)))
 
 
 def apply_tokens(model: nn.Module, x: torch.Tensor, ratio: float = 0.3, start: float = 0.0) -> nn.Module:

@@ -11,6 +11,7 @@ import torch
 from search.candidate.build import export_onnx
 from search.candidate.evaluate import model_cost
 from spaces import TECHNIQUES, Context
+from spaces.data import TensorSplit
 from spaces.lowrank import factorize_linear
 from spaces.prune import classifiers_of
 from spaces.space import Space, resolve
@@ -33,7 +34,7 @@ def small_vit(name: str = VIT, **kwargs) -> torch.nn.Module:
 def vctx():
     torch.manual_seed(0)
     x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
-    return Context(train_x=x, train_y=y)
+    return Context(train=TensorSplit(x, y))
 
 
 def apply(name: str, model, cfg, ctx):
@@ -156,7 +157,7 @@ def test_vit_quantization(cfg, present, absent, min_corr, vctx, tmp_path):
     TECHNIQUES.get("quantize")().apply(src, dst, cfg, vctx)
     ops = _op_types(dst)
     assert present <= ops and not absent & ops
-    x = vctx.train_x[:8]
+    x = vctx.train.x[:8]
     out = run_onnx_file(dst, x)
     with torch.no_grad():
         ref = model(x).numpy()
@@ -175,7 +176,7 @@ def test_distilled_deit_trains_both_heads_and_averages_them():
     kd = student_loss((cls_logits, dist_logits), teacher, y, 4.0, 0.5)
     assert plain.item() != pytest.approx(kd.item())
     model.set_distilled_training(False)
-    fit(model, x, y, epochs=1, lr=1e-3, batch_size=16, seed=0, teacher=small_vit(), alpha=0.5)
+    fit(model, TensorSplit(x, y), epochs=1, lr=1e-3, batch_size=16, seed=0, teacher=small_vit(), alpha=0.5)
     assert not model.distilled_training and not model.training
     with torch.no_grad():
         out = model(x)  # eval: the average of both heads, one tensor

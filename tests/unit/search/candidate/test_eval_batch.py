@@ -18,11 +18,12 @@ from search.candidate.build import export_onnx
 from search.candidate.evaluate import EVAL_BATCH, batch_dependent, eval_batch, onnx_accuracy
 from search.config.run_config import RunConfig
 from search.front.run import load_run
-from search.task.data import Split, load_dataset
+from search.task.data import load_dataset
+from spaces.data import TensorSplit
 from spaces.quantize import STRATEGIES
 
 
-def batch1_accuracy(path: Path, split: Split) -> float:
+def batch1_accuracy(path: Path, split: TensorSplit) -> float:
     """Top-1 accuracy one image at a time, in a fresh session of this test's own."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -32,7 +33,7 @@ def batch1_accuracy(path: Path, split: Split) -> float:
 
 
 @pytest.fixture(scope="module")
-def linear_files(tmp_path_factory) -> tuple[Path, Path, Split]:
+def linear_files(tmp_path_factory) -> tuple[Path, Path, TensorSplit]:
     """A linear classifier as fp32 and dynamic int8 files, and images labelled by the fp32 model. One
     image is 10,000 times brighter than the rest: in a shared batch its range sets the int8 scale, and
     the others are quantised to almost nothing."""
@@ -47,7 +48,7 @@ def linear_files(tmp_path_factory) -> tuple[Path, Path, Split]:
     export_onnx(model, x[:1], fp32)
     dyn = folder / "model.int8.onnx"
     STRATEGIES["dynamic"](fp32, dyn, {"per_channel": False}, None)
-    return fp32, dyn, Split(x, y)
+    return fp32, dyn, TensorSplit(x, y)
 
 
 def test_dynamic_int8_is_found_in_the_graph(linear_files):

@@ -20,6 +20,7 @@ import search.task.data
 from search import load_run
 from search.core.errors import UserError
 from search.outputs.export import export_trial
+from search.task.preprocess import Preprocess
 
 #: predict.py must run with these (and the standard library) only.
 ALLOWED = {"numpy", "onnxruntime", "PIL"}
@@ -87,12 +88,11 @@ def digits_folder(root: Path, per_class: int = 2) -> list[Path]:
 
 def pipeline_inputs(root: Path, card: dict, monkeypatch) -> np.ndarray:
     """The images of ``root`` preprocessed by edgepareto's own data pipeline (load_dataset, unsplit)."""
-    monkeypatch.setattr(search.task.data, "_split", lambda x, y, *_: (search.task.data.Split(x, y),) * 3)
     prep = card["preprocessing"]
-    data = search.task.data.load_dataset(
-        str(root), prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), 0, 0.2, 0.2
-    )
-    return data.test.x.numpy()
+    preprocess = Preprocess(prep["image_size"], prep["mean"], prep["std"], crop_pct=1.0, mode="squash")
+    transform = search.task.data.eval_transform(preprocess)
+    files = [f for d in sorted(root.iterdir()) for f in sorted(d.iterdir())]
+    return np.stack([transform(Image.open(f).convert("RGB")).numpy() for f in files])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

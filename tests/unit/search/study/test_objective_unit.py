@@ -21,6 +21,7 @@ from search.study.constraints import MODEL_ATTR, baseline_trial, budget_constrai
 from search.study.objective import Objective, baseline_accuracy_key, objective_values
 from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
+from search.task.data import SkipLog
 from targets import Latency
 from targets.latency import HYBRID_SAMPLE
 from tests.support.studies import new_study, quiet_progress
@@ -225,7 +226,7 @@ class Space:
 
 TASK = types.SimpleNamespace(
     data=types.SimpleNamespace(train=types.SimpleNamespace(x=torch.zeros(2, 3, 8, 8), y=torch.zeros(2)),
-                               val="validation split"),
+                               val="validation split", corrupt=SkipLog()),
     base=None, teacher=None, finetune_lr=0.01, input_shape=(1, 3, 8, 8),
 )
 
@@ -236,7 +237,7 @@ def replaced_steps(monkeypatch):
     seen = []
 
     def build(candidate, task, out, context, stage):
-        assert context.lr == 0.01 and context.train_x.shape == (2, 3, 8, 8)
+        assert context.lr == 0.01 and context.train.x.shape == (2, 3, 8, 8)
         stage("build")
         (out / "model.onnx").write_bytes(b"x")
         return out / "model.onnx", None

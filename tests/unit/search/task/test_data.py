@@ -36,5 +36,5 @@ def test_image_folder_reads_classes_in_sorted_order(tmp_path):
     data = load_dataset(str(tmp_path), 16, *NORM, seed=0, val_fraction=0.2, test_fraction=0.2)
     assert data.classes == ("cat", "dog") and data.skipped == 0
     assert len(data.train) + len(data.val) + len(data.test) == 20
-    assert data.train.x.shape[1:] == (3, 16, 16)
-    assert sorted(data.test.y.tolist()) == [0, 0, 1, 1]
+    assert data.train.images(len(data.train)).shape == (len(data.train), 3, 16, 16)
+    assert sorted(data.test.labels.tolist()) == [0, 0, 1, 1]

@@ -1,0 +1,446 @@
+"""``edgepareto bench scale``: does a streamed ImageFolder search scale with the number of images?
+
+For each data set size N: a synthetic ImageFolder of N JPEGs (scikit-learn's digits, upsampled to
+S x S, coloured, with seeded noise; cached under ``runs/.cache/bench-scale`` and reused), one timed
+in-process pass over its train split (``load_dataset(...).train.batches``, the search's workers and
+training transform), then a short ``edgepareto search`` in a subprocess (recovery fine-tuning fixed
+to one epoch) while a sampler reads the proportional set size (PSS) of the search and every process
+below it (its DataLoader workers share pages with it: PSS counts a shared page once, RSS once per
+process) and, on CUDA, the GPU's busy share. Reported per N: peak memory, images per second read,
+trained and evaluated, each stage's share of the trials' time, wall time; then how peak memory grew
+from the smallest N to the largest (the goal: at most 1.3x, where an in-memory data set grows N-fold).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from search.config.bounds import dataset_bytes
+from search.core.atomic import write_json, write_text, write_with
+from search.core.errors import UserError
+from search.core.stages import STAGE_KEYS, STAGES
+
+#: Recovery fine-tuning epochs of every trial (the space fixes them).
+FINETUNE_EPOCHS = 1
+#: The searched space: pruning, then always one epoch of recovery fine-tuning; quantization searched.
+SPACE = (
+    "# edgepareto bench scale: every trial fine-tunes one epoch\n"
+    "name: bench-scale\n"
+    "techniques:\n"
+    "  prune: {ratio: [0.2, 0.6]}\n"
+    f"  distill: {{enabled: always, epochs: {FINETUNE_EPOCHS}}}\n"
+    "  quantize: {mode: [dynamic]}\n"
+)
+CACHE = ".cache/bench-scale"
+DONE_FILE = "done.json"
+SAMPLE_S = 0.2
+BATCH = 64  # the search's default --batch-size
+MB = 2**20
+#: Peak memory at the largest N over that at the smallest should stay at or below this.
+GOAL_RATIO = 1.3
+#: The fewest images: 10 classes of ``search.task.data.min_per_class(0.2, 0.2)`` (5) each.
+MIN_IMAGES = 50
+#: A baseline epoch's progress line (``search.task.baseline.cached_baseline``).
+BASELINE_EPOCH = re.compile(r"baseline: \S+ epoch \d+/\d+ loss \S+ \(([\d,.]+) images/s\)")
+
+
+@dataclass(frozen=True)
+class ScalePoint:
+    """One data set size's measurements (rates in images per second; None: nothing to measure)."""
+
+    images: int
+    img_size: int
+    train_images: int
+    val_images: int
+    peak_pss_mb: float  # the search's process tree, its DataLoader workers included
+    in_memory_mb: float  # what holding the data set as float tensors took (``dataset_bytes``)
+    load_rate: float | None  # one pass over the train split, training transform, no model
+    train_rate: float | None  # recovery fine-tuning, over the trials that fine-tuned
+    baseline_rate: float | None  # the baseline's own training epochs, from its progress lines
+    eval_rate: float | None  # onnxruntime accuracy on the validation split, over the trials
+    gpu_busy: float | None  # mean GPU utilisation while the search ran (0-1); None: no GPU or no NVML
+    wall_s: float  # the search subprocess, start to exit
+    shares: tuple[tuple[str, float], ...]  # (stage, share of the trials' summed stage seconds)
+    run_dir: str
+
+
+# ---------------------------------------------------------------- pure maths
+
+
+def rate(images: float, seconds: float) -> float | None:
+    """Images per second; None when no time was measured (``seconds`` 0, negative or not finite)."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return images / seconds
+
+
+def per_trial_rate(images: int, seconds: Sequence[float], passes: int = 1) -> float | None:
+    """``images`` x ``passes`` per trial that spent time (seconds > 0) over their summed seconds:
+    e.g. train images x fine-tune epochs / train_s, or val images / accuracy_s. Trials that skipped
+    the stage (0, NaN: a duplicate, the baseline's fine-tuning) do not count."""
+    spent = [float(s) for s in seconds if math.isfinite(float(s)) and float(s) > 0]
+    return rate(images * passes * len(spent), sum(spent))
+
+
+def stage_totals(trials: pd.DataFrame) -> dict[str, float]:
+    """Seconds per stage (``STAGES`` order) summed over the rows of a ``trials.csv`` table; a missing
+    column or value counts 0."""
+    values = trials.reindex(columns=list(STAGE_KEYS)).apply(pd.to_numeric, errors="coerce").fillna(0.0)
+    return {stage: float(values[key].sum()) for stage, key in zip(STAGES, STAGE_KEYS)}
+
+
+def shares(totals: Mapping[str, float]) -> dict[str, float]:
+    """Each stage's fraction of the summed seconds; every share 0 when nothing was timed."""
+    total = sum(totals.values())
+    return {s: (v / total if total > 0 else 0.0) for s, v in totals.items()}
+
+
+def memory_ratio(small_mb: float, large_mb: float) -> float:
+    """Peak memory at the large N over the small N (inf when the small one is 0)."""
+    return large_mb / small_mb if small_mb > 0 else math.inf
+
+
+def baseline_rates(log: str) -> list[float]:
+    """Images per second of each baseline training epoch in a search's progress lines."""
+    return [float(m.replace(",", "")) for m in BASELINE_EPOCH.findall(log)]
+
+
+def descendants(parents: Mapping[int, int], root: int) -> set[int]:
+    """``root`` and every process below it, from a pid -> parent pid map."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
+def parse_images(items: Sequence[str]) -> tuple[int, ...]:
+    """``("2000", "20000")`` as sizes, each at least ``MIN_IMAGES``."""
+    try:
+        sizes = tuple(int(s) for s in items)
+    except ValueError:
+        raise UserError(f"--images takes a comma list of whole numbers, got {','.join(items)}") from None
+    if not sizes or min(sizes) < MIN_IMAGES:
+        raise UserError(
+            f"--images: each size must be {MIN_IMAGES} or more (10 classes, each split into train, val "
+            f"and test), got {','.join(items)}"
+        )
+    return sizes
+
+
+# ---------------------------------------------------------------- the synthetic data
+
+
+def write_digits(root: Path, images: int, img_size: int, seed: int = 0) -> Path:
+    """``root/<digit>/<i>.jpg``: ``images`` JPEGs (quality 90) of ``img_size`` px, class ``i % 10``
+    for image ``i``, each a random digit of that class upsampled, coloured (seeded foreground and
+    background) and with seeded Gaussian noise. A finished folder (its ``done.json`` names the same
+    settings) is reused as it is; the folder is written beside ``root`` and then moved into place."""
+    settings = {"images": images, "img_size": img_size, "seed": seed}
+    done = root / DONE_FILE
+    if done.is_file() and json.loads(done.read_text()) == settings:
+        return root
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    by_class = [np.flatnonzero(digits.target == c) for c in range(10)]
+    rng = np.random.default_rng(seed)
+    tmp = root.with_name(f".{root.name}.{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for c in range(10):
+        (tmp / str(c)).mkdir(parents=True)
+    for i in range(images):
+        label = i % 10
+        gray = Image.fromarray((digits.images[rng.choice(by_class[label])] * (255 / 16)).astype(np.uint8))
+        g = np.asarray(gray.resize((img_size, img_size), Image.BILINEAR), dtype=np.float32)[..., None] / 255
+        fg, bg = rng.uniform(0.5, 1.0, 3), rng.uniform(0.0, 0.4, 3)
+        rgb = bg + (fg - bg) * g + rng.normal(0.0, 0.08, (img_size, img_size, 3))
+        Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(
+            tmp / str(label) / f"{i:06d}.jpg", quality=90
+        )
+    write_json(tmp / DONE_FILE, settings)
+    shutil.rmtree(root, ignore_errors=True)  # an unfinished or different folder of the same name
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(root)
+    except OSError:  # another bench finished the same folder first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def data_folder(runs_dir: Path, images: int, img_size: int, seed: int = 0) -> Path:
+    """The cached synthetic folder of these settings under ``runs_dir`` (written when missing)."""
+    return write_digits(runs_dir / CACHE / f"n{images}-s{img_size}-seed{seed}", images, img_size, seed)
+
+
+# ---------------------------------------------------------------- measuring a process tree
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process (``/proc/PID/stat``)."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def pss_kb(pid: int) -> int:
+    """The process's proportional set size in KiB (0 when it is gone or cannot be read)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def tree_pss_mb(root: int) -> float:
+    """PSS of ``root`` and all its descendants, in MB."""
+    return sum(pss_kb(pid) for pid in descendants(_parents(), root)) / 1024
+
+
+def _gpu_reader() -> Callable[[], float | None] | None:
+    """A function returning the GPU's utilisation (0-100) now, or None without CUDA or NVML:
+    ``torch.cuda.utilization`` (needs pynvml), else ``nvidia-smi``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        torch.cuda.utilization(0)
+        return lambda: float(torch.cuda.utilization(0))
+    except Exception:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    query = [smi, "--id=0", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+
+    def read() -> float | None:
+        try:
+            return float(subprocess.run(query, capture_output=True, text=True, timeout=2).stdout.strip())
+        except (OSError, ValueError, subprocess.SubprocessError):
+            return None
+
+    return read if read() is not None else None
+
+
+class TreeSampler(threading.Thread):
+    """Every ``interval`` s until stopped: the PSS of a process tree (peak kept) and the GPU's
+    utilisation (mean kept)."""
+
+    def __init__(self, root: int, interval: float = SAMPLE_S, gpu: Callable[[], float | None] | None = None):
+        super().__init__(daemon=True)
+        self.root, self.interval, self.gpu = root, interval, gpu
+        self.peak_mb, self.gpu_samples = 0.0, []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, tree_pss_mb(self.root))
+            if self.gpu is not None and (busy := self.gpu()) is not None:
+                self.gpu_samples.append(busy / 100)
+            if self.halt.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join()
+
+    @property
+    def gpu_busy(self) -> float | None:
+        return float(np.mean(self.gpu_samples)) if self.gpu_samples else None
+
+
+# ---------------------------------------------------------------- one size
+
+
+def loading_rate(folder: Path, img_size: int, model: str, workers: int | None, seed: int = 0) -> float | None:
+    """Images per second of one pass over the train split as the search reads it for training (its
+    evaluation transform settings, ``light`` augmentation, batches of 64, ``workers`` processes)."""
+    from search.task.data import load_dataset, model_preprocess
+
+    prep = model_preprocess(model, img_size, str(folder))
+    data = load_dataset(
+        str(folder), img_size, prep.mean, prep.std, seed, 0.2, 0.2, preprocess=prep, workers=workers,
+    )
+    start, seen = time.monotonic(), 0
+    for _, y in data.train.batches(BATCH, shuffle_seed=seed, augment=True):
+        seen += len(y)
+    return rate(seen, time.monotonic() - start)
+
+
+def search_command(
+    folder: Path, runs: Path, name: str, space: Path, img_size: int, model: str, trials: int,
+    epochs: int, workers: int | None, seed: int = 0,
+) -> list[str]:
+    """The ``edgepareto search`` the bench runs on ``folder`` (a fresh runs dir: the baseline trains)."""
+    args = [
+        sys.executable, "-m", "search", "search", "--data", str(folder), "--img-size", str(img_size),
+        "--model", model, "--trials", str(trials), "--epochs", str(epochs), "--space", str(space),
+        "--runs-dir", str(runs), "--name", name, "--latency", "measure", "--repeats", "5",
+        "--warm-start", "off", "--seed", str(seed),
+    ]
+    return args + (["--workers", str(workers)] if workers is not None else [])
+
+
+def measure_size(
+    images: int, out: Path, *, img_size: int, model: str, trials: int, epochs: int, workers: int | None,
+    runs_dir: Path, space: Path, seed: int = 0, log: Callable[[str], None] = print,
+) -> ScalePoint:
+    """The synthetic folder of ``images`` (cached), its loading rate, then the search, measured."""
+    started = time.monotonic()
+    folder = data_folder(runs_dir, images, img_size, seed)
+    log(f"N={images}: data {folder} ({time.monotonic() - started:.1f} s)")
+    load = loading_rate(folder, img_size, model, workers, seed)
+    log(f"N={images}: loading {load or 0:,.0f} images/s")
+    runs, name = out / f"n{images}", f"scale-n{images}"
+    runs.mkdir(parents=True)
+    stderr = runs / "search.log"
+    cmd = search_command(folder, runs, name, space, img_size, model, trials, epochs, workers, seed)
+    with stderr.open("w") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT)
+        sampler = TreeSampler(proc.pid, gpu=_gpu_reader())
+        sampler.start()
+        try:
+            code = proc.wait()
+        finally:
+            sampler.stop()
+        wall = time.monotonic() - started
+    text = stderr.read_text(errors="replace")
+    if code != 0:
+        tail = "\n".join(text.strip().splitlines()[-5:])
+        raise UserError(f"bench scale: the search on N={images} failed (exit {code}); {stderr}:\n{tail}")
+    run = runs / name
+    table = pd.read_csv(run / "trials.csv")
+    sizes = json.loads((run / "summary.json").read_text())["split_sizes"]
+    column = lambda key: pd.to_numeric(table.get(key, pd.Series(dtype=float)), errors="coerce")  # noqa: E731
+    base = baseline_rates(text)
+    point = ScalePoint(
+        images=images, img_size=img_size, train_images=int(sizes["train"]), val_images=int(sizes["val"]),
+        peak_pss_mb=round(sampler.peak_mb, 1), in_memory_mb=round(dataset_bytes(images, img_size) / MB, 1),
+        load_rate=load,
+        train_rate=per_trial_rate(int(sizes["train"]), column("train_s").fillna(0).tolist(), FINETUNE_EPOCHS),
+        baseline_rate=float(np.mean(base)) if base else None,
+        eval_rate=per_trial_rate(int(sizes["val"]), column("accuracy_s").fillna(0).tolist()),
+        gpu_busy=sampler.gpu_busy, wall_s=round(wall, 2),
+        shares=tuple(shares(stage_totals(table)).items()), run_dir=str(run),
+    )
+    log(f"N={images}: peak {point.peak_pss_mb:,.0f} MB, {wall:.0f} s")
+    return point
+
+
+def bench_scale(
+    images: Sequence[int] = (2000, 20000), img_size: int = 224, model: str = "resnet18", trials: int = 3,
+    epochs: int = 1, workers: int | None = None, runs_dir: str | Path = "runs", seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[ScalePoint]:
+    """Every size of ``images`` measured in turn (smallest first); saved as CSV and JSON beside the
+    runs in ``runs_dir/bench/scale-DATE-TIME``."""
+    runs_dir = Path(runs_dir)
+    out = runs_dir / "bench" / f"scale-{dt.datetime.now():%Y%m%d-%H%M%S-%f}"
+    out.mkdir(parents=True)
+    space = out / "space.yaml"
+    space.write_text(SPACE)
+    points = [
+        measure_size(
+            n, out, img_size=img_size, model=model, trials=trials, epochs=epochs, workers=workers,
+            runs_dir=runs_dir, space=space, seed=seed, log=log,
+        )
+        for n in sorted(set(images))
+    ]
+    write_with(out / "scale.csv", lambda tmp: scale_frame(points).to_csv(tmp, index=False))
+    write_text(out / "scale.json", scale_json(points))
+    log(f"saved {out / 'scale.csv'}")
+    return points
+
+
+# ---------------------------------------------------------------- the table
+
+
+def scale_frame(points: Sequence[ScalePoint]) -> pd.DataFrame:
+    """One row per size: the measurements, then one ``share_<stage>`` column (a fraction) per stage."""
+    rows = []
+    for p in points:
+        row = {k: v for k, v in asdict(p).items() if k not in ("shares", "run_dir")}
+        row.update({f"share_{s}": round(v, 4) for s, v in p.shares})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scale_json(points: Sequence[ScalePoint]) -> str:
+    """The measurements as a JSON list (one object per size, shares as a stage -> fraction object)."""
+    return json.dumps([{**asdict(p), "shares": dict(p.shares)} for p in points], indent=2)
+
+
+def ratio_line(points: Sequence[ScalePoint]) -> str:
+    """``peak memory N=20000 / N=2000 = 1.05 (goal <= 1.3)``; '' with one size only."""
+    if len(points) < 2:
+        return ""
+    small, large = min(points, key=lambda p: p.images), max(points, key=lambda p: p.images)
+    ratio = memory_ratio(small.peak_pss_mb, large.peak_pss_mb)
+    return f"peak memory N={large.images} / N={small.images} = {ratio:.2f} (goal <= {GOAL_RATIO})"
+
+
+#: The printed table's rows: (column of ``scale_frame``, label, format).
+ROWS = (
+    ("images", "images", "{:,.0f}"), ("img_size", "image size px", "{:.0f}"),
+    ("train_images", "train / val images", None), ("peak_pss_mb", "peak memory MB (PSS, tree)", "{:,.0f}"),
+    ("in_memory_mb", "in-memory data set MB", "{:,.0f}"), ("load_rate", "loading images/s", "{:,.1f}"),
+    ("train_rate", "fine-tuning images/s", "{:,.1f}"),
+    ("baseline_rate", "baseline training images/s", "{:,.1f}"),
+    ("eval_rate", "evaluation images/s", "{:,.1f}"), ("gpu_busy", "GPU busy", "{:.0%}"),
+    ("wall_s", "wall s", "{:,.1f}"),
+)
+
+
+def _cell(value: object, fmt: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+
+def format_scale(points: Sequence[ScalePoint]) -> str:
+    """One column per size, one row per measurement (n/a: nothing measured) and per stage share,
+    then the ratio line."""
+    frame = scale_frame(points)
+    rows: dict[str, list[str]] = {}
+    for col, label, fmt in ROWS:
+        if col == "train_images":
+            rows[label] = [f"{t:,} / {v:,}" for t, v in zip(frame["train_images"], frame["val_images"])]
+        else:
+            rows[label] = [_cell(v, fmt) for v in frame[col].astype(object)]
+    for stage in STAGES:
+        rows[f"{stage} share"] = [_cell(v, "{:.1%}") for v in frame[f"share_{stage}"]]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[f"N={p.images}" for p in points])
+    lines = [table.to_string()]
+    ratio = ratio_line(points)
+    if ratio:
+        lines.append(ratio)
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""What training, recalibration and evaluation read images from: a split, as batches.
+
+A ``Split`` yields ``(images, labels)`` batches in the evaluation transform, or shuffled and
+augmented for training; ``images(n)`` is its first ``n`` images as one tensor (for the few steps
+that need a handful: an example input, quantization calibration). ``TensorSplit`` holds its images
+in memory (the embedded digits); ``search.task.data.FolderSplit`` streams an ImageFolder tree from
+disk through a DataLoader.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class Split(ABC):
+    """Labelled images, read in batches."""
+
+    @property
+    @abstractmethod
+    def labels(self) -> np.ndarray:
+        """The class index of every image, in order (int64)."""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def batches(
+        self, batch_size: int, *, shuffle_seed: int | None = None, augment: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(images, labels)`` batches: in order, or shuffled by ``shuffle_seed``; the training
+        transform where ``augment``; the first ``limit`` images (of the order) only where given.
+        A batch may be shorter than ``batch_size`` where images could not be read (skipped)."""
+
+    def images(self, n: int) -> torch.Tensor:
+        """The first ``n`` images (evaluation transform) as one ``n x 3 x S x S`` tensor."""
+        return torch.cat([x for x, _ in self.batches(min(max(n, 1), 64), limit=n)])
+
+    @abstractmethod
+    def subset(self, n: int) -> Split:
+        """The first ``n`` images as a split of their own (the same transforms)."""
+
+
+@dataclass(frozen=True, eq=False)
+class TensorSplit(Split):
+    """Images held in memory, already in the evaluation transform (no augmentation)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.y.numpy()
+
+    def batches(
+        self, batch_size: int, *, shuffle_seed: int | None = None, augment: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = order_of(len(self.y), shuffle_seed)[:limit]
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            yield self.x[idx], self.y[idx]
+
+    def images(self, n: int) -> torch.Tensor:
+        return self.x[:n]
+
+    def subset(self, n: int) -> Split:
+        return TensorSplit(self.x[:n], self.y[:n])
+
+
+def order_of(n: int, shuffle_seed: int | None) -> torch.Tensor:
+    """``0..n-1`` in order, or shuffled by a generator seeded with ``shuffle_seed``."""
+    if shuffle_seed is None:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))

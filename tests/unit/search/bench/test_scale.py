@@ -1,0 +1,153 @@
+"""``bench scale``'s pure parts: rates, stage shares, the memory ratio, the process tree, the table,
+the synthetic folder and the argument checks (the measured run: tests/e2e/test_scale.py)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from search.bench.scale import (
+    DONE_FILE,
+    MIN_IMAGES,
+    ScalePoint,
+    baseline_rates,
+    descendants,
+    format_scale,
+    memory_ratio,
+    parse_images,
+    per_trial_rate,
+    rate,
+    ratio_line,
+    scale_frame,
+    scale_json,
+    shares,
+    stage_totals,
+    tree_pss_mb,
+    write_digits,
+)
+from search.core.errors import UserError
+from search.core.stages import STAGE_KEYS, STAGES
+from search.task.data import min_per_class
+
+
+def _point(images: int, peak: float, **kw) -> ScalePoint:
+    base = dict(
+        images=images, img_size=32, train_images=images * 6 // 10, val_images=images // 5, peak_pss_mb=peak,
+        in_memory_mb=1.0, load_rate=100.0, train_rate=50.0, baseline_rate=None, eval_rate=200.0,
+        gpu_busy=None, wall_s=10.0, shares=tuple((s, 1 / len(STAGES)) for s in STAGES), run_dir="x",
+    )
+    return ScalePoint(**{**base, **kw})
+
+
+def test_rate_is_none_without_time():
+    assert rate(100, 4.0) == 25.0
+    assert rate(100, 0.0) is None and rate(100, -1.0) is None and rate(100, math.nan) is None
+
+
+def test_per_trial_rate_counts_only_trials_that_spent_time_in_the_stage():
+    # three trials fine-tuned 1 epoch of 600 images in 2 + 3 + 1 s; the baseline (0) and a duplicate (NaN)
+    assert per_trial_rate(600, [0.0, 2.0, math.nan, 3.0, 1.0]) == pytest.approx(600 * 3 / 6)
+    assert per_trial_rate(600, [2.0, 2.0], passes=2) == pytest.approx(600)
+    assert per_trial_rate(600, [0.0, math.nan]) is None and per_trial_rate(600, []) is None
+
+
+def test_stage_totals_sum_each_column_and_count_missing_as_zero():
+    table = pd.DataFrame({
+        "trial": [0, 1, 2], "train_s": [0.0, 2.0, None], "accuracy_s": [1.0, 1.5, 0.5], "other_s": ["", 1, 1],
+    })
+    totals = stage_totals(table)
+    assert list(totals) == list(STAGES)
+    assert totals["train"] == 2.0 and totals["accuracy"] == 3.0 and totals["other"] == 2.0
+    assert totals["export"] == 0.0  # no column
+
+
+def test_shares_sum_to_one_or_are_all_zero():
+    got = shares({"train": 3.0, "accuracy": 1.0, "other": 0.0})
+    assert got == {"train": 0.75, "accuracy": 0.25, "other": 0.0}
+    assert shares({"train": 0.0, "other": 0.0}) == {"train": 0.0, "other": 0.0}
+
+
+def test_memory_ratio():
+    assert memory_ratio(1000.0, 1100.0) == pytest.approx(1.1)
+    assert memory_ratio(0.0, 5.0) == math.inf
+
+
+def test_baseline_rates_read_the_epoch_lines_only():
+    log = (
+        "baseline: training resnet18 for 2 epochs (lr 0.003, seed 0); cached after\n"
+        "baseline: resnet18 epoch 1/2 loss 2.3021 (1,234 images/s)\n"
+        "[2/3 00:05] trial 1: fine-tune 1/1 loss 1.475 (130 images/s) | best -\n"
+        "baseline: resnet18 epoch 2/2 loss nan (56 images/s)\n"
+    )
+    assert baseline_rates(log) == [1234.0, 56.0]
+    assert baseline_rates("baseline: cached runs/.cache/baselines/x/model.pt") == []
+
+
+def test_descendants_walk_the_whole_tree_and_nothing_else():
+    parents = {1: 0, 10: 1, 11: 10, 12: 10, 13: 12, 20: 1, 21: 20}
+    assert descendants(parents, 10) == {10, 11, 12, 13}
+    assert descendants(parents, 13) == {13}
+    assert descendants(parents, 99) == {99}  # gone: itself only (its PSS reads 0)
+
+
+def test_tree_pss_counts_a_child_process():
+    hold = "import time; b = bytearray(200 * 2**20); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", hold])
+    try:
+        for _ in range(100):  # until the child has touched its 200 MB
+            if tree_pss_mb(child.pid) > 150:
+                break
+            time.sleep(0.1)
+        assert tree_pss_mb(os.getpid()) >= tree_pss_mb(child.pid) > 150
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_parse_images_checks_sizes():
+    assert parse_images(("2000", "20000")) == (2000, 20000)
+    assert min_per_class(0.2, 0.2) * 10 == MIN_IMAGES
+    for bad in (("2k",), (), (str(MIN_IMAGES - 1), "100")):
+        with pytest.raises(UserError, match="--images"):
+            parse_images(bad)
+
+
+def test_table_has_every_row_and_the_ratio_line():
+    points = [_point(2000, 1000.0), _point(20000, 1100.0, gpu_busy=0.42, train_rate=None)]
+    text = format_scale(points)
+    for label in ("peak memory MB", "loading images/s", "fine-tuning images/s", "evaluation images/s",
+                  "baseline training images/s", "GPU busy", "wall s", *(f"{s} share" for s in STAGES)):
+        assert label in text, label
+    assert "N=2000" in text and "N=20000" in text and "42%" in text and "n/a" in text
+    assert text.splitlines()[-1] == "peak memory N=20000 / N=2000 = 1.10 (goal <= 1.3)"
+    assert ratio_line(points[:1]) == "" and "peak memory N=" not in format_scale(points[:1])
+    frame = scale_frame(points)
+    assert [f"share_{s}" for s in STAGES] == [c for c in frame.columns if c.startswith("share_")]
+    assert json.loads(scale_json(points))[1]["shares"]["train"] == pytest.approx(1 / len(STAGES))
+    assert len(STAGE_KEYS) == len(STAGES)
+
+
+def test_write_digits_writes_balanced_seeded_jpegs_and_reuses_them(tmp_path):
+    root = write_digits(tmp_path / "d", 53, 24, seed=3)
+    counts = {c.name: len(list(c.glob("*.jpg"))) for c in root.iterdir() if c.is_dir()}
+    assert counts == {str(c): 6 if c < 3 else 5 for c in range(10)}
+    with Image.open(root / "7" / "000007.jpg") as im:
+        assert im.format == "JPEG" and im.size == (24, 24) and im.mode == "RGB"
+        first = np.asarray(im)
+    assert first.std() > 0  # coloured, noisy
+    stamp = (root / DONE_FILE).stat().st_mtime_ns
+    assert write_digits(tmp_path / "d", 53, 24, seed=3) == root
+    assert (root / DONE_FILE).stat().st_mtime_ns == stamp  # reused, not rewritten
+    again = write_digits(tmp_path / "e", 53, 24, seed=3)
+    with Image.open(again / "7" / "000007.jpg") as im:
+        assert np.array_equal(np.asarray(im), first)  # seeded
+    write_digits(tmp_path / "d", 60, 24, seed=3)  # other settings: rewritten in place
+    assert sum(1 for _ in root.rglob("*.jpg")) == 60
+    assert not list(tmp_path.glob(".*partial"))
