@@ -27,11 +27,12 @@ class StageClock:
     """Seconds per stage: ``enter(stage)`` closes the running stage and opens the next; the time
     before the first ``enter`` counts as ``other``. ``totals()`` closes the running stage."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, since: float | None = None) -> None:
+        """``since``: when the trial started, on ``clock``'s scale (None: now)."""
         self.clock = clock
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.current = "other"
-        self.since = clock()
+        self.since = clock() if since is None else since
 
     def enter(self, stage: str) -> None:
         if stage not in self.seconds:
