@@ -63,9 +63,10 @@ def test_small_search_end_to_end(runs_dir, capfd):
     assert "speed-up" in out and "compression" in out and "model.onnx" in out
     table = out.split("\n\nresults:")[0].strip()
     code, shown, _ = run_cli(["show", "e2e", "--runs-dir", str(runs_dir)], capfd)
-    *rows, counts = shown.strip().splitlines()
+    *rows, counts, stages = shown.strip().splitlines()
     assert code == 0 and "\n".join(rows) == table
     assert counts == "trials: 6/6 counted: 6 complete, 0 failed, 0 pruned; 0 running, 0 waiting"
+    assert stages.startswith("time per stage: ") and "accuracy" in stages and "median trial" in stages
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["trials"]["total"] == 6 and summary["preprocessing"]["input_shape"] == [1, 3, 16, 16]
