@@ -223,8 +223,8 @@ def model_preprocess(name: str, img_size: int, spec: str) -> Preprocess:
     """The evaluation transform for model ``name`` on data ``spec``: timm's pretrained config gives
     mean, std, interpolation and crop_pct (``timm.data.resolve_data_config``); the embedded digits
     are stretched to ``img_size`` (mode squash, bilinear, as they always were)."""
-    cfg = timm.data.resolve_data_config(pretrained_cfg=timm.get_pretrained_cfg(name).to_dict()) \
-        if timm.get_pretrained_cfg(name) is not None else {}
+    pretrained = timm.get_pretrained_cfg(name)
+    cfg = timm.data.resolve_data_config(pretrained_cfg=pretrained.to_dict()) if pretrained else {}
     mean = tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
     std = tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
     if spec in EMBEDDED:

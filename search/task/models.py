@@ -30,14 +30,6 @@ def check_model_name(name: str) -> None:
     raise UserError(f"unknown timm model {name!r}{hint}")
 
 
-def data_config(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean and std the architecture expects its inputs normalised with."""
-    cfg = timm.get_pretrained_cfg(name)
-    mean = getattr(cfg, "mean", None) or timm.data.IMAGENET_DEFAULT_MEAN
-    std = getattr(cfg, "std", None) or timm.data.IMAGENET_DEFAULT_STD
-    return tuple(mean), tuple(std)
-
-
 #: A ViT's token grid is kept at least this many patches per side when the patch size is automatic.
 MIN_GRID = 8
 

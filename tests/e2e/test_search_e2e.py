@@ -8,8 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.task.data import load_dataset
-from search.task.models import data_config
+from search.task.data import load_dataset, model_preprocess
 from spaces import TECHNIQUES, TorchTechnique
 from spaces.params import FloatParam
 from tests.support.cli import TINY, run_cli
@@ -53,8 +52,8 @@ def test_small_search_end_to_end(runs_dir, capfd):
     pareto = pd.read_csv(run / "pareto.csv")
     assert pareto.iloc[0]["role"].startswith("baseline")
     assert pareto.iloc[0]["speedup"] == 1.0
-    mean, std = data_config("test_resnet")
-    data = load_dataset("digits", 16, mean, std, 0, 0.2, 0.2)
+    prep = model_preprocess("test_resnet", 16, "digits")
+    data = load_dataset("digits", 16, prep.mean, prep.std, 0, 0.2, 0.2)
     x, y = data.test.x.numpy(), data.test.y.numpy()
     for _, row in pareto.iterrows():
         assert fresh_session_accuracy(row["path"], x, y) == row["test_accuracy"]
