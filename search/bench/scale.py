@@ -4,11 +4,14 @@ For each data set size N: a synthetic ImageFolder of N JPEGs (scikit-learn's dig
 S x S, coloured, with seeded noise; cached under ``runs/.cache/bench-scale`` and reused), one timed
 in-process pass over its train split (``load_dataset(...).train.batches``, the search's workers and
 training transform), then a short ``edgepareto search`` in a subprocess (recovery fine-tuning fixed
-to one epoch) while a sampler reads the proportional set size (PSS) of the search and every process
-below it (its DataLoader workers share pages with it: PSS counts a shared page once, RSS once per
-process) and, on CUDA, the GPU's busy share. Reported per N: peak memory, images per second read,
-trained and evaluated, each stage's share of the trials' time, wall time; then how peak memory grew
-from the smallest N to the largest (the goal: at most 1.3x, where an in-memory data set grows N-fold).
+to one epoch) while a sampler reads the memory of the search and every process below it and, on CUDA,
+the GPU's busy share. Memory is the proportional set size (PSS) of anonymous memory (the DataLoader
+workers share pages with the search: PSS counts a shared page once, RSS in every process), the
+search's files (libraries) once, and the shared memory that carries batches from the workers
+(``tree_mb``); the search process's own peak RSS beside it. Reported per N: peak memory, images per
+second read, trained and evaluated, each stage's share of the trials' time, wall time; then how peak
+memory grew from the smallest N to the largest (the goal: at most 1.3x, where an in-memory data set
+grows N-fold).
 """
 
 from __future__ import annotations
@@ -67,8 +70,10 @@ class ScalePoint:
     img_size: int
     train_images: int
     val_images: int
-    peak_pss_mb: float  # the search's process tree, its DataLoader workers included
-    in_memory_mb: float  # what holding the data set as float tensors took (``dataset_bytes``)
+    peak_mb: float  # the search's process tree, its DataLoader workers included (``tree_mb``)
+    search_rss_mb: float  # the search process's own peak RSS (where a data set in memory would be)
+    processes: int  # the most processes the tree had at once (the search and its workers)
+    in_memory_mb: float  # what loading the data set as float tensors took (``dataset_bytes``: 3 copies)
     load_rate: float | None  # one pass over the train split, training transform, no model
     train_rate: float | None  # recovery fine-tuning, over the trials that fine-tuned
     baseline_rate: float | None  # the baseline's own training epochs, from its progress lines
@@ -125,7 +130,8 @@ def descendants(parents: Mapping[int, int], root: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
-    tree, todo = set(), [root]
+    tree: set[int] = set()
+    todo = [root]
     while todo:
         pid = todo.pop()
         if pid not in tree:
@@ -199,7 +205,7 @@ def data_folder(runs_dir: Path, images: int, img_size: int, seed: int = 0) -> Pa
 
 def _parents() -> dict[int, int]:
     """pid -> parent pid of every process (``/proc/PID/stat``)."""
-    out = {}
+    out: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
@@ -210,20 +216,89 @@ def _parents() -> dict[int, int]:
     return out
 
 
-def pss_kb(pid: int) -> int:
-    """The process's proportional set size in KiB (0 when it is gone or cannot be read)."""
+@dataclass(frozen=True)
+class Usage:
+    """One process's memory in KiB: the PSS of its anonymous pages and of shared memory
+    (``/proc/PID/smaps_rollup``), and its resident file pages counted in full (``RssFile``)."""
+
+    anon: int = 0
+    shmem: int = 0
+    rss_file: int = 0
+
+
+def usage(pid: int) -> Usage:
+    """The process's ``Usage`` now (all 0 when it is gone; anon = the whole PSS on a kernel without
+    the PSS breakdown)."""
+    found: dict[str, int] = {}
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text() + Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return Usage()
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Pss", "Pss_Anon", "Pss_Shmem", "RssFile") and rest.split():
+            found[key] = int(rest.split()[0])
+    if "Pss_Anon" not in found:
+        return Usage(anon=found.get("Pss", 0))
+    return Usage(found["Pss_Anon"], found.get("Pss_Shmem", 0), found.get("RssFile", 0))
+
+
+def shm_held(pid: int) -> dict[tuple[int, int], int]:
+    """Shared-memory files the process holds open ((device, inode) -> bytes allocated): what torch
+    passes DataLoader batches in (``/dev/shm/torch_*``, unlinked, one descriptor per tensor)."""
+    out: dict[tuple[int, int], int] = {}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        link = f"/proc/{pid}/fd/{fd}"
+        try:
+            target = os.readlink(link)
+            if target.startswith(("/dev/shm/", "/memfd:")):
+                st = os.stat(link)
+                out[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+        except OSError:
+            continue
+    return out
+
+
+def tree_mb(root: Usage, others: Sequence[Usage], held: Mapping[tuple[int, int], int]) -> float:
+    """Memory of a process tree in MB. Anonymous pages by their PSS: the workers a process forks share
+    its pages, and PSS counts a shared page once over all of them (RSS would count it in each). Files
+    (libraries) as the root process maps them, in full: their PSS would be split with every unrelated
+    process on the machine that maps the same libraries, so the number would depend on what else
+    runs. Shared memory once, as the larger of two lower bounds: what the processes mapped and touched
+    (``Pss_Shmem``), and the shared-memory files they hold open (a batch a worker wrote that the main
+    process has not read yet is in neither's PSS, but is held open)."""
+    every = [root, *others]
+    anon = sum(u.anon for u in every)
+    shared = max(sum(u.shmem for u in every) * 1024, sum(held.values()))
+    return ((anon + root.rss_file) * 1024 + shared) / MB
+
+
+def tree_memory_mb(root: int, pids: set[int] | frozenset[int]) -> float:
+    """``tree_mb`` of process ``root`` and the others of ``pids``, read now."""
+    held: dict[tuple[int, int], int] = {}
+    for pid in pids:
+        held.update(shm_held(pid))
+    return tree_mb(usage(root), [usage(pid) for pid in pids - {root}], held)
+
+
+def peak_rss_kb(pid: int) -> int:
+    """The process's peak resident set size so far (``VmHWM``) in KiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1])
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         pass
     return 0
 
 
-def tree_pss_mb(root: int) -> float:
-    """PSS of ``root`` and all its descendants, in MB."""
-    return sum(pss_kb(pid) for pid in descendants(_parents(), root)) / 1024
+def tree_of(root: int) -> set[int]:
+    """``root`` and all its descendants now."""
+    return descendants(_parents(), root)
 
 
 def _gpu_reader() -> Callable[[], float | None] | None:
@@ -253,18 +328,23 @@ def _gpu_reader() -> Callable[[], float | None] | None:
 
 
 class TreeSampler(threading.Thread):
-    """Every ``interval`` s until stopped: the PSS of a process tree (peak kept) and the GPU's
-    utilisation (mean kept)."""
+    """Every ``interval`` s until stopped: the memory of a process tree (``tree_memory_mb``, peak
+    kept), the root's own peak RSS (``VmHWM``: exact, not sampled), the tree's size in processes (most
+    kept) and the GPU's utilisation (mean kept)."""
 
     def __init__(self, root: int, interval: float = SAMPLE_S, gpu: Callable[[], float | None] | None = None):
         super().__init__(daemon=True)
         self.root, self.interval, self.gpu = root, interval, gpu
-        self.peak_mb, self.gpu_samples = 0.0, []
+        self.peak_mb, self.root_peak_mb, self.processes = 0.0, 0.0, 0
+        self.gpu_samples: list[float] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
         while True:
-            self.peak_mb = max(self.peak_mb, tree_pss_mb(self.root))
+            tree = tree_of(self.root)
+            self.peak_mb = max(self.peak_mb, tree_memory_mb(self.root, tree))
+            self.processes = max(self.processes, len(tree))
+            self.root_peak_mb = max(self.root_peak_mb, peak_rss_kb(self.root) / 1024)
             if self.gpu is not None and (busy := self.gpu()) is not None:
                 self.gpu_samples.append(busy / 100)
             if self.halt.wait(self.interval):
@@ -311,6 +391,13 @@ def search_command(
     return args + (["--workers", str(workers)] if workers is not None else [])
 
 
+def _seconds(trials: pd.DataFrame, key: str) -> list[float]:
+    """A stage's seconds per trial of a ``trials.csv`` table (0 where missing)."""
+    if key not in trials:
+        return []
+    return pd.to_numeric(trials[key], errors="coerce").fillna(0.0).tolist()
+
+
 def measure_size(
     images: int, out: Path, *, img_size: int, model: str, trials: int, epochs: int, workers: int | None,
     runs_dir: Path, space: Path, seed: int = 0, log: Callable[[str], None] = print,
@@ -342,19 +429,20 @@ def measure_size(
     run = runs / name
     table = pd.read_csv(run / "trials.csv")
     sizes = json.loads((run / "summary.json").read_text())["split_sizes"]
-    column = lambda key: pd.to_numeric(table.get(key, pd.Series(dtype=float)), errors="coerce")  # noqa: E731
     base = baseline_rates(text)
     point = ScalePoint(
         images=images, img_size=img_size, train_images=int(sizes["train"]), val_images=int(sizes["val"]),
-        peak_pss_mb=round(sampler.peak_mb, 1), in_memory_mb=round(dataset_bytes(images, img_size) / MB, 1),
+        peak_mb=round(sampler.peak_mb, 1), search_rss_mb=round(sampler.root_peak_mb, 1),
+        processes=sampler.processes,
+        in_memory_mb=round(dataset_bytes(images, img_size) / MB, 1),
         load_rate=load,
-        train_rate=per_trial_rate(int(sizes["train"]), column("train_s").fillna(0).tolist(), FINETUNE_EPOCHS),
+        train_rate=per_trial_rate(int(sizes["train"]), _seconds(table, "train_s"), FINETUNE_EPOCHS),
         baseline_rate=float(np.mean(base)) if base else None,
-        eval_rate=per_trial_rate(int(sizes["val"]), column("accuracy_s").fillna(0).tolist()),
+        eval_rate=per_trial_rate(int(sizes["val"]), _seconds(table, "accuracy_s")),
         gpu_busy=sampler.gpu_busy, wall_s=round(wall, 2),
         shares=tuple(shares(stage_totals(table)).items()), run_dir=str(run),
     )
-    log(f"N={images}: peak {point.peak_pss_mb:,.0f} MB, {wall:.0f} s")
+    log(f"N={images}: peak {point.peak_mb:,.0f} MB, {wall:.0f} s")
     return point
 
 
@@ -402,22 +490,33 @@ def scale_json(points: Sequence[ScalePoint]) -> str:
 
 
 def ratio_line(points: Sequence[ScalePoint]) -> str:
-    """``peak memory N=20000 / N=2000 = 1.05 (goal <= 1.3)``; '' with one size only."""
+    """``peak memory N=20000 / N=2000 = 1.05 (goal <= 1.3); search process alone 1.01``; '' with one
+    size only."""
     if len(points) < 2:
         return ""
     small, large = min(points, key=lambda p: p.images), max(points, key=lambda p: p.images)
-    ratio = memory_ratio(small.peak_pss_mb, large.peak_pss_mb)
-    return f"peak memory N={large.images} / N={small.images} = {ratio:.2f} (goal <= {GOAL_RATIO})"
+    ratio = memory_ratio(small.peak_mb, large.peak_mb)
+    alone = memory_ratio(small.search_rss_mb, large.search_rss_mb)
+    return (
+        f"peak memory N={large.images} / N={small.images} = {ratio:.2f} (goal <= {GOAL_RATIO}); "
+        f"search process alone (peak RSS) {alone:.2f}"
+    )
 
 
 #: The printed table's rows: (column of ``scale_frame``, label, format).
 ROWS = (
-    ("images", "images", "{:,.0f}"), ("img_size", "image size px", "{:.0f}"),
-    ("train_images", "train / val images", None), ("peak_pss_mb", "peak memory MB (PSS, tree)", "{:,.0f}"),
-    ("in_memory_mb", "in-memory data set MB", "{:,.0f}"), ("load_rate", "loading images/s", "{:,.1f}"),
+    ("images", "images", "{:,.0f}"),
+    ("img_size", "image size px", "{:.0f}"),
+    ("train_images", "train / val images", None),
+    ("peak_mb", "peak memory MB (tree)", "{:,.0f}"),
+    ("search_rss_mb", "search process peak RSS MB", "{:,.0f}"),
+    ("processes", "processes (most at once)", "{:.0f}"),
+    ("in_memory_mb", "data set as float tensors MB", "{:,.0f}"),
+    ("load_rate", "loading images/s", "{:,.1f}"),
     ("train_rate", "fine-tuning images/s", "{:,.1f}"),
     ("baseline_rate", "baseline training images/s", "{:,.1f}"),
-    ("eval_rate", "evaluation images/s", "{:,.1f}"), ("gpu_busy", "GPU busy", "{:.0%}"),
+    ("eval_rate", "evaluation images/s", "{:,.1f}"),
+    ("gpu_busy", "GPU busy", "{:.0%}"),
     ("wall_s", "wall s", "{:,.1f}"),
 )
 

@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -16,12 +15,15 @@ from PIL import Image
 from search.bench.scale import (
     DONE_FILE,
     MIN_IMAGES,
+    ROWS,
     ScalePoint,
+    Usage,
     baseline_rates,
     descendants,
     format_scale,
     memory_ratio,
     parse_images,
+    peak_rss_kb,
     per_trial_rate,
     rate,
     ratio_line,
@@ -29,7 +31,10 @@ from search.bench.scale import (
     scale_json,
     shares,
     stage_totals,
-    tree_pss_mb,
+    tree_mb,
+    tree_memory_mb,
+    tree_of,
+    usage,
     write_digits,
 )
 from search.core.errors import UserError
@@ -39,8 +44,9 @@ from search.task.data import min_per_class
 
 def _point(images: int, peak: float, **kw) -> ScalePoint:
     base = dict(
-        images=images, img_size=32, train_images=images * 6 // 10, val_images=images // 5, peak_pss_mb=peak,
-        in_memory_mb=1.0, load_rate=100.0, train_rate=50.0, baseline_rate=None, eval_rate=200.0,
+        images=images, img_size=32, train_images=images * 6 // 10, val_images=images // 5, peak_mb=peak,
+        search_rss_mb=peak / 2, processes=3, in_memory_mb=1.0, load_rate=100.0, train_rate=50.0,
+        baseline_rate=None, eval_rate=200.0,
         gpu_busy=None, wall_s=10.0, shares=tuple((s, 1 / len(STAGES)) for s in STAGES), run_dir="x",
     )
     return ScalePoint(**{**base, **kw})
@@ -97,15 +103,39 @@ def test_descendants_walk_the_whole_tree_and_nothing_else():
     assert descendants(parents, 99) == {99}  # gone: itself only (its PSS reads 0)
 
 
-def test_tree_pss_counts_a_child_process():
-    hold = "import time; b = bytearray(200 * 2**20); time.sleep(30)"
-    child = subprocess.Popen([sys.executable, "-c", hold])
+def test_tree_mb_counts_anonymous_pss_files_of_the_root_and_shared_memory_once():
+    # the root: 100 MB anonymous, 30 MB touched shm, 400 MB of libraries; a worker: 50 anonymous, 10 shm
+    root, worker = Usage(100 * 1024, 30 * 1024, 400 * 1024), Usage(50 * 1024, 10 * 1024, 400 * 1024)
+    assert tree_mb(root, [worker], {(1, 2): 64 * 2**20}) == pytest.approx(150 + 400 + 64)
+    assert tree_mb(root, [worker], {(1, 2): 8 * 2**20}) == pytest.approx(150 + 400 + 40)  # mapped > held
+    assert tree_mb(Usage(), [], {}) == 0
+
+
+def test_usage_of_this_process_and_of_a_gone_one():
+    mine = usage(os.getpid())
+    assert mine.anon > 0 and mine.rss_file > 0
+    assert usage(2**22 + 1) == Usage()  # above the largest pid: gone
+    assert peak_rss_kb(os.getpid()) >= mine.rss_file > 0 and peak_rss_kb(2**22 + 1) == 0
+
+
+def _child(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("code", [
+    "b = bytearray(200 * 2**20)",  # private memory
+    # a DataLoader batch in flight: an unlinked shared-memory file held open, in no process's PSS
+    "fd = os.open(f'/dev/shm/ep-test-{os.getpid()}', os.O_CREAT | os.O_RDWR); "
+    "os.unlink(f'/dev/shm/ep-test-{os.getpid()}'); os.posix_fallocate(fd, 0, 200 * 2**20)",
+], ids=["private", "shm-held"])
+def test_tree_memory_counts_a_child_process(code):
+    child = _child(f"import os, sys, time\n{code}\nprint('ready', flush=True); time.sleep(30)")
     try:
-        for _ in range(100):  # until the child has touched its 200 MB
-            if tree_pss_mb(child.pid) > 150:
-                break
-            time.sleep(0.1)
-        assert tree_pss_mb(os.getpid()) >= tree_pss_mb(child.pid) > 150
+        assert child.stdout.readline().strip() == "ready"
+        assert tree_of(os.getpid()) >= {os.getpid(), child.pid}
+        alone = tree_memory_mb(child.pid, {child.pid})
+        assert 200 <= alone - usage(child.pid).rss_file / 1024 < 300
+        assert tree_memory_mb(os.getpid(), tree_of(os.getpid())) >= alone - usage(child.pid).rss_file / 1024
     finally:
         child.kill()
         child.wait()
@@ -122,11 +152,14 @@ def test_parse_images_checks_sizes():
 def test_table_has_every_row_and_the_ratio_line():
     points = [_point(2000, 1000.0), _point(20000, 1100.0, gpu_busy=0.42, train_rate=None)]
     text = format_scale(points)
-    for label in ("peak memory MB", "loading images/s", "fine-tuning images/s", "evaluation images/s",
-                  "baseline training images/s", "GPU busy", "wall s", *(f"{s} share" for s in STAGES)):
+    labels = [label for _, label, _ in ROWS] + [f"{s} share" for s in STAGES]
+    assert {"peak memory MB (tree)", "fine-tuning images/s", "evaluation images/s", "GPU busy"} <= set(labels)
+    for label in labels:
         assert label in text, label
     assert "N=2000" in text and "N=20000" in text and "42%" in text and "n/a" in text
-    assert text.splitlines()[-1] == "peak memory N=20000 / N=2000 = 1.10 (goal <= 1.3)"
+    assert text.splitlines()[-1] == (
+        "peak memory N=20000 / N=2000 = 1.10 (goal <= 1.3); search process alone (peak RSS) 1.10"
+    )
     assert ratio_line(points[:1]) == "" and "peak memory N=" not in format_scale(points[:1])
     frame = scale_frame(points)
     assert [f"share_{s}" for s in STAGES] == [c for c in frame.columns if c.startswith("share_")]
