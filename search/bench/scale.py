@@ -36,7 +36,8 @@ import pandas as pd
 from search.config.bounds import dataset_bytes
 from search.core.atomic import write_json, write_text, write_with
 from search.core.errors import UserError
-from search.core.stages import STAGE_KEYS, STAGES
+from search.core.stages import STAGES
+from search.front.trials import stage_seconds, stage_shares
 
 #: Recovery fine-tuning epochs of every trial (the space fixes them).
 FINETUNE_EPOCHS = 1
@@ -100,19 +101,6 @@ def per_trial_rate(images: int, seconds: Sequence[float], passes: int = 1) -> fl
     the stage (0, NaN: a duplicate, the baseline's fine-tuning) do not count."""
     spent = [float(s) for s in seconds if math.isfinite(float(s)) and float(s) > 0]
     return rate(images * passes * len(spent), sum(spent))
-
-
-def stage_totals(trials: pd.DataFrame) -> dict[str, float]:
-    """Seconds per stage (``STAGES`` order) summed over the rows of a ``trials.csv`` table; a missing
-    column or value counts 0."""
-    values = trials.reindex(columns=list(STAGE_KEYS)).apply(pd.to_numeric, errors="coerce").fillna(0.0)
-    return {stage: float(values[key].sum()) for stage, key in zip(STAGES, STAGE_KEYS)}
-
-
-def shares(totals: Mapping[str, float]) -> dict[str, float]:
-    """Each stage's fraction of the summed seconds; every share 0 when nothing was timed."""
-    total = sum(totals.values())
-    return {s: (v / total if total > 0 else 0.0) for s, v in totals.items()}
 
 
 def memory_ratio(small_mb: float, large_mb: float) -> float:
@@ -440,7 +428,7 @@ def measure_size(
         baseline_rate=float(np.mean(base)) if base else None,
         eval_rate=per_trial_rate(int(sizes["val"]), _seconds(table, "accuracy_s")),
         gpu_busy=sampler.gpu_busy, wall_s=round(wall, 2),
-        shares=tuple(shares(stage_totals(table)).items()), run_dir=str(run),
+        shares=tuple(stage_shares(stage_seconds(table).sum().to_dict()).items()), run_dir=str(run),
     )
     log(f"N={images}: peak {point.peak_mb:,.0f} MB, {wall:.0f} s")
     return point

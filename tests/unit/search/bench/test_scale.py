@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
@@ -29,8 +28,6 @@ from search.bench.scale import (
     ratio_line,
     scale_frame,
     scale_json,
-    shares,
-    stage_totals,
     tree_mb,
     tree_memory_mb,
     tree_of,
@@ -62,22 +59,6 @@ def test_per_trial_rate_counts_only_trials_that_spent_time_in_the_stage():
     assert per_trial_rate(600, [0.0, 2.0, math.nan, 3.0, 1.0]) == pytest.approx(600 * 3 / 6)
     assert per_trial_rate(600, [2.0, 2.0], passes=2) == pytest.approx(600)
     assert per_trial_rate(600, [0.0, math.nan]) is None and per_trial_rate(600, []) is None
-
-
-def test_stage_totals_sum_each_column_and_count_missing_as_zero():
-    table = pd.DataFrame({
-        "trial": [0, 1, 2], "train_s": [0.0, 2.0, None], "accuracy_s": [1.0, 1.5, 0.5], "other_s": ["", 1, 1],
-    })
-    totals = stage_totals(table)
-    assert list(totals) == list(STAGES)
-    assert totals["train"] == 2.0 and totals["accuracy"] == 3.0 and totals["other"] == 2.0
-    assert totals["export"] == 0.0  # no column
-
-
-def test_shares_sum_to_one_or_are_all_zero():
-    got = shares({"train": 3.0, "accuracy": 1.0, "other": 0.0})
-    assert got == {"train": 0.75, "accuracy": 0.25, "other": 0.0}
-    assert shares({"train": 0.0, "other": 0.0}) == {"train": 0.0, "other": 0.0}
 
 
 def test_memory_ratio():
