@@ -54,7 +54,7 @@ def bench_techniques(
         for i, (name, steps) in enumerate(VIT_SETTINGS.items()):
             out = Path(tmp) / f"{i:02d}"
             out.mkdir()
-            path, compressed = build(Candidate(steps), task, out, ctx, lambda _stage: None)
+            path, compressed = build(Candidate(steps), task, out, ctx, lambda *_stage: None)
             macs, params = model_cost(compressed, data.train.images(1))
             rows.append({"setting": name, "macs_m": macs / 1e6, "params_m": params / 1e6,
                          "size_mb": path.stat().st_size / 1e6})

@@ -79,7 +79,7 @@ def sample_candidates(
         out = out_dir / f"{made:04d}"
         out.mkdir(parents=True, exist_ok=True)
         try:
-            path, _ = build(candidate, task, out, ctx, lambda _stage: None)
+            path, _ = build(candidate, task, out, ctx, lambda *_stage: None)
         except Exception as exc:  # a candidate the search would record as FAIL: not a sample
             log(f"skipped {name} {candidate.label()}: {type(exc).__name__}: {str(exc)[:120]}")
             continue
