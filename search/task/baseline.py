@@ -17,7 +17,7 @@ from search.core.errors import UserError
 from search.core.layout import UNREADABLE_FILE
 from search.core.paths import is_file_reference
 from search.task import models
-from search.task.data import Dataset, check_memory, load_dataset, model_preprocess
+from search.task.data import Dataset, check_memory, default_workers, load_dataset, model_preprocess
 from search.task.preprocess import Preprocess
 from spaces.train import accuracy, fit
 from targets.slot import checkpoint as slot_checkpoint
@@ -82,7 +82,7 @@ def prepare(
     preprocess = model_preprocess(name, cfg.img_size, cfg.data)
     data = load_dataset(
         cfg.data, cfg.img_size, preprocess.mean, preprocess.std, cfg.seed, cfg.val_fraction,
-        cfg.test_fraction, preprocess=preprocess, augment=cfg.augment, workers=cfg.workers,
+        cfg.test_fraction, preprocess=preprocess, augment=cfg.augment, workers=loader_workers(cfg),
     )
     if data.unreadable:
         listing = Path(runs_root) / str(cfg.name) / UNREADABLE_FILE
@@ -104,6 +104,15 @@ def prepare(
         model.eval(), data, cfg.img_size, preprocess.mean, preprocess.std, name, teacher, cfg.teacher,
         training.finetune_lr, preprocess,
     )
+
+
+def loader_workers(cfg: RunConfig) -> int:
+    """``--workers``, else half the CPUs a trial may use (``--cpus-per-trial``; Ray's default is one
+    CPU per trial), so that parallel trials do not each start half the machine's cores."""
+    if cfg.workers is not None:
+        return cfg.workers
+    cpus = cfg.cpus_per_trial or (1 if cfg.backend == "ray" else None)
+    return default_workers(cpus)
 
 
 def _file_digest(path: Path) -> str:
