@@ -94,7 +94,7 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
         "(plus RandAugment); default light for an ImageFolder, none for digits"
     ),
     "--workers": (
-        "workers", int, "data loader processes reading an ImageFolder (default: half the CPUs of a trial, 1 to 8)"
+        "workers", int, "loader processes reading an ImageFolder (default: half the CPUs of a trial, 1 to 8)"
     ),
     "--patch-size": ("patch_size", int, "ViT patch size (default: a grid of at least 8x8 patches)"),
     "--epochs": ("epochs", int, "baseline training epochs when no checkpoint (default 15, ViTs 30)"),
