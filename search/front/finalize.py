@@ -168,8 +168,7 @@ def _summary(
 def _transform(task: Task) -> dict[str, Any]:
     """The task's evaluation transform as summary.json records it (its fields and one line). Without
     one (task or data), images were squashed to S x S, bilinear."""
-    # getattr: until Task.preprocess and Dataset.preprocess land (search/task/baseline.py, data.py)
-    prep = getattr(task, "preprocess", None) or getattr(task.data, "preprocess", None) or Preprocess(
+    prep = task.preprocess or task.data.preprocess or Preprocess(
         task.img_size, task.mean, task.std, crop_pct=1.0, interpolation="bilinear", mode="squash"
     )
     return {**prep.to_dict(), "transform": prep.describe()}
