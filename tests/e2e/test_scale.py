@@ -91,6 +91,7 @@ def test_streamed_memory_does_not_grow_with_the_number_of_images(tmp_path):
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow  # a whole search in a subprocess: ~15 s
 def test_bench_scale_prints_every_measurement_for_a_tiny_data_set(tmp_path, capfd):
     code, out, err = run_cli(
         ["bench", "scale", "--images", "60", "--img-size", "32", "--model", "test_resnet", "--trials", "2",

@@ -42,6 +42,7 @@ except UserError as exc:
 """
 
 
+@pytest.mark.slow  # a fresh Python with the hub offline: ~10 s
 def test_pretrained_weights_load_from_the_cache_offline(tmp_path):
     cache = tmp_path / "hub"
     resnet = hf_cache(cache, "test_resnet", seed=1)
@@ -53,6 +54,7 @@ def test_pretrained_weights_load_from_the_cache_offline(tmp_path):
     assert done.stdout.split("\n")[:3] == ["test_resnet None", "test_vit (4, 4)", "True"]
 
 
+@pytest.mark.slow  # a fresh Python with the hub offline: ~10 s
 def test_weights_neither_cached_nor_downloadable_say_what_to_do(tmp_path):
     cache = tmp_path / "empty"
     cache.mkdir()
