@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from search.bench.procs import parents
 from search.config.bounds import dataset_bytes
 from search.core.atomic import write_json, write_text, write_with
 from search.core.errors import UserError
@@ -191,19 +192,6 @@ def data_folder(runs_dir: Path, images: int, img_size: int, seed: int = 0) -> Pa
 # ---------------------------------------------------------------- measuring a process tree
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process (``/proc/PID/stat``)."""
-    out: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return out
-
-
 @dataclass(frozen=True)
 class Usage:
     """One process's memory in KiB: the PSS of its anonymous pages and of shared memory
@@ -286,7 +274,7 @@ def peak_rss_kb(pid: int) -> int:
 
 def tree_of(root: int) -> set[int]:
     """``root`` and all its descendants now."""
-    return descendants(_parents(), root)
+    return descendants(parents(), root)
 
 
 def _gpu_reader() -> Callable[[], float | None] | None:

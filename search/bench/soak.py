@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from search.bench.procs import children
 from search.bench.service import _free_port
 from search.core.text import one_line
 from search.service.scheduler import study_url
@@ -190,7 +191,7 @@ class _Server:
 
     def workers(self) -> list[int]:
         """The server's live child processes (its search workers)."""
-        return _children(self.proc.pid) if self.proc is not None else []
+        return children(self.proc.pid) if self.proc is not None else []
 
     def kill(self, with_workers: bool) -> None:
         """SIGKILL the server (and, ``with_workers``, each worker's process group)."""
@@ -217,22 +218,6 @@ class _Server:
         for pid in workers:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-
-
-def _children(pid: int) -> list[int]:
-    """Live processes whose parent is ``pid`` (Linux ``/proc``)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            out.append(int(entry))
-    return out
 
 
 @contextlib.contextmanager
