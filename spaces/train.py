@@ -175,17 +175,6 @@ def _float(t: torch.Tensor | tuple[torch.Tensor, ...] | None):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Split, batch_size: int = 256) -> torch.Tensor:
-    """Predicted class of every image of ``data`` (evaluation transform, in order)."""
-    model.eval()
-    out = []
-    with on_device(model) as dev:
-        for x, _ in data.batches(batch_size):
-            out.append(model(x.to(dev, non_blocking=True)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-@torch.no_grad()
 def accuracy(model: nn.Module, data: Split, batch_size: int = 256) -> float:
     """Top-1 accuracy of the torch model on ``data`` (the images it could read)."""
     model.eval()

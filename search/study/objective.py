@@ -73,9 +73,8 @@ class Objective:
     run_dir: Path
     progress: Progress
     shared: RunsRoot | None = None  # an fsspec runs root each finished trial is copied to
-    #: The running trial's stage clock (by trial number), and how many skipped images were reported.
+    #: The running trial's stage clock (by trial number).
     clocks: dict[int, StageClock] = field(default_factory=dict, compare=False)
-    skips_reported: dict[int, int] = field(default_factory=dict, compare=False)
 
     def publish(self, number: int) -> None:
         """Copy a finished trial's folder to the shared runs root (if any)."""
@@ -106,14 +105,11 @@ class Objective:
         """Images that failed to decode mid-run (any task's data): a warning with the count and the
         first paths, once per newly skipped batch of paths; the trial records the run's total."""
         for task in self.tasks.values():
-            log = task.data.corrupt
-            seen = self.skips_reported.get(id(log), 0)
-            message = log.message(since=seen)
+            message = task.data.corrupt.unreported()
             if message:
                 self.progress.warn(message)
-                self.skips_reported[id(log)] = len(log)
                 with contextlib.suppress(Exception):  # the trial may already be finished
-                    trial.set_user_attr("skipped_images", len(log))
+                    trial.set_user_attr("skipped_images", len(task.data.corrupt))
 
     def run(self, trial: optuna.Trial, clock: StageClock) -> list[float]:
         baseline = bool(trial.user_attrs.get(BASELINE_ATTR))

@@ -70,6 +70,7 @@ class SkipLog:
     """Images that failed to decode while a split was read (mid-epoch): counted, never fatal."""
 
     paths: list[str] = field(default_factory=list)
+    reported: int = 0  # how many of ``paths`` a warning has named so far
 
     def add(self, paths: list[str]) -> None:
         self.paths.extend(p for p in paths if p not in self.paths)
@@ -88,6 +89,12 @@ class SkipLog:
             f"skipped {len(new)} corrupt or truncated image(s) while reading the data: "
             f"{', '.join(new[:NAMED_SKIPPED])}{more}"
         )
+
+    def unreported(self) -> str | None:
+        """``message`` for the paths no warning has covered yet, which are then covered."""
+        text = self.message(since=self.reported)
+        self.reported = len(self.paths)
+        return text
 
 
 class _Files(TorchDataset):

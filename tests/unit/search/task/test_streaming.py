@@ -48,6 +48,7 @@ def test_a_corrupt_image_met_mid_epoch_is_skipped_and_counted(tmp_path):
     message = data.corrupt.message()
     assert message.startswith("skipped 1 corrupt or truncated image(s)") and rel in message
     assert "\n" not in message
+    assert data.corrupt.unreported() == message and data.corrupt.unreported() is None  # warned once
     seen = sum(len(y) for _, y in data.train.batches(64))
     assert seen == len(data.train) - 1
 
