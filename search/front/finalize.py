@@ -33,7 +33,7 @@ from search.front.trials import trials_frame
 from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, baseline_trial, is_feasible
 from search.study.progress import Progress
 from search.task.baseline import Task
-from search.task.preprocess import Preprocess
+from search.task.preprocess import SQUASH, Preprocess
 from targets import Latency, Target
 from targets.latency import LatencyPlan
 
@@ -168,7 +168,5 @@ def _summary(
 def _transform(task: Task) -> dict[str, Any]:
     """The task's evaluation transform as summary.json records it (its fields and one line). Without
     one (task or data), images were squashed to S x S, bilinear."""
-    prep = task.preprocess or task.data.preprocess or Preprocess(
-        task.img_size, task.mean, task.std, crop_pct=1.0, interpolation="bilinear", mode="squash"
-    )
+    prep = task.preprocess or task.data.preprocess or Preprocess(task.img_size, task.mean, task.std, **SQUASH)
     return {**prep.to_dict(), "transform": prep.describe()}

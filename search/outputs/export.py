@@ -23,14 +23,12 @@ import pandas as pd
 from search.core.cells import latency_label, plain
 from search.core.errors import UserError
 from search.core.layout import MODEL_FILE, PARAMS_FILE, FinishedRun, trial_dir, trial_name
-from search.task.preprocess import Preprocess
+from search.task.preprocess import SQUASH, Preprocess
 
 #: The source of the bundle's ``predict.py``.
 PREDICT_SOURCE = Path(__file__).with_name("predict_template.py")
 #: Bumped when model.json changes incompatibly.
 CARD_FORMAT = "edgepareto-bundle/1"
-#: What runs whose summary.json predates the recorded transform did: every image squashed to S x S.
-LEGACY = {"crop_pct": 1.0, "interpolation": "bilinear", "mode": "squash"}
 
 
 def export_trial(report: FinishedRun, trial: int, to: Path) -> Path:
@@ -151,7 +149,7 @@ def bundle_preprocess(prep: dict[str, Any], model: str, size: int) -> Preprocess
     ``by_model`` entry, else the block itself; fields an older summary lacks are what those runs
     did (squash to ``size`` x ``size``, bilinear)."""
     entry = prep.get("by_model", {}).get(model) or prep
-    return Preprocess.from_dict({"img_size": size, **LEGACY, "mean": prep.get("mean"),
+    return Preprocess.from_dict({"img_size": size, **SQUASH, "mean": prep.get("mean"),
                                  "std": prep.get("std"), **entry})
 
 

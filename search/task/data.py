@@ -30,7 +30,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from search.config.bounds import available_memory, check_data_memory
 from search.core.errors import CandidateError, UserError
-from search.task.preprocess import Preprocess
+from search.task.preprocess import SQUASH, Preprocess
 from spaces.data import Split, TensorSplit, order_of
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -235,7 +235,7 @@ def model_preprocess(name: str, img_size: int, spec: str) -> Preprocess:
     mean = tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
     std = tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
     if spec in EMBEDDED:
-        return Preprocess(img_size, mean, std, crop_pct=1.0, interpolation="bilinear", mode="squash")
+        return Preprocess(img_size, mean, std, **SQUASH)
     interpolation = cfg.get("interpolation", "bilinear")
     crop_pct = float(cfg.get("crop_pct", timm.data.DEFAULT_CROP_PCT))
     return Preprocess(img_size, mean, std, crop_pct=crop_pct, interpolation=interpolation, mode="crop")
@@ -285,9 +285,8 @@ def load_dataset(
     """
     augment = augment or default_augment(spec)
     if preprocess is None:
-        mode = "squash" if spec in EMBEDDED else "crop"
-        crop = 1.0 if spec in EMBEDDED else timm.data.DEFAULT_CROP_PCT
-        preprocess = Preprocess(img_size, mean, std, crop_pct=crop, interpolation="bilinear", mode=mode)
+        crop = {"crop_pct": timm.data.DEFAULT_CROP_PCT, "interpolation": "bilinear", "mode": "crop"}
+        preprocess = Preprocess(img_size, mean, std, **(SQUASH if spec in EMBEDDED else crop))
     split_key = f"seed{seed}-v{val_fraction}-t{test_fraction}"
     prep_key = hashlib.sha256(repr(sorted(preprocess.to_dict().items())).encode()).hexdigest()[:12]
     if spec in EMBEDDED:

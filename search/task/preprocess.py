@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 MODES = ("crop", "squash")
+#: The embedded digits' transform (and every run's before the transform was recorded): stretched to
+#: ``img_size`` x ``img_size``, bilinear, nothing cropped. ``Preprocess(size, mean, std, **SQUASH)``.
+SQUASH = {"crop_pct": 1.0, "interpolation": "bilinear", "mode": "squash"}
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 
