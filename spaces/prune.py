@@ -41,6 +41,49 @@ def classifiers_of(model: nn.Module) -> list[nn.Module]:
     return linears[-1:]
 
 
+#: ``residual``: whether the output channels on the residual stream are pruned (all layers adding into
+#: one stream, and every block's output projection, as one group: torch-pruning's grouping) or kept
+#: whole, so that only the widths inside the blocks shrink.
+RESIDUAL = ("prune", "keep")
+_ROOTS = (nn.Conv2d, nn.Linear)
+
+
+def block_outputs(model: nn.Module) -> list[nn.Module]:
+    """The output projections of timm's inverted-residual and depthwise-separable blocks
+    (``conv_pwl``; ``conv_pw`` of a block with a depthwise conv but no ``conv_pwl``): the narrow
+    linear bottleneck a block writes, even where no skip connection adds into it."""
+    found = []
+    for module in model.modules():
+        out = getattr(module, "conv_pwl", None)
+        if out is None and isinstance(getattr(module, "conv_dw", None), nn.Conv2d):
+            out = getattr(module, "conv_pw", None)
+        if isinstance(out, nn.Conv2d):
+            found.append(out)
+    return found
+
+
+def _adds_two_tensors(node: Any) -> bool:
+    """A torch-pruning graph node that adds two tensors of the network: a skip connection."""
+    return type(node.grad_fn).__name__.startswith("AddBackward") and len(node.inputs) >= 2
+
+
+def stream_layers(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]) -> list[nn.Module]:
+    """The layers whose output channels lie on a residual stream: every layer of a torch-pruning
+    group that holds a skip connection's addition or a block's output projection (``block_outputs``).
+    A stream is one group, so keeping it means ignoring these layers as roots."""
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    outputs = {id(m) for m in block_outputs(model)}
+    found: list[nn.Module] = []
+    for group in graph.get_all_groups(ignored_layers=list(ignored), root_module_types=_ROOTS):
+        pruned = [  # the layers whose outputs this group prunes (the others lose inputs)
+            dep.target.module for dep, _ in group
+            if graph.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, _ROOTS)
+        ]
+        if any(id(m) in outputs for m in pruned) or any(_adds_two_tensors(dep.target) for dep, _ in group):
+            found.extend(pruned)
+    return found
+
+
 def taylor_gradients(model: nn.Module, ctx: Context) -> None:
     """Leave loss gradients on the weights, which Taylor importance reads (4 batches of training data,
     on the training device, one batch at a time: the gradients add up)."""
@@ -53,23 +96,33 @@ def taylor_gradients(model: nn.Module, ctx: Context) -> None:
 
 @TECHNIQUES.register("prune")
 class ChannelPrune(TorchTechnique):
-    """Remove whole channels (and the weights that depend on them) from convs and linears."""
+    """Remove whole channels (and the weights that depend on them) from convs and linears.
+
+    torch-pruning's dependency graph keeps every coupled layer consistent: in an inverted-residual
+    block the expansion conv, the depthwise conv, its norm and the squeeze-excitation's input and
+    output follow the hidden width as one group. ``residual`` says whether the residual stream's
+    groups are pruned too or kept whole (``stream_layers``)."""
 
     order = 10
     params = (
         FloatParam("ratio", 0.1, 0.9),
         CategoricalParam("importance", ("l1", "l2", "taylor")),
         CategoricalParam("scope", ("uniform", "global")),
+        CategoricalParam("residual", RESIDUAL),
     )
-    recipe = {"ratio": 0.5, "importance": "l2", "scope": "uniform"}
+    recipe = {"ratio": 0.5, "importance": "l2", "scope": "uniform", "residual": "keep"}
     needs_recovery = True
 
     @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:
-        return f"{cfg['ratio']:.0%} {cfg['importance']} {cfg['scope']}"
+        kept = ", stream kept" if cfg.get("residual", "prune") == "keep" else ""
+        return f"{cfg['ratio']:.0%} {cfg['importance']} {cfg['scope']}{kept}"
 
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module:
         model.eval()
+        ignored = classifiers_of(model)
+        if cfg.get("residual", "prune") == "keep":
+            ignored += stream_layers(model, ctx.example_input, ignored)
         pruner = tp.pruner.MetaPruner(
             model,
             ctx.example_input,
@@ -77,7 +130,7 @@ class ChannelPrune(TorchTechnique):
             pruning_ratio=float(cfg["ratio"]),
             global_pruning=cfg["scope"] == "global",
             max_pruning_ratio=MAX_LAYER_RATIO,
-            ignored_layers=classifiers_of(model),
+            ignored_layers=ignored,
             round_to=ROUND_TO,
         )
         if cfg["importance"] == "taylor":

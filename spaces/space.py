@@ -30,7 +30,6 @@ from search.core.paths import SPACE_SUFFIXES, is_file_reference
 from search.core.text import first_line
 from spaces.base import TECHNIQUES, Candidate, Step
 from spaces.params import Param, suggest_all
-from spaces.vit import is_vit
 
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
@@ -158,13 +157,6 @@ class Space:
             if t.always or trial.suggest_categorical(key, (False, True)):
                 steps.append(Step(t.name, suggest_all(t.params, trial, key)))
         return Candidate(tuple(steps))
-
-
-def resolve(spec: str, model: nn.Module) -> str:
-    """``auto``: the ``vit`` preset for a timm ViT, ``default`` for everything else."""
-    if spec != AUTO:
-        return spec
-    return "vit" if is_vit(model) else "default"
 
 
 @dataclass(frozen=True)

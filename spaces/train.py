@@ -56,9 +56,11 @@ def distillation_loss(
     targets: torch.Tensor,
     temperature: float,
     alpha: float,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Hinton et al.: ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``."""
-    ce = F.cross_entropy(student_logits, targets)
+    """Hinton et al.: ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``; the CE term
+    with ``label_smoothing`` (Szegedy et al.)."""
+    ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
     if teacher_logits is None or alpha == 0:
         return ce
     kd = F.kl_div(
@@ -76,6 +78,7 @@ def student_loss(
     targets: torch.Tensor,
     temperature: float,
     alpha: float,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """The loss for a plain classifier, or for a distilled DeiT's ``(cls, dist)`` head pair.
 
@@ -84,12 +87,13 @@ def student_loss(
     both heads learn the labels.
     """
     if not isinstance(outputs, tuple):
-        return distillation_loss(outputs, teacher_logits, targets, temperature, alpha)
+        return distillation_loss(outputs, teacher_logits, targets, temperature, alpha, label_smoothing)
     cls_logits, dist_logits = outputs
+    ce = F.cross_entropy(cls_logits, targets, label_smoothing=label_smoothing)
     if teacher_logits is None or alpha == 0:
-        return (F.cross_entropy(cls_logits, targets) + F.cross_entropy(dist_logits, targets)) / 2
+        return (ce + F.cross_entropy(dist_logits, targets, label_smoothing=label_smoothing)) / 2
     kd = distillation_loss(dist_logits, teacher_logits, targets, temperature, alpha=1.0)
-    return (1 - alpha) * F.cross_entropy(cls_logits, targets) + alpha * kd
+    return (1 - alpha) * ce + alpha * kd
 
 
 def fit(
@@ -103,11 +107,14 @@ def fit(
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     alpha: float = 0.0,
+    warmup: float = 0.3,
+    label_smoothing: float = 0.0,
     on_epoch: Callable[[int, float, float], None] | None = None,
     checkpoint: Callable[[], None] = no_checkpoint,
 ) -> nn.Module:
-    """AdamW with a one-cycle schedule on ``data``'s augmented batches; distils from ``teacher``
-    when ``alpha > 0``.
+    """AdamW with a one-cycle schedule (the rate rises over the first ``warmup`` share of the steps,
+    then anneals) on ``data``'s augmented batches, cross-entropy with ``label_smoothing``; distils
+    from ``teacher`` when ``alpha > 0``.
 
     Models with a distillation head (timm's distilled DeiT) train both heads (``student_loss``)
     and average them at inference, as timm does in eval mode. ``checkpoint`` is called before every
@@ -120,7 +127,7 @@ def fit(
     steps_per_epoch = (len(data) + batch_size - 1) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch)
+        opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=warmup
     )
     with on_device(model) as dev, on_device(teacher) if teacher is not None else contextlib.nullcontext():
         dtype = amp_dtype(dev)
@@ -144,7 +151,9 @@ def fit(
                     if teacher is not None and alpha > 0:
                         with torch.no_grad():
                             teacher_logits = teacher(xb)
-                    loss = student_loss(_float(outputs), _float(teacher_logits), yb, temperature, alpha)
+                    loss = student_loss(
+                        _float(outputs), _float(teacher_logits), yb, temperature, alpha, label_smoothing
+                    )
                 if dev.type == "cpu" and not torch.isfinite(loss):  # on CUDA: checked per epoch, no sync
                     raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}")
                 opt.zero_grad(set_to_none=True)

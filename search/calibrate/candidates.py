@@ -19,8 +19,9 @@ from search.candidate.build import build
 from search.task import models
 from search.task.baseline import Task
 from search.task.data import load_dataset, model_preprocess
+from search.task.families import resolve_space
 from spaces import Candidate, Context, Space
-from spaces.space import resolve
+from spaces.vit import is_vit
 from targets.slot import checkpoint as slot_checkpoint
 
 #: Techniques that change weights only, never the graph a device runs.
@@ -64,7 +65,7 @@ def sample_candidates(
     for name in model_names:
         task, ctx = untrained_task(name, img_size, seed, CONTEXT_IMAGES)
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed * 1000 + len(setups)))
-        setups[name] = (task, ctx, Space.load(resolve(space, task.base)), study)
+        setups[name] = (task, ctx, Space.load(resolve_space(space, name, is_vit(task.base))), study)
     made, attempt = 0, 0
     while made < count:
         name = model_names[attempt % len(model_names)]

@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--runs-dir", default="runs")
 
     sub.add_parser("targets", help="list the latency targets: host and the device profiles")
+    models = sub.add_parser(
+        "models", help="the model families: training defaults, input size and space of each"
+    )
+    models.add_argument("name", nargs="?", help="a timm model name: its family and defaults")
 
     serve = sub.add_parser("serve", help="the search service: a REST API to submit, watch and fetch searches")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
@@ -262,11 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=_bounded("seed"), default=0)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["search", "techniques", "predictor", "scaling", "service", "scale"])
+    bench.add_argument(
+        "what", choices=["search", "techniques", "predictor", "scaling", "service", "scale", "families"]
+    )
     bench.add_argument("--trials", type=_bounded("trials"), default=None, help="default 20 (scale: 3)")
     bench.add_argument("--seeds", type=_bounded("seeds"), default=3)
     bench.add_argument("--runs-dir", default="runs")
-    bench.add_argument("--model", default=None)
+    bench.add_argument("--model", default=None, help="families: a comma list (default: the six families)")
     bench.add_argument("--img-size", type=_bounded("img_size"), default=None)
     bench.add_argument("--target", default="host", help="predictor: the target to measure on")
     bench.add_argument("--agent", help="predictor: the agent of a profile's device")
@@ -454,6 +460,15 @@ def _log(message: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "families":
+        from search.bench.families import MODELS, bench_families, format_families
+
+        rows = bench_families(
+            trials=args.trials or 20, runs_dir=args.runs_dir,
+            models=_csv(args.model) if args.model else MODELS, log=_log,
+        )
+        print(format_families(rows))
+        return 0
     if args.what == "predictor":
         from search.calibrate.fit import DEFAULT_MODELS, bench_predictor, format_bench
 
@@ -540,7 +555,18 @@ def _targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from search.task.families import format_families
+    from search.task.models import check_model_name
+
+    if args.name:
+        check_model_name(args.name)
+    print(format_families(args.name))
+    return 0
+
+
 COMMANDS = {
+    "models": _models,
     "search": _search, "show": _show, "bench": _bench, "analyze": _analyze, "targets": _targets,
     "calibrate": _calibrate, "worker": _worker, "report": _report, "select": _select, "export": _export,
     "serve": _serve,

@@ -34,16 +34,16 @@ class RunConfig:
     pretrained: bool = False  # timm's pretrained weights from the Hugging Face cache, classifier reset
     teacher: str = "base"  # distillation teacher: base, a timm model name, or a checkpoint file
     data: str = "digits"
-    img_size: int = 32
+    img_size: int | None = None  # None: the model family's (search.task.families; 32 for ResNets)
     augment: str | None = None  # none | light | strong; None: light for an ImageFolder, none for digits
     workers: int | None = None  # DataLoader processes for an ImageFolder; None: data.default_workers
     patch_size: int | None = None  # ViTs only; None: chosen from img_size (see models.patch_size_for)
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 0
-    epochs: int | None = None  # None: per architecture and start (scratch or not), models.training_for
+    epochs: int | None = None  # None: per model family and start (scratch or not), models.training_for
     batch_size: int = 64
-    lr: float | None = None  # None: per architecture, see models.TRAINING
+    lr: float | None = None  # None: per model family, see search.task.families
     finetune_lr: float | None = None
     space: str = "auto"  # auto: the vit preset for ViTs, default otherwise
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
@@ -92,7 +92,7 @@ class RunConfig:
             value = getattr(self, key)
             if value is not None or _DEFAULTS[key] is not None:  # None: automatic, where allowed
                 check_bound(key, value)
-        if self.patch_size is not None and self.img_size % self.patch_size:
+        if self.patch_size is not None and self.img_size is not None and self.img_size % self.patch_size:
             raise UserError(
                 f"--patch-size {self.patch_size} does not divide --img-size {self.img_size}",
                 field="patch_size",

@@ -46,8 +46,10 @@ from search.study.runner import announce, run_trial
 from search.study.runs_root import RunsRoot, open_root
 from search.task import models
 from search.task.baseline import CACHE_DIR, Task, check_inputs, prepare_all, write_unreadable
+from search.task.families import img_size_for, resolve_space
 from spaces import Space
-from spaces.space import AUTO, JointSpace, resolve
+from spaces.space import AUTO, JointSpace
+from spaces.vit import is_vit
 from targets.latency import CALIBRATIONS, LatencyPlan, plan_latency
 
 #: Study attributes that let a worker join a run from its storage alone.
@@ -121,7 +123,7 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
         raise UserError(f"storage {cfg.storage} already has a study named {name!r}; use --resume")
     _start_backend(cfg)
     # resolve and check each model's space on an untrained instance, before any training
-    untrained = {m: models.create(m, 2, cfg.img_size, cfg.patch_size) for m in cfg.models}
+    untrained = {m: models.create(m, 2, img_size_for(m, cfg.img_size), cfg.patch_size) for m in cfg.models}
     models.check_patch_size(cfg.patch_size, untrained)
     space = space_for(cfg.space, untrained)
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
@@ -161,17 +163,18 @@ def config_yaml(cfg: RunConfig) -> str:
         f"# edgepareto run {cfg.name}: every setting (config file, flags, defaults).\n"
         f"# Reproduce: edgepareto search --config {Path(cfg.runs_dir) / str(cfg.name) / 'run.yaml'} "
         "--name NEW_NAME\n"
-        "# null: chosen automatically (epochs and learning rates per architecture, the ViT patch size\n"
-        "# from img_size, the latency mode from the target). The searched space is saved in space.yaml.\n"
+        "# null: chosen automatically (img_size, epochs and learning rates per model family: edgepareto\n"
+        "# models; the ViT patch size from img_size, the latency mode from the target). The searched\n"
+        "# space is saved in space.yaml.\n"
     )
     return header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def space_for(spec: str, base_models: Mapping[str, nn.Module]) -> JointSpace:
-    """Each base model's space (``auto``: by architecture), checked against the model."""
+    """Each base model's space (``auto``: by family, ``search.task.families``), checked against the model."""
     spaces = []
     for name, model in base_models.items():
-        space = Space.load(resolve(spec, model))
+        space = Space.load(resolve_space(spec, name, is_vit(model)))
         space.check(model, name)
         spaces.append((name, space))
     return JointSpace(tuple(spaces))

@@ -18,6 +18,7 @@ from search.core.layout import UNREADABLE_FILE
 from search.core.paths import is_file_reference
 from search.task import models
 from search.task.data import Dataset, check_memory, default_workers, load_dataset, model_preprocess
+from search.task.families import Training, family_of, img_size_for
 from search.task.preprocess import Preprocess
 from spaces.train import accuracy, fit
 from targets.slot import checkpoint as slot_checkpoint
@@ -60,9 +61,16 @@ def check_names(cfg: RunConfig) -> None:
 
 def check_inputs(cfg: RunConfig) -> None:
     """Fail fast, before any data is read: model and teacher names, and whether the data set fits in
-    memory at ``--img-size`` (one copy per base model)."""
+    memory at each model's input size (one copy per base model)."""
     check_names(cfg)
-    check_memory(cfg.data, cfg.img_size, datasets=len(cfg.models))
+    sizes = {name: img_size_for(name, cfg.img_size) for name in cfg.models}
+    for name, size in sizes.items():
+        if cfg.patch_size is not None and family_of(name).kind == "vit" and size % cfg.patch_size:
+            raise UserError(
+                f"--patch-size {cfg.patch_size} does not divide {name}'s input size {size} "
+                "(--img-size, else the family's: edgepareto models)", field="patch_size",
+            )
+    check_memory(cfg.data, max(sizes.values()), datasets=len(cfg.models))
 
 
 def prepare_all(
@@ -78,17 +86,19 @@ def prepare(
 ) -> Task:
     """Validate model and data, then the baseline: trained from scratch, or fine-tuned from timm's
     pretrained weights or a checkpoint (cached either way), and the teacher. Unreadable images are
-    skipped with a warning naming the first few (``unreadable_warning``)."""
-    preprocess = model_preprocess(name, cfg.img_size, cfg.data)
+    skipped with a warning naming the first few (``unreadable_warning``). The input size is
+    ``--img-size``, else the model family's (``search.task.families``)."""
+    img_size = img_size_for(name, cfg.img_size)
+    preprocess = model_preprocess(name, img_size, cfg.data)
     data = load_dataset(
-        cfg.data, cfg.img_size, preprocess.mean, preprocess.std, cfg.seed, cfg.val_fraction,
+        cfg.data, img_size, preprocess.mean, preprocess.std, cfg.seed, cfg.val_fraction,
         cfg.test_fraction, preprocess=preprocess, augment=cfg.augment, workers=loader_workers(cfg),
     )
     if data.unreadable:
         listing = Path(runs_root) / str(cfg.name) / UNREADABLE_FILE
         warn(unreadable_warning(data.unreadable, cfg.data, listing))
     torch.manual_seed(cfg.seed)  # the baseline's initial weights are seeded too
-    model = models.create(name, data.num_classes, cfg.img_size, cfg.patch_size, pretrained=cfg.pretrained)
+    model = models.create(name, data.num_classes, img_size, cfg.patch_size, pretrained=cfg.pretrained)
     start, source = ("pretrained", f"timm:{name}") if cfg.pretrained else ("scratch", "")
     if cfg.checkpoint:
         loaded = models.load_checkpoint(model, cfg.checkpoint, warn)
@@ -96,12 +106,12 @@ def prepare(
         _check_outputs(model, data, cfg.checkpoint)
         start = "pretrained" if loaded.head_reset else "checkpoint"
         source = f"checkpoint:{_file_digest(Path(cfg.checkpoint))}"
-    training = models.training_for(model, cfg.epochs, cfg.lr, cfg.finetune_lr, start)
+    training = models.training_for(name, model, cfg.epochs, cfg.lr, cfg.finetune_lr, start)
     if start == "scratch" or training.epochs > 0:
         model = cached_baseline(model, name, cfg, data, runs_root, log, training=training, source=source)
     teacher = load_teacher(cfg, name, data, runs_root, log)
     return Task(
-        model.eval(), data, cfg.img_size, preprocess.mean, preprocess.std, name, teacher, cfg.teacher,
+        model.eval(), data, img_size, preprocess.mean, preprocess.std, name, teacher, cfg.teacher,
         training.finetune_lr, preprocess,
     )
 
@@ -163,9 +173,10 @@ def load_teacher(
     (cached like a baseline), e.g. a CNN teaching a ViT as in DeiT."""
     if cfg.teacher == "base":
         return None
+    img_size = data.img_size  # the student's
     if is_file_reference(cfg.teacher):  # a file (checked by check_names), never a name found on disk
         torch.manual_seed(cfg.seed)
-        shell = models.create(student, data.num_classes, cfg.img_size, cfg.patch_size)
+        shell = models.create(student, data.num_classes, img_size, cfg.patch_size)
         loaded = models.load_checkpoint(shell, cfg.teacher)
         if loaded.head_reset:
             raise UserError(
@@ -177,40 +188,44 @@ def load_teacher(
         log(f"teacher: {cfg.teacher}")
         return teacher.eval()
     torch.manual_seed(cfg.seed)
-    teacher = models.create(cfg.teacher, data.num_classes, cfg.img_size, pretrained=cfg.pretrained)
+    teacher = models.create(cfg.teacher, data.num_classes, img_size, pretrained=cfg.pretrained)
     start, source = ("pretrained", f"timm:{cfg.teacher}") if cfg.pretrained else ("scratch", "")
-    training = models.training_for(teacher, cfg.epochs, cfg.lr, cfg.finetune_lr, start)
+    training = models.training_for(cfg.teacher, teacher, cfg.epochs, cfg.lr, cfg.finetune_lr, start)
     return cached_baseline(
         teacher, cfg.teacher, cfg, data, runs_root, log, role="teacher", training=training, source=source
     )
 
 
 def baseline_key(
-    cfg: RunConfig, name: str, data: Dataset, training: models.Training, source: str = ""
+    cfg: RunConfig, name: str, data: Dataset, training: Training, source: str = ""
 ) -> str:
-    """What decides the trained weights: model, data (its fingerprint includes the transforms and
-    the augmentation), training settings, and the starting weights (``source``: empty from scratch,
-    ``timm:NAME`` for timm's pretrained ones, ``checkpoint:SHA`` for a file)."""
+    """What decides the trained weights: model, data (its fingerprint includes the input size, the
+    transforms and the augmentation), training settings, and the starting weights (``source``: empty
+    from scratch, ``timm:NAME`` for timm's pretrained ones, ``checkpoint:SHA`` for a file). Warm-up
+    and label smoothing enter the key only where they differ from the first defaults (0.3, 0), so
+    that baselines cached before they existed stay valid."""
     key = {
         "model": name, "data": data.fingerprint, "classes": data.num_classes,
-        "img_size": cfg.img_size, "epochs": training.epochs, "batch_size": cfg.batch_size,
-        "lr": training.lr, "seed": cfg.seed, "torch": torch.__version__.split("+")[0],
-        "patch_size": cfg.patch_size,
+        "img_size": data.img_size, "epochs": training.epochs,
+        "batch_size": cfg.batch_size, "lr": training.lr, "seed": cfg.seed,
+        "torch": torch.__version__.split("+")[0], "patch_size": cfg.patch_size,
     }
     if source:
         key["source"] = source
+    if (training.warmup, training.label_smoothing) != (Training.warmup, Training.label_smoothing):
+        key["warmup"], key["label_smoothing"] = training.warmup, training.label_smoothing
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return f"{name}-{digest}"
 
 
 def cached_baseline(
     model: nn.Module, name: str, cfg: RunConfig, data: Dataset, runs_root: Path,
-    log: Callable[[str], None], role: str = "baseline", training: models.Training | None = None,
+    log: Callable[[str], None], role: str = "baseline", training: Training | None = None,
     source: str = "",
 ) -> nn.Module:
     """``model`` trained on the data (from its current weights) for ``training``'s epochs, or the
     cached result of the same training."""
-    training = training or models.training_for(model, cfg.epochs, cfg.lr, cfg.finetune_lr)
+    training = training or models.training_for(name, model, cfg.epochs, cfg.lr, cfg.finetune_lr)
     epochs, lr = training.epochs, training.lr
     folder = runs_root / CACHE_DIR / baseline_key(cfg, name, data, training, source)
     weights = folder / "model.pt"
@@ -221,8 +236,8 @@ def cached_baseline(
     what = f"fine-tuning {name} from {source}" if source else f"training {name}"
     log(f"{role}: {what} for {epochs} epochs (lr {lr:g}, seed {cfg.seed}); cached after")
     fit(
-        model, data.train, epochs=epochs, lr=lr,
-        batch_size=cfg.batch_size, seed=cfg.seed,
+        model, data.train, epochs=epochs, lr=lr, warmup=training.warmup,
+        label_smoothing=training.label_smoothing, batch_size=cfg.batch_size, seed=cfg.seed,
         on_epoch=lambda e, loss, rate: log(
             f"{role}: {name} epoch {e}/{epochs} loss {loss:.4f} ({rate:,.0f} images/s)"
         ),

@@ -197,6 +197,13 @@ class Dataset:
         return len(self.classes)
 
     @property
+    def img_size(self) -> int:
+        """The input size the images are transformed to."""
+        if self.preprocess is None:
+            return int(self.train.images(1).shape[-1])
+        return self.preprocess.img_size
+
+    @property
     def skipped(self) -> int:
         """Image files left out when indexing (Pillow could not open them)."""
         return len(self.unreadable)

@@ -7,7 +7,7 @@ import difflib
 import logging
 import pickle
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from search.core.errors import UserError
 from search.core.text import first_line, one_line
+from search.task.families import Training, family_of
 
 
 def check_model_name(name: str) -> None:
@@ -42,52 +43,20 @@ def patch_size_for(img_size: int, native: int) -> int:
     return next(p for p in range(max(1, img_size // MIN_GRID), 0, -1) if img_size % p == 0)
 
 
-@dataclass(frozen=True)
-class Training:
-    """How a model family trains for its baseline and recovers (fine-tuning) after compression."""
-
-    epochs: int
-    lr: float
-    finetune_lr: float
-
-
-#: Where a baseline's weights start from: random ("scratch"), timm's pretrained weights or a checkpoint
-#: whose classifier was re-initialised ("pretrained"), a checkpoint trained for the data's classes
-#: ("checkpoint").
-STARTS = ("scratch", "pretrained", "checkpoint")
-
-#: Defaults per (family, start); AdamW with a one-cycle schedule (``spaces.train.fit``). From scratch,
-#: ViTs need a lower rate (at 3e-3 vit_tiny did not learn in 3 epochs of digits) and more epochs
-#: (15 epochs: 78-88% validation accuracy). Pretrained features only need their new classifier
-#: trained and a light touch elsewhere: a short fine-tune at a rate well below the scratch one (a
-#: scratch-size rate destroys the features); ViTs are the more fragile, hence the lower rates. A
-#: checkpoint already trained for the data is used as it is (0 epochs); compression damages it like
-#: a pretrained model, so it recovers at the pretrained rates.
-TRAINING: dict[tuple[str, str], Training] = {
-    ("cnn", "scratch"): Training(15, 3e-3, 2e-3),
-    ("vit", "scratch"): Training(30, 1e-3, 5e-4),
-    ("cnn", "pretrained"): Training(2, 5e-4, 2e-4),
-    ("vit", "pretrained"): Training(2, 2e-4, 1e-4),
-    ("cnn", "checkpoint"): Training(0, 5e-4, 2e-4),
-    ("vit", "checkpoint"): Training(0, 2e-4, 1e-4),
-}
-
-
 def training_for(
-    model: nn.Module, epochs: int | None, lr: float | None, finetune_lr: float | None,
+    name: str, model: nn.Module, epochs: int | None, lr: float | None, finetune_lr: float | None,
     start: str = "scratch",
 ) -> Training:
-    """The configured settings, or the defaults of the model's family and ``start`` (one of
-    ``STARTS``) where they are None."""
+    """The configured settings, or the defaults of the model's family (``search.task.families``)
+    and ``start`` (one of ``families.STARTS``) where they are None."""
     from spaces.vit import is_vit  # spaces imports search; import here to keep the layers apart
 
-    if start not in STARTS:
-        raise ValueError(f"start must be one of {', '.join(STARTS)}, not {start!r}")
-    default = TRAINING["vit" if is_vit(model) else "cnn", start]
-    return Training(
-        default.epochs if epochs is None else epochs,
-        default.lr if lr is None else lr,
-        default.finetune_lr if finetune_lr is None else finetune_lr,
+    default = family_of(name, vit=is_vit(model)).training(start)
+    return replace(
+        default,
+        epochs=default.epochs if epochs is None else epochs,
+        lr=default.lr if lr is None else lr,
+        finetune_lr=default.finetune_lr if finetune_lr is None else finetune_lr,
     )
 
 

@@ -26,8 +26,8 @@ def test_yaml_narrows_and_fixes_values(tmp_path):
     assert ratio.low == ratio.high == 0.5
     study = optuna.create_study()
     cand = space.sample(study.ask())
-    scope = cand.steps[0].params["scope"]
-    assert cand.to_dict() == {"prune": {"ratio": 0.5, "importance": "l2", "scope": scope}}
+    chosen = cand.steps[0].params  # scope and residual are searched over their whole domains
+    assert cand.to_dict() == {"prune": {"ratio": 0.5, "importance": "l2", **{k: chosen[k] for k in ("scope", "residual")}}}
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from spaces import TECHNIQUES, Context
 from spaces.data import TensorSplit
 from spaces.lowrank import factorize_linear
 from spaces.prune import classifiers_of
-from spaces.space import Space, resolve
+from spaces.space import Space
 from spaces.train import fit, student_loss
 from spaces.vit import head_count, is_vit
 from tests.support.onnx import run_onnx_file
@@ -183,12 +183,10 @@ def test_distilled_deit_trains_both_heads_and_averages_them():
     assert out.shape == (32, 10)
 
 
-def test_auto_space_and_technique_support():
+def test_vit_detection_and_technique_support():
     assert is_vit(small_vit()) and is_vit(small_vit(DEIT))
     resnet = timm.create_model("test_resnet", pretrained=False, num_classes=10)
     assert not is_vit(resnet)
-    assert resolve("auto", small_vit()) == "vit" and resolve("auto", resnet) == "default"
-    assert resolve("cnn", small_vit()) == "cnn"
     Space.load("vit").check(small_vit(), VIT)
     with pytest.raises(Exception, match="vit_prune does not apply to test_resnet"):
         Space.load("vit").check(resnet, "test_resnet")

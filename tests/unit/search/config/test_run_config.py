@@ -49,7 +49,7 @@ def test_unknown_key_is_rejected():
     [
         ({"modle": "resnet18"}, "unknown config key 'modle'; did you mean 'model'?"),
         ({"lr": "fast"}, "config key 'lr' must be a finite number or null, got 'fast'"),
-        ({"img-size": 16.5}, "config key 'img-size' must be an integer, got 16.5"),
+        ({"img-size": 16.5}, "config key 'img-size' must be an integer or null, got 16.5"),
         ({"trials": True}, "config key 'trials' must be an integer"),
         ({"warm_start": "sometimes"}, "config key 'warm_start' must be true/false"),
         ({"objectives": [1, 2]}, "config key 'objectives' must be a list of strings"),

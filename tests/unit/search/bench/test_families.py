@@ -1,0 +1,53 @@
+"""``edgepareto bench families``: the row of one finished run, from plain tables."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from search.bench.families import (
+    FamilyRow,
+    best_within,
+    failure_reasons,
+    format_families,
+    median_trial_s,
+    over_budget,
+)
+
+
+def pareto() -> pd.DataFrame:
+    return pd.DataFrame({
+        "techniques": ["baseline", "prune A", "int8", "prune B"],
+        "accuracy_drop_pt": [0.0, 0.8, -0.2, 3.0],
+        "speedup": [1.0, 2.5, 1.4, 6.0],
+        "compression": [1.0, 2.0, 3.9, 8.0],
+    })
+
+
+def test_best_within_one_point_ignores_models_further_below_the_baseline():
+    assert best_within(pareto(), "speedup") == (2.5, "prune A")  # 6x is 3 points down
+    assert best_within(pareto(), "compression") == (3.9, "int8")
+    assert best_within(pareto(), "speedup", points=5) == (6.0, "prune B")
+
+
+def test_failures_by_reason_over_budget_and_median_trial_time():
+    trials = pd.DataFrame({
+        "trial": [0, 1, 2, 3, 4, 5],
+        "state": ["COMPLETE", "COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"],
+        "fail_reason": ["", "", "CandidateError: NaN weights", "timeout: 600 s", "", ""],
+        "feasible": [True, False, None, None, True, True],
+        "duplicate_of": [None, None, None, None, None, 1],
+        "duration_s": [100.0, 10.0, 20.0, 30.0, 40.0, 0.1],
+    })
+    assert failure_reasons(trials) == {"CandidateError": 1, "timeout": 1}
+    assert over_budget(trials) == 1
+    assert median_trial_s(trials) == 25.0  # trials 1-4: the baseline and the duplicate left out
+    assert math.isnan(median_trial_s(trials.iloc[:1]))
+
+
+def test_the_table_has_one_line_per_model():
+    row = FamilyRow("efficientnet_b0", "efficientnet", 64, 0.975, 2.5, "prune A", 3.9, "int8", 25.0, 20,
+                    {"timeout": 1}, 2, {"30%": 0.95, "50%": 0.8})
+    text = format_families([row, row])
+    assert len(text.splitlines()) == 3 and "2.50x" in text and "95.0%/80.0%" in text and "1 timeout" in text
