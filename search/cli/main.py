@@ -88,7 +88,8 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
         "teacher", str, "distillation teacher: base (default), a timm model name, or a checkpoint"
     ),
     "--data": ("data", str, "'digits' (embedded default) or an ImageFolder path"),
-    "--img-size": ("img_size", int, "input size in pixels (default 32)"),
+    "--img-size": ("img_size", int, "input size in pixels (default: the model family's, 32 for ResNets; "
+                   "edgepareto models)"),
     "--augment": (
         "augment", str, "training augmentation: none, light (random resized crop, flip) or strong "
         "(plus RandAugment); default light for an ImageFolder, none for digits"
@@ -97,16 +98,16 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
         "workers", int, "loader processes reading an ImageFolder (default: half the CPUs of a trial, 1 to 8)"
     ),
     "--patch-size": ("patch_size", int, "ViT patch size (default: a grid of at least 8x8 patches)"),
-    "--epochs": ("epochs", int, "baseline training epochs when no checkpoint (default 15, ViTs 30)"),
+    "--epochs": ("epochs", int, "baseline training epochs (default: the model family's; edgepareto models)"),
     "--batch-size": ("batch_size", int, "training batch size (default 64)"),
-    "--lr": ("lr", float, "baseline learning rate (default 3e-3, ViTs 1e-3)"),
-    "--finetune-lr": ("finetune_lr", float, "recovery fine-tuning learning rate (default 2e-3, ViTs 5e-4)"),
+    "--lr": ("lr", float, "baseline learning rate (default: the model family's; edgepareto models)"),
+    "--finetune-lr": ("finetune_lr", float, "recovery fine-tuning learning rate (default: the family's)"),
     "--val-fraction": ("val_fraction", float, "validation share of the data (default 0.2)"),
     "--test-fraction": ("test_fraction", float, "test share of the data (default 0.2)"),
     "--seed": ("seed", int, "seed for splits, training and the sampler (default 0)"),
     "--space": (
-        "space", str, "auto (default: vit for ViTs, else default), a preset (default, cnn, vit, "
-        "quant-only) or a YAML file"
+        "space", str, "auto (default: the model family's preset: vit for ViTs, mobile for MobileNets "
+        "and EfficientNets, else default), a preset (default, mobile, cnn, vit, quant-only) or a YAML file"
     ),
     "--objectives": ("objectives", _csv, "comma list of accuracy,latency,size (default all)"),
     "--sampler": ("sampler", str, "tpe (default), random or nsga2"),

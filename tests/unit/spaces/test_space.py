@@ -27,7 +27,8 @@ def test_yaml_narrows_and_fixes_values(tmp_path):
     study = optuna.create_study()
     cand = space.sample(study.ask())
     chosen = cand.steps[0].params  # scope and residual are searched over their whole domains
-    assert cand.to_dict() == {"prune": {"ratio": 0.5, "importance": "l2", **{k: chosen[k] for k in ("scope", "residual")}}}
+    searched = {k: chosen[k] for k in ("scope", "residual")}
+    assert cand.to_dict() == {"prune": {"ratio": 0.5, "importance": "l2", **searched}}
 
 
 @pytest.mark.parametrize(
