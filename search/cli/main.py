@@ -580,6 +580,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from targets.agent import main as agent_main
 
         return agent_main(argv[1:])
+    # OpenMP threads that wait sleep instead of spinning: libgomp reads this when torch loads, so it is
+    # set before any torch import, and the processes this one starts inherit it. On a machine shared
+    # with other processes, spinning threads cost EfficientNet-B0's trial 5x (README, "Model families").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     warnings.filterwarnings("ignore")
     import optuna
 

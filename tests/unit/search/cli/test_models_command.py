@@ -1,0 +1,38 @@
+"""``edgepareto models``: the family table, one model's family, and a bad name as one line."""
+
+from __future__ import annotations
+
+import os
+
+from search.cli.main import main
+from search.task.families import FAMILIES
+
+
+def test_models_lists_every_family_with_its_defaults(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in FAMILIES.names():
+        fam = FAMILIES.get(name)
+        assert f"\n{name}\n" in f"\n{out}" and f"{fam.img_size} px" in out
+    assert "timm.models.mobilenetv3" in out and "mobile" in out
+
+
+def test_models_names_the_family_of_one_model(capsys):
+    assert main(["models", "mobilenetv2_100"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mobilenetv2_100: family efficientnet") and "40 ep, lr 0.003" in out
+
+
+def test_an_unknown_model_is_one_line_and_exit_2(capsys):
+    assert main(["models", "mobilenet_v2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown timm model 'mobilenet_v2'" in err and "mobilenetv2_100" in err and "\n" not in err
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch, capsys):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    main(["models"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # inherited by every process the CLI starts
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    main(["models"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
