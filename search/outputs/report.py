@@ -123,7 +123,9 @@ def header(report: FinishedRun) -> str:
     if isinstance(machine, dict):
         machine = "; ".join(f"{k} {v}" for k, v in machine.items() if v)
     splits = s.get("split_sizes", {})
-    data = f"{cfg.get('data', '?')}, {cfg.get('img_size', '?')} px"
+    shape = s.get("preprocessing", {}).get("input_shape") or ["?"]
+    size = cfg.get("img_size") or shape[-1]  # null in run.yaml: the model family's size
+    data = f"{cfg.get('data', '?')}, {size} px"
     if splits:
         data += ", " + ", ".join(f"{k} {v}" for k, v in splits.items())
     mode = "predicted" if latency_predicted(report.pareto) else "measured"
