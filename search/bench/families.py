@@ -46,7 +46,7 @@ class FamilyRow:
     best_compression: float
     compression_techniques: str
     median_trial_s: float
-    trials: int
+    trials: int  # that ran to an end
     failures: dict[str, int] = field(default_factory=dict)
     over_budget: int = 0
     recalibrated: dict[str, float] = field(default_factory=dict)  # "30%": val accuracy
@@ -86,6 +86,11 @@ def median_trial_s(trials: pd.DataFrame) -> float:
     return float(built["duration_s"].median()) if len(built) else float("nan")
 
 
+def finished(trials: pd.DataFrame) -> int:
+    """Trials that ran to an end (COMPLETE, FAIL or PRUNED; not the recipes still waiting)."""
+    return int(trials["state"].astype(str).isin(["COMPLETE", "FAIL", "PRUNED"]).sum())
+
+
 def family_row(run_dir: Path, recalibrated: dict[str, float]) -> FamilyRow:
     """A finished run's row (``recalibrated`` measured apart)."""
     from search.front.run import load_run
@@ -99,7 +104,7 @@ def family_row(run_dir: Path, recalibrated: dict[str, float]) -> FamilyRow:
     size = run.summary["preprocessing"]["input_shape"][-1]
     return FamilyRow(
         model, family_of(model).name, int(size), float(run.pareto.iloc[0]["test_accuracy"]),
-        speedup, fast, compression, small, median_trial_s(run.trials), len(run.trials),
+        speedup, fast, compression, small, median_trial_s(run.trials), finished(run.trials),
         failure_reasons(run.trials), over_budget(run.trials), recalibrated,
     )
 
@@ -135,9 +140,10 @@ def recalibration_accuracy(cfg: RunConfig, runs_dir: Path) -> dict[str, float]:
 
 def bench_families(
     trials: int = 20, runs_dir: str = "runs", models: Sequence[str] = MODELS, seed: int = 0,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, img_size: int | None = None, epochs: int | None = None,
 ) -> list[FamilyRow]:
-    """One search per model (``--trials`` each, the baseline included), then its row."""
+    """One search per model (``--trials`` each, the baseline included), then its row. ``img_size``
+    and ``epochs`` (None: each family's) are for quick checks; the table uses the families' own."""
     from search.study.engine import run_search
     from search.study.progress import Progress
 
@@ -145,7 +151,7 @@ def bench_families(
     rows = []
     for model in models:
         cfg = RunConfig(name=f"bench-families-{stamp}-{model}", runs_dir=runs_dir, model=model,
-                        trials=trials, seed=seed)
+                        trials=trials, seed=seed, img_size=img_size, epochs=epochs)
         log(f"{model}: searching ({trials} trials)")
         report = run_search(cfg, Progress(cfg.objectives, cfg.directions, quiet=True))
         row = family_row(report.run_dir, recalibration_accuracy(cfg, Path(runs_dir)))

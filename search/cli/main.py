@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--held-out", type=_bounded("held_out"), default=60, help="predictor: models scored")
     bench.add_argument(
         "--epochs", type=_bounded("epochs"), default=None,
-        help="scaling, scale: baseline training epochs",
+        help="scaling, scale, families: baseline training epochs (families: default each family's)",
     )
     bench.add_argument(
         "--images", type=_csv, default=None,
@@ -466,7 +466,8 @@ def _bench(args: argparse.Namespace) -> int:
 
         rows = bench_families(
             trials=args.trials or 20, runs_dir=args.runs_dir,
-            models=_csv(args.model) if args.model else MODELS, log=_log,
+            models=_csv(args.model) if args.model else MODELS, log=_log, img_size=args.img_size,
+            epochs=args.epochs,
         )
         print(format_families(rows))
         return 0

@@ -44,6 +44,8 @@ def test_failures_by_reason_over_budget_and_median_trial_time():
     assert over_budget(trials) == 1
     assert median_trial_s(trials) == 25.0  # trials 1-4: the baseline and the duplicate left out
     assert math.isnan(median_trial_s(trials.iloc[:1]))
+    waiting = pd.concat([trials, pd.DataFrame({"trial": [6], "state": ["WAITING"]})])
+    assert finished(waiting) == 6  # an enqueued recipe that never ran is not a trial done
 
 
 def test_the_table_has_one_line_per_model():
