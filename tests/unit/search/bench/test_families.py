@@ -10,6 +10,7 @@ from search.bench.families import (
     FamilyRow,
     best_within,
     failure_reasons,
+    finished,
     format_families,
     median_trial_s,
     over_budget,
