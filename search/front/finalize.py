@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ def finalize(
     models = [t.user_attrs[MODEL_ATTR] for t in chosen]
     paths = [run_dir / t.user_attrs["artifact"] for t in chosen]
     test_acc = [onnx_accuracy(p, tasks[m].data.test) for p, m in zip(paths, models)]
-    latencies = side_by_side(plan.final, paths, tasks[reference].input_shape)
+    latencies = side_by_side(plan.final, paths, [tasks[m].input_shape for m in models])
     rows = []
     front_numbers = {t.number for t in front}
     for t, model, path, acc, latency in zip(chosen, models, paths, test_acc, latencies):
@@ -113,13 +113,19 @@ def finalize(
     return report
 
 
-def side_by_side(target: Target, paths: list[Path], input_shape: tuple[int, ...]) -> list[Latency]:
+def side_by_side(
+    target: Target, paths: list[Path], input_shape: tuple[int, ...] | Sequence[tuple[int, ...]]
+) -> list[Latency]:
     """Latency of every file under the same machine conditions: interleaved passes, then medians
-    (a predicting target gives the same answer every pass, so it makes one)."""
+    (a predicting target gives the same answer every pass, so it makes one). ``input_shape``: one
+    for all files, or one per file (base models of different input sizes in one study)."""
+    shapes = list(input_shape) if isinstance(input_shape[0], (tuple, list)) else [input_shape] * len(paths)
     with target.exclusive():  # one hold for all passes: nothing else runs on the device meanwhile
-        passes = [[target.latency(p, input_shape) for p in paths]]
+        passes = [[target.latency(p, tuple(s)) for p, s in zip(paths, shapes)]]
         if target.measures:
-            passes += [[target.latency(p, input_shape) for p in paths] for _ in range(PASSES - 1)]
+            passes += [
+                [target.latency(p, tuple(s)) for p, s in zip(paths, shapes)] for _ in range(PASSES - 1)
+            ]
     return [
         replace(
             passes[0][i],
