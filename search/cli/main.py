@@ -575,16 +575,30 @@ COMMANDS = {
 }
 
 
+def shares_the_machine(argv: Sequence[str]) -> bool:
+    """Whether this command runs trials beside other trial processes of its own: ``worker`` (beside a
+    search), ``serve`` (searches at once) and ``search --backend ray``. Their OpenMP threads then wait
+    passively instead of spinning: libgomp reads ``OMP_WAIT_POLICY`` when torch loads, so it is set
+    before any torch import, and the processes started from here inherit it. Under load, spinning
+    threads cost EfficientNet-B0's trial 2-5x; on a quiet machine passive waiting costs 10-20%, so a
+    lone search keeps spinning (README, "Model families")."""
+    command = argv[0] if argv else ""
+    if command in ("worker", "serve"):
+        return True
+    if command != "search":
+        return False
+    joined = " ".join(argv)
+    return "--backend ray" in joined or "--backend=ray" in joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["agent"]:  # runs on the device: onnxruntime and numpy, never torch or optuna
         from targets.agent import main as agent_main
 
         return agent_main(argv[1:])
-    # OpenMP threads that wait sleep instead of spinning: libgomp reads this when torch loads, so it is
-    # set before any torch import, and the processes this one starts inherit it. On a machine shared
-    # with other processes, spinning threads cost EfficientNet-B0's trial 5x (README, "Model families").
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if shares_the_machine(argv):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     warnings.filterwarnings("ignore")
     import optuna
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from search.cli.main import main
+from search.cli.main import main, shares_the_machine
 from search.task.families import FAMILIES
 
 
@@ -29,10 +29,14 @@ def test_an_unknown_model_is_one_line_and_exit_2(capsys):
     assert "unknown timm model 'mobilenet_v2'" in err and "mobilenetv2_100" in err and "\n" not in err
 
 
-def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch, capsys):
+def test_openmp_threads_wait_passively_where_trials_share_the_machine(monkeypatch, capsys):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     main(["models"])
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # inherited by every process the CLI starts
+    assert "OMP_WAIT_POLICY" not in os.environ  # a lone command keeps OpenMP's spinning default
+    assert shares_the_machine(["worker", "NAME"]) and shares_the_machine(["serve"])
+    assert shares_the_machine(["search", "--backend", "ray"]) and not shares_the_machine(["search"])
+    main(["worker", "no-such-run", "--runs-dir", "/nonexistent"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # inherited by every process it starts
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    main(["models"])
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    main(["worker", "no-such-run", "--runs-dir", "/nonexistent"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins
