@@ -62,6 +62,17 @@ def block_outputs(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def se_reductions(model: nn.Module) -> list[nn.Module]:
+    """The reduce convs of squeeze-excitation modules (timm's ``conv_reduce`` beside a
+    ``conv_expand``). Their inputs and the expand conv's outputs follow the block's hidden width;
+    their own few outputs are never pruned (ignored as roots): the gates that scale every channel
+    of the block come from them, and BatchNorm recalibration cannot repair a gate."""
+    return [
+        m.conv_reduce for m in model.modules()
+        if isinstance(getattr(m, "conv_reduce", None), nn.Conv2d) and hasattr(m, "conv_expand")
+    ]
+
+
 def _adds_two_tensors(node: Any) -> bool:
     """A torch-pruning graph node that adds two tensors of the network: a skip connection."""
     return type(node.grad_fn).__name__.startswith("AddBackward") and len(node.inputs) >= 2
@@ -100,8 +111,9 @@ class ChannelPrune(TorchTechnique):
 
     torch-pruning's dependency graph keeps every coupled layer consistent: in an inverted-residual
     block the expansion conv, the depthwise conv, its norm and the squeeze-excitation's input and
-    output follow the hidden width as one group. ``residual`` says whether the residual stream's
-    groups are pruned too or kept whole (``stream_layers``)."""
+    output follow the hidden width as one group; the squeeze-excitation's own reduced width stays
+    (``se_reductions``). ``residual`` says whether the residual stream's groups are pruned too or
+    kept whole (``stream_layers``)."""
 
     order = 10
     params = (
@@ -120,7 +132,7 @@ class ChannelPrune(TorchTechnique):
 
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module:
         model.eval()
-        ignored = classifiers_of(model)
+        ignored = classifiers_of(model) + se_reductions(model)
         if cfg.get("residual", "prune") == "keep":
             ignored += stream_layers(model, ctx.example_input, ignored)
         pruner = tp.pruner.MetaPruner(
