@@ -3,8 +3,8 @@
 Each model runs the default search (``--space auto``, its family's input size and training defaults:
 ``search.task.families``) with the same trial budget and seed. A row gives the baseline's test accuracy,
 the best speed-up and the best size ratio among the Pareto models within 1 point of it (test split),
-the median trial time, the failed trials by reason, and, measured apart from the search on the same
-cached baseline, the validation accuracy after pruning by 30% and 50% with BatchNorm recalibration
+the median trial time (as ``edgepareto show`` prints it), the failed trials by reason, and,
+measured apart from the search on the same cached baseline, the validation accuracy after pruning by 30% and 50% with BatchNorm recalibration
 alone (no fine-tuning), with the family's space setting (the residual stream kept where it searches
 that).
 """
@@ -77,13 +77,12 @@ def over_budget(trials: pd.DataFrame) -> int:
 
 
 def median_trial_s(trials: pd.DataFrame) -> float:
-    """The median duration of the completed and failed trials that built a candidate (duplicates,
-    which reuse an earlier result, and the baseline left out)."""
-    built = trials[trials["state"].astype(str).isin(["COMPLETE", "FAIL"])]
-    if "duplicate_of" in built:
-        built = built[built["duplicate_of"].isna()]
-    built = built[built["trial"] != built["trial"].min()]
-    return float(built["duration_s"].median()) if len(built) else float("nan")
+    """The median time of the completed trials that built a candidate, as ``edgepareto show`` gives
+    it (``search.front.run.built_stage_seconds``: stage times summed; duplicates left out)."""
+    from search.front.run import built_stage_seconds
+
+    seconds = built_stage_seconds(trials).sum(axis=1)
+    return float(seconds.median()) if len(seconds) else float("nan")
 
 
 def finished(trials: pd.DataFrame) -> int:

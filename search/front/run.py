@@ -91,12 +91,18 @@ def format_table(pareto: pd.DataFrame) -> str:
     return view.to_string(index=False)
 
 
+def built_stage_seconds(trials: pd.DataFrame) -> pd.DataFrame:
+    """Seconds per stage (columns) of the completed trials that built a candidate (duplicates, which
+    reuse an earlier trial's result, left out); a row's sum is that trial's time."""
+    original = trials.reindex(columns=["duplicate_of"])["duplicate_of"].isna()
+    return stage_seconds(trials[(trials["state"].astype(str) == "COMPLETE") & original])
+
+
 def time_per_stage(trials: pd.DataFrame) -> str | None:
     """``time per stage: train 61%, accuracy 18%, ... (median trial 12.3 s)``: the stages' shares of the
     time of the completed, non-duplicate trials that recorded stage times, largest first, 0% left out;
     None when none did (a run from before stage times)."""
-    original = trials.reindex(columns=["duplicate_of"])["duplicate_of"].isna()
-    seconds = stage_seconds(trials[(trials["state"].astype(str) == "COMPLETE") & original])
+    seconds = built_stage_seconds(trials)
     shares = stage_shares(seconds.sum().to_dict())
     parts = [f"{s} {p:.0%}" for s, p in sorted(shares.items(), key=lambda sp: -sp[1]) if f"{p:.0%}" != "0%"]
     if not parts:

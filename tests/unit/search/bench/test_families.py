@@ -39,12 +39,13 @@ def test_failures_by_reason_over_budget_and_median_trial_time():
         "fail_reason": ["", "", "CandidateError: NaN weights", "timeout: 600 s", "", ""],
         "feasible": [True, False, None, None, True, True],
         "duplicate_of": [None, None, None, None, None, 1],
-        "duration_s": [100.0, 10.0, 20.0, 30.0, 40.0, 0.1],
+        "train_s": [100.0, 10.0, 20.0, 30.0, 40.0, 0.1],
+        "other_s": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
     })
     assert failure_reasons(trials) == {"CandidateError": 1, "timeout": 1}
     assert over_budget(trials) == 1
-    assert median_trial_s(trials) == 25.0  # trials 1-4: the baseline and the duplicate left out
-    assert math.isnan(median_trial_s(trials.iloc[:1]))
+    assert median_trial_s(trials) == 41.0  # completed, the duplicate left out: 101, 11, 41 s
+    assert math.isnan(median_trial_s(trials.iloc[2:4]))  # none completed
     waiting = pd.concat([trials, pd.DataFrame({"trial": [6], "state": ["WAITING"]})])
     assert finished(waiting) == 6  # an enqueued recipe that never ran is not a trial done
 
