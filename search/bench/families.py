@@ -1,12 +1,12 @@
 """``edgepareto bench families``: a search per model family on the digits, one row per model.
 
 Each model runs the default search (``--space auto``, its family's input size and training defaults:
-``search.task.families``) with the same trial budget and seed. A row gives the baseline's test accuracy,
-the best speed-up and the best size ratio among the Pareto models within 1 point of it (test split),
-the median trial time (as ``edgepareto show`` prints it), the failed trials by reason, and,
-measured apart from the search on the same cached baseline, the validation accuracy after pruning by 30% and 50% with BatchNorm recalibration
-alone (no fine-tuning), with the family's space setting (the residual stream kept where it searches
-that).
+``search.task.families``) with the same trial budget and seed. A row gives the baseline's test
+accuracy, the best speed-up and the best size ratio among the Pareto models within 1 point of it
+(test split), the median trial time (as ``edgepareto show`` prints it), the failed trials by reason,
+and, measured apart from the search on the same cached baseline, the validation accuracy after
+pruning by 30% and 50% with BatchNorm recalibration alone (no fine-tuning), with the family's space
+setting (the residual stream kept where it searches that).
 """
 
 from __future__ import annotations
