@@ -21,9 +21,9 @@ STARTS = ("scratch", "pretrained", "checkpoint")
 
 @dataclass(frozen=True)
 class Training:
-    """How a model trains for its baseline and recovers (fine-tuning) after compression: AdamW with
-    a one-cycle schedule whose rate rises over the first ``warmup`` share of the steps
-    (``spaces.train.fit``), cross-entropy with ``label_smoothing``."""
+    """How a model trains for its baseline (``epochs``, ``lr``: AdamW with a one-cycle schedule whose
+    rate rises over the first ``warmup`` share of the steps, cross-entropy with ``label_smoothing``;
+    ``spaces.train.fit``) and the rate it recovers at after compression (``finetune_lr``)."""
 
     epochs: int
     lr: float
