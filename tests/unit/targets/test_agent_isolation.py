@@ -49,6 +49,7 @@ def _still_serves(agent: Agent) -> None:
     assert status == 200 and body["repeats"] == 3, body
 
 
+@pytest.mark.slow  # waits out the agent's run limit in a child process (5-6 s)
 def test_a_model_that_never_ends_is_stopped(limited):
     status, body, _ = limited.measure(endless_model(), ONE_RUN)
     assert status == 422 and body["error"].startswith("measurement stopped: still running after 5 s"), body
@@ -147,6 +148,7 @@ def test_the_models_endpoint(limited):
     assert limited.request(f"/v1/models/{sha}", token=None)[0] == 401
 
 
+@pytest.mark.slow  # waits out the agent's run limit in a child process (5-6 s)
 def test_a_hostile_model_through_the_remote_target_is_a_failed_candidate(limited, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPARETO_AGENT_TOKEN", TOKEN)
     path = tmp_path / "endless.onnx"
