@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ class FamilyRow:
     best_compression: float
     compression_techniques: str
     median_trial_s: float
-    trials: int  # that ran to an end
+    trials: int  # counted against the budget (search.front.counts)
     failures: dict[str, int] = field(default_factory=dict)
     over_budget: int = 0
     recalibrated: dict[str, float] = field(default_factory=dict)  # "30%": val accuracy
@@ -61,13 +60,6 @@ def best_within(pareto: pd.DataFrame, column: str, points: float = WITHIN_PT) ->
         return 1.0, "baseline"
     best = near.loc[near[column].idxmax()]
     return float(best[column]), str(best["techniques"])
-
-
-def failure_reasons(trials: pd.DataFrame) -> dict[str, int]:
-    """FAIL trials counted by their reason's first words (the part before any colon)."""
-    failed = trials[trials["state"].astype(str) == "FAIL"]
-    reasons = failed.reindex(columns=["fail_reason"])["fail_reason"].fillna("").astype(str)
-    return dict(Counter(r.split(":")[0].strip() or "unknown" for r in reasons))
 
 
 def over_budget(trials: pd.DataFrame) -> int:
@@ -85,11 +77,6 @@ def median_trial_s(trials: pd.DataFrame) -> float:
     return float(seconds.median()) if len(seconds) else float("nan")
 
 
-def finished(trials: pd.DataFrame) -> int:
-    """Trials that ran to an end (COMPLETE, FAIL or PRUNED; not the recipes still waiting)."""
-    return int(trials["state"].astype(str).isin(["COMPLETE", "FAIL", "PRUNED"]).sum())
-
-
 def family_row(run_dir: Path, recalibrated: dict[str, float]) -> FamilyRow:
     """A finished run's row (``recalibrated`` measured apart)."""
     from search.front.run import load_run
@@ -101,10 +88,11 @@ def family_row(run_dir: Path, recalibrated: dict[str, float]) -> FamilyRow:
     speedup, fast = best_within(run.pareto, "speedup")
     compression, small = best_within(run.pareto, "compression")
     size = run.summary["preprocessing"]["input_shape"][-1]
+    counts = run.counts()  # the counts show and the service give: failures by reason, counted trials
     return FamilyRow(
         model, family_of(model).name, int(size), float(run.pareto.iloc[0]["test_accuracy"]),
-        speedup, fast, compression, small, median_trial_s(run.trials), finished(run.trials),
-        failure_reasons(run.trials), over_budget(run.trials), recalibrated,
+        speedup, fast, compression, small, median_trial_s(run.trials), counts.counted,
+        counts.failed_by_reason, over_budget(run.trials), recalibrated,
     )
 
 

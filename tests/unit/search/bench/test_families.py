@@ -9,12 +9,11 @@ import pandas as pd
 from search.bench.families import (
     FamilyRow,
     best_within,
-    failure_reasons,
-    finished,
     format_families,
     median_trial_s,
     over_budget,
 )
+from search.front.counts import frame_counts
 
 
 def pareto() -> pd.DataFrame:
@@ -42,12 +41,13 @@ def test_failures_by_reason_over_budget_and_median_trial_time():
         "train_s": [100.0, 10.0, 20.0, 30.0, 40.0, 0.1],
         "other_s": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
     })
-    assert failure_reasons(trials) == {"CandidateError": 1, "timeout": 1}
+    # the row's failures and trial count are search.front.counts' (edgepareto show's)
+    assert frame_counts(trials, 6).failed_by_reason == {"CandidateError": 1, "timeout": 1}
     assert over_budget(trials) == 1
     assert median_trial_s(trials) == 41.0  # completed, the duplicate left out: 101, 11, 41 s
     assert math.isnan(median_trial_s(trials.iloc[2:4]))  # none completed
     waiting = pd.concat([trials, pd.DataFrame({"trial": [6], "state": ["WAITING"]})])
-    assert finished(waiting) == 6  # an enqueued recipe that never ran is not a trial done
+    assert frame_counts(waiting, 7).counted == 6  # an enqueued recipe that never ran is not a trial done
 
 
 def test_the_table_has_one_line_per_model():
