@@ -48,10 +48,12 @@ class Split(ABC):
 
 @dataclass(frozen=True, eq=False)
 class TensorSplit(Split):
-    """Images held in memory, already in the evaluation transform (no augmentation)."""
+    """Images held in memory, already in the evaluation transform. Training batches are translated
+    at random by up to ``shift`` pixels each way (``shifted``; 0: no augmentation)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    shift: int = 0
 
     @property
     def labels(self) -> np.ndarray:
@@ -62,15 +64,26 @@ class TensorSplit(Split):
         limit: int | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = order_of(len(self.y), shuffle_seed)[:limit]
+        moves = torch.Generator().manual_seed(0 if shuffle_seed is None else shuffle_seed)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            yield self.x[idx], self.y[idx]
+            x = self.x[idx]
+            yield (shifted(x, self.shift, moves) if augment and self.shift else x), self.y[idx]
 
     def images(self, n: int) -> torch.Tensor:
         return self.x[:n]
 
     def subset(self, n: int) -> Split:
-        return TensorSplit(self.x[:n], self.y[:n])
+        return TensorSplit(self.x[:n], self.y[:n], self.shift)
+
+
+def shifted(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image of the ``N x C x H x W`` batch translated by a random whole number of pixels in
+    ``[-shift, shift]`` per axis; the edge pixels fill the space left (replicate padding)."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift), mode="replicate")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
 def order_of(n: int, shuffle_seed: int | None) -> torch.Tensor:

@@ -92,7 +92,8 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
                    "edgepareto models)"),
     "--augment": (
         "augment", str, "training augmentation: none, light (random resized crop, flip) or strong "
-        "(plus RandAugment); default light for an ImageFolder, none for digits"
+        "(plus RandAugment) for an ImageFolder (default light); none or shift (random translation "
+        "by 1/8 of the size) for the digits (default: the model family's, edgepareto models)"
     ),
     "--workers": (
         "workers", int, "loader processes reading an ImageFolder (default: half the CPUs of a trial, 1 to 8)"

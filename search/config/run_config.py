@@ -18,7 +18,7 @@ from search.core.errors import UserError
 from search.study.samplers import SAMPLERS, create_sampler
 
 LATENCY_MODES = ("measure", "predict", "hybrid")
-AUGMENTS = ("none", "light", "strong")
+AUGMENTS = ("none", "light", "strong", "shift")
 BACKENDS = ("optuna", "ray")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -35,7 +35,7 @@ class RunConfig:
     teacher: str = "base"  # distillation teacher: base, a timm model name, or a checkpoint file
     data: str = "digits"
     img_size: int | None = None  # None: the model family's (search.task.families; 32 for ResNets)
-    augment: str | None = None  # none | light | strong; None: light for an ImageFolder, none for digits
+    augment: str | None = None  # none|light|strong|shift; None: light (ImageFolder), the family's (digits)
     workers: int | None = None  # DataLoader processes for an ImageFolder; None: data.default_workers
     patch_size: int | None = None  # ViTs only; None: chosen from img_size (see models.patch_size_for)
     val_fraction: float = 0.2

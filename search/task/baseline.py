@@ -17,7 +17,14 @@ from search.core.errors import UserError
 from search.core.layout import UNREADABLE_FILE
 from search.core.paths import is_file_reference
 from search.task import models
-from search.task.data import Dataset, check_memory, default_workers, load_dataset, model_preprocess
+from search.task.data import (
+    Dataset,
+    check_memory,
+    default_augment,
+    default_workers,
+    load_dataset,
+    model_preprocess,
+)
 from search.task.families import Training, family_of, img_size_for
 from search.task.preprocess import Preprocess
 from spaces.train import accuracy, fit
@@ -92,7 +99,8 @@ def prepare(
     preprocess = model_preprocess(name, img_size, cfg.data)
     data = load_dataset(
         cfg.data, img_size, preprocess.mean, preprocess.std, cfg.seed, cfg.val_fraction,
-        cfg.test_fraction, preprocess=preprocess, augment=cfg.augment, workers=loader_workers(cfg),
+        cfg.test_fraction, preprocess=preprocess, workers=loader_workers(cfg),
+        augment=augment_for(cfg, name),
     )
     if data.unreadable:
         listing = Path(runs_root) / str(cfg.name) / UNREADABLE_FILE
@@ -114,6 +122,12 @@ def prepare(
         model.eval(), data, img_size, preprocess.mean, preprocess.std, name, teacher, cfg.teacher,
         training.finetune_lr, preprocess,
     )
+
+
+def augment_for(cfg: RunConfig, name: str) -> str:
+    """``--augment``, else ``light`` for an ImageFolder and the model family's choice for the digits
+    (``Family.embedded_augment``)."""
+    return cfg.augment or default_augment(cfg.data, family_of(name).embedded_augment)
 
 
 def loader_workers(cfg: RunConfig) -> int:

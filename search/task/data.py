@@ -50,6 +50,12 @@ AUGMENTS: dict[str, dict[str, Any]] = {
         "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25,
     },
 }
+#: ``--augment shift``, the embedded digits' augmentation (in memory, ``spaces.data.shifted``): a
+#: random translation by up to this share of the input size each way (1/8: one of the 8 px digits'
+#: pixels). It took mobilenetv3_large_100 at 64 px from 92.8% to 97.8% test accuracy (README).
+SHIFT_SHARE = 1 / 8
+#: What ``--augment`` the embedded digits accept.
+EMBEDDED_AUGMENTS = ("none", "shift")
 #: Paths a warning about images skipped mid-run names.
 NAMED_SKIPPED = 3
 
@@ -60,9 +66,9 @@ def default_workers(cpus: int | None = None) -> int:
     return max(1, min(8, cpus // 2))
 
 
-def default_augment(spec: str) -> str:
-    """``light`` for an ImageFolder, ``none`` for the embedded digits."""
-    return "none" if spec in EMBEDDED else "light"
+def default_augment(spec: str, embedded: str = "none") -> str:
+    """``light`` for an ImageFolder; ``embedded`` (the model family's choice) for the digits."""
+    return embedded if spec in EMBEDDED else "light"
 
 
 @dataclass(eq=False)
@@ -297,20 +303,27 @@ def load_dataset(
     split_key = f"seed{seed}-v{val_fraction}-t{test_fraction}"
     prep_key = hashlib.sha256(repr(sorted(preprocess.to_dict().items())).encode()).hexdigest()[:12]
     if spec in EMBEDDED:
-        if augment != "none":
+        if augment not in EMBEDDED_AUGMENTS:
             raise UserError(
-                f"--augment {augment} applies to ImageFolder data; the embedded digits train without "
-                "augmentation (--augment none)", field="augment",
+                f"--augment {augment} applies to ImageFolder data; the embedded digits take "
+                f"--augment none or shift", field="augment",
             )
         images, labels = _digits()
         x = _normalise(_resize(images, img_size), preprocess.mean, preprocess.std)
         y = torch.as_tensor(labels, dtype=torch.long)
         parts = _split_indices(labels, seed, val_fraction, test_fraction, ())
-        train, val, test = (TensorSplit(x[i], y[i]) for i in parts)
+        shift = round(img_size * SHIFT_SHARE) if augment == "shift" else 0
+        train, val, test = (TensorSplit(x[i], y[i], shift) for i in parts)
         classes = tuple(map(str, range(10)))
         norm = ",".join(f"{v:g}" for v in (*preprocess.mean, *preprocess.std))
-        fingerprint = f"digits-s{img_size}-{split_key}-n{norm}"
+        augmented = "" if augment == "none" else f"-a{augment}"  # caches from before shift stay valid
+        fingerprint = f"digits-s{img_size}-{split_key}-n{norm}{augmented}"
         return Dataset(train, val, test, classes, fingerprint, (), preprocess, augment)
+    if augment == "shift":
+        raise UserError(
+            "--augment shift is the embedded digits' augmentation; ImageFolder data take none, light "
+            "or strong", field="augment",
+        )
     root = Path(spec)
     files, labels, classes, digest, unreadable = _index(root)
     parts = _split_indices(labels, seed, val_fraction, test_fraction, classes)

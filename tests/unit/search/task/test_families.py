@@ -8,6 +8,7 @@ import pytest
 import timm
 
 from search.config.bounds import BOUNDS
+from search.task.data import EMBEDDED_AUGMENTS
 from search.task.families import (
     FAMILIES,
     STARTS,
@@ -44,6 +45,7 @@ def test_every_family_is_consistent(family):
     fam = FAMILIES.get(family)
     Space.load(fam.space)  # its preset exists
     assert fam.kind in ("cnn", "vit")
+    assert fam.embedded_augment in EMBEDDED_AUGMENTS
     assert BOUNDS["img_size"].low <= fam.img_size <= BOUNDS["img_size"].high
     for name in (*fam.examples, fam.tiny):
         assert timm.is_model(name), name
@@ -86,3 +88,20 @@ def test_input_size_and_space_per_family():
     assert resolve_space("auto", "efficientnet_b0", vit=False) == "mobile"
     assert resolve_space("auto", "deit_tiny_patch16_224", vit=True) == "vit"
     assert resolve_space("cnn", "efficientnet_b0", vit=False) == "cnn"
+
+
+@pytest.mark.parametrize(("name", "data", "augment", "expected"), [
+    ("resnet18", "digits", None, "none"),  # the default main job trains as it always did
+    ("regnetx_002", "digits", None, "none"),
+    ("mobilenetv3_large_100", "digits", None, "shift"),
+    ("efficientnet_b0", "digits", None, "shift"),
+    ("deit_tiny_patch16_224", "digits", None, "shift"),
+    ("mobilenetv3_large_100", "digits", "none", "none"),  # the user's choice wins
+    ("mobilenetv3_large_100", "/data/flowers", None, "light"),  # an ImageFolder's default
+    ("resnet18", "/data/flowers", "strong", "strong"),
+])
+def test_the_training_augmentation_is_the_users_else_the_datas_and_familys(name, data, augment, expected):
+    from search.config.run_config import RunConfig
+    from search.task.baseline import augment_for
+
+    assert augment_for(RunConfig(model=name, data=data, augment=augment), name) == expected

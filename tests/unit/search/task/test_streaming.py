@@ -133,9 +133,18 @@ def test_training_batches_are_augmented_and_seeded(tmp_path):
     assert torch.equal(next(none.train.batches(64, augment=True))[0], plain)
 
 
-def test_the_digits_refuse_augmentation():
+def test_the_digits_take_shift_only_and_image_folders_refuse_it(tmp_path):
     with pytest.raises(UserError, match="--augment light applies to ImageFolder data"):
         load_dataset("digits", 16, *NORM, seed=0, val_fraction=0.2, test_fraction=0.2, augment="light")
+    shifted = load_dataset("digits", 32, *NORM, seed=0, val_fraction=0.2, test_fraction=0.2, augment="shift")
+    plain = load_dataset("digits", 32, *NORM, seed=0, val_fraction=0.2, test_fraction=0.2, augment="none")
+    assert shifted.train.shift == 4 and plain.train.shift == 0 and shifted.augment == "shift"
+    # the baseline cache tells them apart; a plain one keeps the key it had before shift existed
+    assert shifted.fingerprint == plain.fingerprint + "-ashift" and "-a" not in plain.fingerprint
+    assert torch.equal(shifted.val.x, plain.val.x)
+    with pytest.raises(UserError, match="--augment shift is the embedded digits' augmentation"):
+        load_dataset(str(folder(tmp_path, per_class=5)), 16, *NORM, seed=0, val_fraction=0.2,
+                     test_fraction=0.2, augment="shift")
 
 
 def test_worker_processes_read_the_same_images(tmp_path):
