@@ -6,7 +6,7 @@ accuracy, the best speed-up and the best size ratio among the Pareto models with
 (test split), the median trial time (as ``edgepareto show`` prints it), the failed trials by reason,
 and, measured apart from the search on the same cached baseline, the validation accuracy after
 pruning by 30% and 50% with BatchNorm recalibration alone (no fine-tuning), with the family's space
-setting (the residual stream kept where it searches that).
+setting (the residual stream kept where it searches that) and the best of its importance criteria.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class FamilyRow:
     failures: dict[str, int] = field(default_factory=dict)
     over_budget: int = 0
     recalibrated: dict[str, float] = field(default_factory=dict)  # "30%": val accuracy
+    recalibrated_with: str = ""  # the importance criterion of ``recalibrated``
 
 
 def best_within(pareto: pd.DataFrame, column: str, points: float = WITHIN_PT) -> tuple[float, str]:
@@ -77,8 +78,8 @@ def median_trial_s(trials: pd.DataFrame) -> float:
     return float(seconds.median()) if len(seconds) else float("nan")
 
 
-def family_row(run_dir: Path, recalibrated: dict[str, float]) -> FamilyRow:
-    """A finished run's row (``recalibrated`` measured apart)."""
+def family_row(run_dir: Path, recalibrated: dict[str, float], recalibrated_with: str = "") -> FamilyRow:
+    """A finished run's row (``recalibrated`` measured apart, with ``recalibrated_with``)."""
     from search.front.run import load_run
     from search.task.families import family_of
 
@@ -92,13 +93,14 @@ def family_row(run_dir: Path, recalibrated: dict[str, float]) -> FamilyRow:
     return FamilyRow(
         model, family_of(model).name, int(size), float(run.pareto.iloc[0]["test_accuracy"]),
         speedup, fast, compression, small, median_trial_s(run.trials), counts.counted,
-        counts.failed_by_reason, over_budget(run.trials), recalibrated,
+        counts.failed_by_reason, over_budget(run.trials), recalibrated, recalibrated_with,
     )
 
 
-def recalibration_accuracy(cfg: RunConfig, runs_dir: Path) -> dict[str, float]:
+def recalibration_accuracy(cfg: RunConfig, runs_dir: Path) -> tuple[dict[str, float], str]:
     """Validation accuracy (torch) of the cached baseline pruned by each of ``RECALIBRATION_RATIOS``
-    with BatchNorm recalibration alone: the family's pruning technique at its space's setting."""
+    with BatchNorm recalibration alone: the family's pruning technique at its space's setting, with
+    each importance criterion the space searches; the best criterion's (highest mean) and its name."""
     from search.candidate.build import RECALIBRATION_IMAGES
     from search.task.baseline import prepare
     from search.task.families import resolve_space
@@ -111,18 +113,22 @@ def recalibration_accuracy(cfg: RunConfig, runs_dir: Path) -> dict[str, float]:
     vit = is_vit(task.base)
     space = Space.load(resolve_space(cfg.space, name, vit))
     tech = next(t for t in space.techniques if t.name in ("prune", "vit_prune"))
-    out = {}
-    for ratio in RECALIBRATION_RATIOS:
-        if tech.name == "vit_prune":
-            setting = {"head_ratio": ratio, "mlp_ratio": ratio, "importance": "l2"}
-        else:
-            residual = next(p.choices[0] for p in tech.params if p.name == "residual")
-            setting = {"ratio": ratio, "importance": "l2", "scope": "uniform", "residual": residual}
-        model = copy.deepcopy(task.base)
-        model = TECHNIQUES.get(tech.name)().apply(model, setting, Context(train=task.data.train))
-        recalibrate_batchnorm(model, task.data.train, RECALIBRATION_IMAGES)
-        out[f"{ratio:.0%}"] = accuracy(model, task.data.val)
-    return out
+    choices = {p.name: p.choices for p in tech.params if hasattr(p, "choices")}
+    found: dict[str, dict[str, float]] = {}
+    for importance in choices.get("importance", ("l2",)):
+        out = found.setdefault(importance, {})
+        for ratio in RECALIBRATION_RATIOS:
+            if tech.name == "vit_prune":
+                setting = {"head_ratio": ratio, "mlp_ratio": ratio, "importance": importance}
+            else:
+                setting = {"ratio": ratio, "importance": importance, "scope": "uniform",
+                           "residual": choices["residual"][0]}
+            model = copy.deepcopy(task.base)
+            model = TECHNIQUES.get(tech.name)().apply(model, setting, Context(train=task.data.train))
+            recalibrate_batchnorm(model, task.data.train, RECALIBRATION_IMAGES)
+            out[f"{ratio:.0%}"] = accuracy(model, task.data.val)
+    best = max(found, key=lambda k: sum(found[k].values()))
+    return found[best], best
 
 
 def bench_families(
@@ -141,7 +147,7 @@ def bench_families(
                         trials=trials, seed=seed, img_size=img_size, epochs=epochs)
         log(f"{model}: searching ({trials} trials)")
         report = run_search(cfg, Progress(cfg.objectives, cfg.directions, quiet=True))
-        row = family_row(report.run_dir, recalibration_accuracy(cfg, Path(runs_dir)))
+        row = family_row(report.run_dir, *recalibration_accuracy(cfg, Path(runs_dir)))
         rows.append(row)
         write_json(Path(runs_dir) / f"bench-families-{stamp}.json", [asdict(r) for r in rows])
         log(format_families([row]).splitlines()[-1])
@@ -160,6 +166,7 @@ def format_families(rows: Sequence[FamilyRow]) -> str:
         "median trial": f"{r.median_trial_s:.0f} s",
         "failed": ", ".join(f"{n} {k}" for k, n in r.failures.items()) or "0",
         "over budget": r.over_budget,
-        "BN-recal only 30%/50%": "/".join(f"{v:.1%}" for v in r.recalibrated.values()) or "-",
+        "BN-recal only 30%/50%": "/".join(f"{v:.1%}" for v in r.recalibrated.values())
+        + (f" ({r.recalibrated_with})" if r.recalibrated_with else "") or "-",
     } for r in rows])
     return table.to_string(index=False)

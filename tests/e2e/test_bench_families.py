@@ -27,3 +27,5 @@ def test_bench_families_prints_one_row_per_model(tmp_path, capfd):
     for r in rows:
         assert r["trials"] == 3 and 0 <= r["baseline_test"] <= 1 and r["best_speedup"] >= 1.0
         assert set(r["recalibrated"]) == {"30%", "50%"}
+    assert rows[0]["recalibrated_with"] in ("l1", "l2", "taylor")  # the best of the default space's
+    assert rows[1]["recalibrated_with"] == "taylor"  # the mobile space's only criterion
