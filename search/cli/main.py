@@ -589,7 +589,28 @@ def shares_the_machine(argv: Sequence[str]) -> bool:
     if command != "search":
         return False
     joined = " ".join(argv)
-    return "--backend ray" in joined or "--backend=ray" in joined
+    if "--backend ray" in joined or "--backend=ray" in joined:
+        return True
+    if "--backend" in joined:  # a flag overrides the config file
+        return False
+    return _config_backend(argv) == "ray"
+
+
+def _config_backend(argv: Sequence[str]) -> str | None:
+    """The ``backend`` of the ``--config`` file, where one is given and readable (errors in it are
+    reported later, by the command itself)."""
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        )
+        if path is None:
+            continue
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            return None
+        return loaded.get("backend") if isinstance(loaded, dict) else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

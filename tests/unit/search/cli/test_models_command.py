@@ -29,6 +29,17 @@ def test_an_unknown_model_is_one_line_and_exit_2(capsys):
     assert "unknown timm model 'mobilenet_v2'" in err and "mobilenetv2_100" in err and "\n" not in err
 
 
+def test_a_config_files_ray_backend_shares_the_machine_unless_a_flag_says_otherwise(tmp_path):
+    ray, local = tmp_path / "ray.yaml", tmp_path / "local.yaml"
+    ray.write_text("model: resnet18\nbackend: ray\n")
+    local.write_text("model: resnet18\n")
+    assert shares_the_machine(["search", "--config", str(ray)])
+    assert shares_the_machine(["search", f"--config={ray}"])
+    assert not shares_the_machine(["search", "--config", str(ray), "--backend", "optuna"])
+    assert not shares_the_machine(["search", "--config", str(local)])
+    assert not shares_the_machine(["search", "--config", str(tmp_path / "missing.yaml")])
+
+
 def test_openmp_threads_wait_passively_where_trials_share_the_machine(monkeypatch, capsys):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     main(["models"])
