@@ -116,8 +116,8 @@ VIT = _register(Family(
     "vit", Training(40, 1e-3, 5e-4, label_smoothing=0.1), _VIT_PRETRAINED, _VIT_CHECKPOINT,
     tiny="test_vit",
     note="from scratch a ViT needs a lower rate (at 3e-3 vit_tiny did not learn) and more epochs; "
-    "32 px with 4 px patches (models.patch_size_for); shifted digits: 94.7% test accuracy without",
-    embedded_augment="shift",
+    "32 px with 4 px patches (models.patch_size_for); the digits unshifted: deit_tiny reached 94.7% test "
+    "accuracy (val 96.4%) without, 95.0% (val 93.3%) with shift",
 ))
 #: Fallbacks for architectures of other timm modules.
 CNN = _register(Family(

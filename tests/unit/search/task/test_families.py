@@ -95,7 +95,7 @@ def test_input_size_and_space_per_family():
     ("regnetx_002", "digits", None, "none"),
     ("mobilenetv3_large_100", "digits", None, "shift"),
     ("efficientnet_b0", "digits", None, "shift"),
-    ("deit_tiny_patch16_224", "digits", None, "shift"),
+    ("deit_tiny_patch16_224", "digits", None, "none"),
     ("mobilenetv3_large_100", "digits", "none", "none"),  # the user's choice wins
     ("mobilenetv3_large_100", "/data/flowers", None, "light"),  # an ImageFolder's default
     ("resnet18", "/data/flowers", "strong", "strong"),
