@@ -154,6 +154,14 @@ def bench_families(
     return rows
 
 
+def _recalibrated_text(row: FamilyRow) -> str:
+    """``95.6%/62.5% (taylor)``, or ``-`` where nothing was measured."""
+    if not row.recalibrated:
+        return "-"
+    values = "/".join(f"{v:.1%}" for v in row.recalibrated.values())
+    return f"{values} ({row.recalibrated_with})" if row.recalibrated_with else values
+
+
 def format_families(rows: Sequence[FamilyRow]) -> str:
     """The table: one row per model."""
     table = pd.DataFrame([{
@@ -166,7 +174,6 @@ def format_families(rows: Sequence[FamilyRow]) -> str:
         "median trial": f"{r.median_trial_s:.0f} s",
         "failed": ", ".join(f"{n} {k}" for k, n in r.failures.items()) or "0",
         "over budget": r.over_budget,
-        "BN-recal only 30%/50%": "/".join(f"{v:.1%}" for v in r.recalibrated.values())
-        + (f" ({r.recalibrated_with})" if r.recalibrated_with else "") or "-",
+        "BN-recal only 30%/50%": _recalibrated_text(r),
     } for r in rows])
     return table.to_string(index=False)

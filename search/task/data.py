@@ -306,7 +306,7 @@ def load_dataset(
         if augment not in EMBEDDED_AUGMENTS:
             raise UserError(
                 f"--augment {augment} applies to ImageFolder data; the embedded digits take "
-                f"--augment none or shift", field="augment",
+                "--augment none or shift", field="augment",
             )
         images, labels = _digits()
         x = _normalise(_resize(images, img_size), preprocess.mean, preprocess.std)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -55,3 +56,7 @@ def test_the_table_has_one_line_per_model():
                     {"timeout": 1}, 2, {"30%": 0.95, "50%": 0.8})
     text = format_families([row, row])
     assert len(text.splitlines()) == 3 and "2.50x" in text and "95.0%/80.0%" in text and "1 timeout" in text
+    named = dataclasses.replace(row, recalibrated_with="taylor")
+    unmeasured = dataclasses.replace(row, recalibrated={})
+    lines = format_families([named, unmeasured]).splitlines()
+    assert lines[1].rstrip().endswith("95.0%/80.0% (taylor)") and lines[2].rstrip().endswith("-")
