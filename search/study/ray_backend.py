@@ -187,11 +187,16 @@ def run_ray(
         + (f", at most {cfg.max_concurrent} at once" if cfg.max_concurrent else "")
     )
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    # A fresh actor per trial (Tune's default). With reuse_actors=True, Tune hands a pending trial
+    # to an actor that just finished and cancels the one still starting on another node: when a
+    # worker's start (importing torch, ~10 s on the 2-core VM) outlasts a trial, every trial
+    # stays on one node and the others idle. The start costs ~10 s per trial there, small
+    # against a fine-tuning trial at real size; a fresh process also frees each trial's memory.
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=_searcher(cfg, study, objective, progress), num_samples=remaining,
-            max_concurrent_trials=cfg.max_concurrent, time_budget_s=cfg.timeout, reuse_actors=True,
+            max_concurrent_trials=cfg.max_concurrent, time_budget_s=cfg.timeout, reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name=f"tune-{stamp}", storage_path=str(run_dir / "ray"), verbose=0,
