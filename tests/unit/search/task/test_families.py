@@ -27,12 +27,19 @@ def cnn_and_vit():
 
 
 @pytest.mark.parametrize(("name", "family"), [
-    ("resnet18", "resnet"), ("mobilenetv3_large_100", "mobilenetv3"), ("mobilenetv2_100", "efficientnet"),
+    ("resnet18", "resnet"), ("mobilenetv3_large_100", "mobilenetv3"), ("mnasnet_100", "efficientnet"),
     ("efficientnet_b0", "efficientnet"), ("convnext_atto", "convnext"), ("deit_tiny_patch16_224", "vit"),
     ("vit_tiny_patch16_224", "vit"), ("regnetx_002", "cnn"),
 ])
 def test_a_timm_name_belongs_to_the_family_of_its_module(name, family):
     assert family_of(name).name == family
+
+
+def test_a_name_prefix_wins_over_the_module():
+    assert family_of("mobilenetv2_100").name == "mobilenetv2"  # built by timm.models.efficientnet
+    assert family_of("mobilenetv2_035").name == "mobilenetv2"
+    assert family_of("efficientnet_b0").name == "efficientnet"
+    assert FAMILIES.get("mobilenetv2").scratch.epochs > FAMILIES.get("efficientnet").scratch.epochs
 
 
 def test_an_unknown_module_falls_back_by_architecture():
@@ -49,7 +56,7 @@ def test_every_family_is_consistent(family):
     assert BOUNDS["img_size"].low <= fam.img_size <= BOUNDS["img_size"].high
     for name in (*fam.examples, fam.tiny):
         assert timm.is_model(name), name
-        if fam.modules:  # the fallbacks have no module of their own
+        if fam.modules or fam.prefixes:  # the fallbacks have neither
             assert family_of(name) is fam, name
     for start in STARTS:
         t = fam.training(start)
