@@ -148,8 +148,9 @@ def timm_module(name: str) -> str:
 
 
 def family_of(name: str, vit: bool | None = None) -> Family:
-    """The family of the timm model ``name``; an architecture of another module is ``cnn``, or
-    ``vit`` when ``vit`` (``spaces.vit.is_vit`` of the built model) says so."""
+    """The family of the timm model ``name``: the first family whose ``prefixes`` it starts with,
+    else the family of its timm module; an architecture of another module is ``cnn``, or ``vit``
+    when ``vit`` (``spaces.vit.is_vit`` of the built model) says so."""
     families = [FAMILIES.get(f) for f in FAMILIES]
     found = next((f for f in families if any(name.startswith(p) for p in f.prefixes)), None)
     if found is not None:

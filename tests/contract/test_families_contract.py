@@ -134,4 +134,5 @@ def test_recalibration_keeps_accuracy_far_above_chance(family, technique, cfg, d
     assert accuracy(base, val) >= 0.7, "the fixture is easy: the tiny model must learn it"
     pruned = TECHNIQUES.get(technique)().apply(copy.deepcopy(base), cfg, Context(train=train, batch_size=32))
     recalibrate_batchnorm(pruned, train)
-    assert accuracy(pruned, val) >= RECALIBRATED_BY_FAMILY.get(family, RECALIBRATED), "far above chance (25%)"
+    floor = RECALIBRATED_BY_FAMILY.get(family, RECALIBRATED)
+    assert accuracy(pruned, val) >= floor, f"at least {floor:.0%} of 4 classes (chance: 25%)"
