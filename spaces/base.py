@@ -48,6 +48,9 @@ class Technique(ABC):
     recipe: ClassVar[Mapping[str, Any] | None] = None
     #: Whether the recipe is tried together with recovery fine-tuning (structural changes).
     needs_recovery: ClassVar[bool] = False
+    #: Whether it only trains the weights (recovery fine-tuning): the exported graph's structure,
+    #: hence its latency and size, is the same before and after it.
+    trains: ClassVar[bool] = False
     #: The trial stage its time counts towards (``search.core.stages.STAGES``).
     stage: ClassVar[str] = "compress"
 

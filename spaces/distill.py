@@ -18,6 +18,7 @@ class Distill(TorchTechnique):
 
     order = 40
     stage = "train"
+    trains = True
     params = (
         IntParam("epochs", 1, 10),
         FloatParam("temperature", 1.0, 8.0),

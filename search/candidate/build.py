@@ -18,6 +18,7 @@ from search.core.atomic import write_with
 from search.core.errors import CandidateError
 from search.task.baseline import Task
 from spaces import TECHNIQUES, Candidate, Context, OnnxTechnique, TorchTechnique
+from spaces.base import Step, Technique
 from spaces.train import recalibrate_batchnorm
 
 OPSET = 18
@@ -48,25 +49,50 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     return write_with(path, write)
 
 
+#: Where ``build`` writes a candidate's structure before fine-tuning (``screen``), in its folder.
+STRUCTURE_DIR = "structure"
+Steps = list[tuple[Step, Technique]]
+
+
 def build(
-    candidate: Candidate, task: Task, out_dir: Path, ctx: Context, stage: Callable[..., None]
+    candidate: Candidate, task: Task, out_dir: Path, ctx: Context, stage: Callable[..., None],
+    screen: Callable[[Path], None] | None = None,
 ) -> tuple[Path, nn.Module]:
     """Apply the candidate to a copy of the base model; returns the final ONNX file and torch model.
-    ``stage(name, kind)`` announces each step (``kind``: its ``search.core.stages`` stage)."""
+    ``stage(name, kind)`` announces each step (``kind``: its ``search.core.stages`` stage).
+
+    ``screen``, when given, sees the artifact of the candidate's structure before its first training
+    step (``Technique.trains``: recovery fine-tuning changes weights, not the graph): the same export
+    and ONNX steps, in ``out_dir/structure/``, so that its latency and size are the final ones. It
+    may raise to stop the build there. A candidate with no training step is not screened."""
     model = copy.deepcopy(task.base)
-    steps = [(s, TECHNIQUES.get(s.technique)()) for s in candidate.steps]
+    steps: Steps = [(s, TECHNIQUES.get(s.technique)()) for s in candidate.steps]
+    done: Steps = []
     for step, technique in steps:
         if isinstance(technique, TorchTechnique):
+            if screen is not None and technique.trains:
+                structure = copy.deepcopy(model)
+                screen(_artifact(structure, done, steps, out_dir / STRUCTURE_DIR, ctx, stage))
+                screen = None
             stage(step.technique, technique.stage)
             torch.manual_seed(ctx.seed)
             model = technique.apply(model, step.params, ctx)
+            done.append((step, technique))
             stage("recalibrate", "recalibrate")
             recalibrate_batchnorm(model, ctx.train, RECALIBRATION_IMAGES, checkpoint=ctx.checkpoint)
-    for _step, technique in steps:
-        if isinstance(technique, TorchTechnique):
-            model = technique.finalize(model)
+    return _artifact(model, done, steps, out_dir, ctx, stage), model
+
+
+def _artifact(
+    model: nn.Module, done: Steps, steps: Steps, out_dir: Path, ctx: Context, stage: Callable[..., None]
+) -> Path:
+    """``model`` after its torch steps ``done``: made permanent, exported, then the candidate's ONNX
+    steps; the final file is ``out_dir/model.onnx`` (``model`` is finalized in place)."""
+    for _step, technique in done:
+        model = technique.finalize(model)
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise CandidateError("the compressed model has NaN or infinite weights")
+    out_dir.mkdir(parents=True, exist_ok=True)
     stage("export", "export")
     current = export_onnx(model, ctx.example_input, out_dir / "fp32.onnx")
     for step, technique in steps:
@@ -80,4 +106,4 @@ def build(
     for leftover in out_dir.glob("*.onnx"):
         if leftover != final:
             leftover.unlink()
-    return final, model
+    return final
