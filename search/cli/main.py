@@ -123,6 +123,11 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     ),
     "--max-latency-ms": ("max_latency_ms", float, "budget: latency at most, in ms"),
     "--max-size-mb": ("max_size_mb", float, "budget: model file at most, in MB"),
+    "--fidelity": (
+        "fidelity", str, "off (default): fine-tune every candidate; structure: time and size its "
+        "structure first, and stop (PRUNED) what is over a budget or beaten by the front at the "
+        "baseline's accuracy + 0.5 points"
+    ),
     "--target": ("target", str, "latency target: host (default), a device profile (edgepareto "
                  "targets) or remote:http://DEVICE:PORT"),
     "--latency": (

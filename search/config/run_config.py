@@ -20,6 +20,8 @@ from search.study.samplers import SAMPLERS, create_sampler
 LATENCY_MODES = ("measure", "predict", "hybrid")
 AUGMENTS = ("none", "light", "strong", "shift")
 BACKENDS = ("optuna", "ray")
+#: off: every candidate is fine-tuned; structure: its structure is screened first (search.study.screen)
+FIDELITIES = ("off", "structure")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -69,6 +71,7 @@ class RunConfig:
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None  # ray: trials at once; None: as many as the cluster's CPUs allow
     trial_timeout: float | None = None  # seconds; a longer trial fails with a timeout reason
+    fidelity: str = "off"  # off | structure: stop before fine-tuning what cannot reach the front
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -118,6 +121,10 @@ class RunConfig:
         for key in ("lr", "finetune_lr"):
             if getattr(self, key) is not None and not 0 < getattr(self, key) <= 1:
                 raise UserError(f"--{key.replace('_', '-')} must lie in (0, 1]", field=key)
+        if self.fidelity not in FIDELITIES:
+            raise UserError(
+                f"--fidelity must be one of {', '.join(FIDELITIES)}, got {self.fidelity!r}", field="fidelity",
+            )
         if self.backend not in BACKENDS:
             raise UserError(
                 f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}", field="backend",

@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # types only: feasibility needs neither torch nor the config'
 MODEL_ATTR = "model"
 #: The user attribute naming the finished trial whose candidate a duplicate trial repeats.
 DUPLICATE_ATTR = "duplicate_of"
+#: The user attribute saying why a candidate stopped before fine-tuning (a PRUNED trial).
+PRUNED_ATTR = "pruned_reason"
 
 
 def budget_constraints(

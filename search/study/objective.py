@@ -11,7 +11,7 @@ import datetime
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.candidate.build import build
-from search.candidate.evaluate import Metrics, evaluate
+from search.candidate.evaluate import MB, Metrics, evaluate
 from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json
@@ -31,6 +31,7 @@ from search.study.cluster import BASELINE_ATTR
 from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, budget_constraints, is_feasible
 from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
+from search.study.screen import MARGIN_POINTS, accuracy_ceiling, dominated, over_budget
 from search.task.baseline import Task
 from spaces import Context
 from spaces.space import JointSpace
@@ -130,7 +131,9 @@ class Objective:
         trial.set_user_attr("candidate", candidate.to_dict())
         if twin is not None:
             return self.reuse(trial, twin)
-        path, model = build(candidate, task, out, self.context(task), self.stage)
+        screened = self.cfg.fidelity != "off" and not baseline
+        screen = self.screener(trial, task, model_name) if screened else None
+        path, model = build(candidate, task, out, self.context(task), self.stage, screen=screen)
         metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage)
         if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
             self.stage("latency (measured)", "latency")
@@ -162,6 +165,47 @@ class Objective:
         for key, value in stages.items():
             trial.set_user_attr(key, value)
         return objective_values(metrics, self.cfg.objectives)
+
+    def screener(self, trial: optuna.Trial, task: Task, model: str) -> Callable[[Path], None]:
+        """``build``'s screen for ``--fidelity structure``: the structure's latency (the run's latency
+        plan) and size are final; a candidate over a budget, or beaten by a feasible finished trial even
+        at the baseline's accuracy plus a margin (``search.study.screen``), stops here as PRUNED,
+        keeping its structure's file, latency, size and the reason. Budgets set constraints too, so
+        the sampler files a budget-pruned trial as infeasible."""
+
+        def screen(path: Path) -> None:
+            self.stage("structure: latency and size before fine-tuning", "latency")
+            latency = self.plan.scorer.latency(path, task.input_shape)
+            values = {"latency": latency.median_ms, "size": path.stat().st_size / MB}
+            budgets = {"latency": self.cfg.max_latency_ms, "size": self.cfg.max_size_mb}
+            why = over_budget(values, budgets)
+            if why is None:
+                front = self.feasible_front(trial)
+                ceiling = accuracy_ceiling(self.baseline_accuracy(trial, model))
+                beaten = dominated(values, ceiling, [v for _, v in front], self.cfg.objectives)
+                if beaten is not None:
+                    why = (f"beaten before fine-tuning by trial {front[beaten][0]} even at accuracy "
+                           f"{ceiling:.4f} (baseline + {MARGIN_POINTS:g} points)")
+            if why is None:
+                return
+            trial.set_user_attr("latency_ms", latency.median_ms)
+            trial.set_user_attr("latency_source", latency.source)
+            trial.set_user_attr("size_mb", values["size"])
+            trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
+            for key, name in (("max_latency_ms", "latency"), ("max_size_mb", "size")):
+                if budgets[name] is not None:
+                    trial.set_constraint(key, values[name] - budgets[name])
+            raise optuna.TrialPruned(why)
+
+        return screen
+
+    def feasible_front(self, trial: optuna.Trial) -> list[tuple[int, dict[str, float]]]:
+        """Finished feasible trials (duplicates left out) as (number, objective -> value)."""
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return [
+            (t.number, dict(zip(self.cfg.objectives, t.values))) for t in done
+            if is_feasible(t) and DUPLICATE_ATTR not in t.user_attrs
+        ]
 
     def finished_twin(
         self, trial: optuna.Trial, model: str, candidate: Mapping[str, Any]

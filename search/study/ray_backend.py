@@ -146,6 +146,9 @@ def _searcher(cfg: RunConfig, study: optuna.Study, objective: Objective, progres
                 values = [float(result[m]) for m in cfg.objectives]
                 announce(progress, self._ot_study.tell(asked, values, skip_if_finished=True))
                 return
+            if not error and result and result.get("state") == TrialState.PRUNED.name:
+                announce(progress, self._ot_study.tell(asked, state=TrialState.PRUNED, skip_if_finished=True))
+                return
             if study._storage.get_trial(asked._trial_id).state == TrialState.RUNNING:
                 if "fail_reason" not in asked.user_attrs:
                     asked.set_user_attr("fail_reason", (result or {}).get("fail_reason") or NO_RESULT)

@@ -25,7 +25,7 @@ from search.core.layout import METRICS_FILE, TRIAL_LOG, trial_dir
 from search.core.text import reason
 from search.core.trial_log import library_output_to
 from search.study.cluster import OWNER_ATTR, Heartbeat, owner
-from search.study.constraints import is_feasible
+from search.study.constraints import PRUNED_ATTR, is_feasible
 from search.study.interrupt import Interrupts
 from search.study.objective import Objective
 from search.study.progress import Progress
@@ -38,7 +38,7 @@ EXIT_HUNG = 124
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a trial ended: COMPLETE with values, or FAIL with a reason."""
+    """How a trial ended: COMPLETE with values, FAIL or PRUNED with a reason."""
 
     state: TrialState
     values: tuple[float, ...] | None = None
@@ -80,6 +80,8 @@ def _run(trial: optuna.Trial, objective: Objective, interrupts: Interrupts | Non
             values = objective(trial)
     except UserError:
         raise
+    except optuna.TrialPruned as exc:  # stopped before fine-tuning (search.study.screen): not a failure
+        return _pruned(trial, objective, str(exc))
     except Exception as exc:  # any failure of a candidate is a FAIL trial, never a crash
         if interrupts is not None:
             interrupts.check()  # ...unless it was Ctrl-C that some library turned into an error
@@ -97,6 +99,8 @@ def announce(progress: Progress, frozen: optuna.trial.FrozenTrial) -> None:
         feasible = is_feasible(frozen)
         label = frozen.user_attrs.get("techniques", "") + ("" if feasible else " (over budget)")
         progress.done(label, frozen.values, feasible)
+    elif frozen.state == TrialState.PRUNED:
+        progress.done(f"PRUNED {frozen.user_attrs.get(PRUNED_ATTR, '')}", None)
     else:
         progress.done(f"FAIL {frozen.user_attrs.get('fail_reason', 'no reason recorded')}", None)
 
@@ -108,6 +112,16 @@ def _failed(trial: optuna.Trial, objective: Objective, reason: str) -> Outcome:
     if out.is_dir():
         write_json(out / METRICS_FILE, {"state": "FAIL", "fail_reason": reason})
     return Outcome(TrialState.FAIL, None, reason)
+
+
+def _pruned(trial: optuna.Trial, objective: Objective, reason: str) -> Outcome:
+    """A candidate stopped before fine-tuning: its reason beside the metrics it has."""
+    with contextlib.suppress(UpdateFinishedTrialError):
+        trial.set_user_attr(PRUNED_ATTR, reason)
+    out = trial_dir(objective.run_dir, trial.number)
+    if out.is_dir():
+        write_json(out / METRICS_FILE, {"state": "PRUNED", PRUNED_ATTR: reason})
+    return Outcome(TrialState.PRUNED, None, reason)
 
 
 def _hung(trial: optuna.Trial, objective: Objective, limit: Deadline) -> None:

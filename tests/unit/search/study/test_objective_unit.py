@@ -236,7 +236,8 @@ def replaced_steps(monkeypatch):
     """build writes a file; evaluate scores the baseline 0.9 accurate, a candidate 0.8."""
     seen = []
 
-    def build(candidate, task, out, context, stage):
+    def build(candidate, task, out, context, stage, screen=None):
+        assert screen is None  # --fidelity off (the default) screens nothing
         assert context.lr == 0.01 and context.train.x.shape == (2, 3, 8, 8)
         stage("build")
         (out / "model.onnx").write_bytes(b"x")
