@@ -306,3 +306,47 @@ def test_a_hybrid_call_measures_the_baseline_and_keeps_the_prediction(tmp_path, 
     assert (attrs["latency_ms"], attrs["latency_p90_ms"], attrs["latency_source"]) == (3.0, 3.5, "measured")
     assert attrs["latency_predicted_ms"] == 1.0
     assert attrs["latency_error_pct"] is None
+
+
+def test_structure_fidelity_prunes_a_candidate_the_front_beats_even_at_the_ceiling(tmp_path, monkeypatch):
+    """Before fine-tuning, trial 2's structure (0.6 ms, 0.5 MB) is beaten by trial 1 (0.95, 0.5 ms,
+    0.5 MB) even at the ceiling 0.905 (baseline 0.9 + 0.5 points): PRUNED with trial 1 named. Trial 1
+    was screened too, and went on: the baseline (0.9) cannot beat a candidate credited with 0.905."""
+    timed = iter([0.5, 0.6])  # the structures' latencies, trials 1 and 2
+    scored = {0: metrics(0.9, 1.0, 2.0), 1: metrics(0.95, 0.5, 0.5)}
+
+    class Scorer:
+        def latency(self, path, input_shape):
+            return Latency(median_ms=next(timed), p90_ms=1.0, repeats=1, threads=1, source="measured",
+                           target="host")
+
+    def build(candidate, task, out, context, stage, screen=None):
+        if screen is not None:
+            structure = out / "structure" / "model.onnx"
+            structure.parent.mkdir()
+            structure.write_bytes(b"x" * 500_000)  # 0.5 MB
+            screen(structure)
+        (out / "model.onnx").write_bytes(b"x")
+        return out / "model.onnx", None
+
+    monkeypatch.setattr(objective_module, "build", build)
+    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: scored[int(path.parent.name)])
+    cfg = RunConfig(fidelity="structure")
+    plan = types.SimpleNamespace(mode="measure", scorer=Scorer(), profile=None, local_device=None,
+                                 measurer=None)
+    study = optuna.create_study(directions=cfg.directions)
+    study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+    for ratio in (0.25, 0.5):  # two different candidates (the same one twice is a duplicate, not built)
+        study.enqueue_trial({"prune.ratio": ratio})
+    objective = make_objective(tmp_path, cfg, plan=plan, space=Space(), tasks={"resnet18": TASK})
+    for _ in range(2):
+        trial = study.ask()
+        study.tell(trial, objective(trial))
+    trial = study.ask()
+    beaten = r"beaten before fine-tuning by trial 1 even at accuracy 0\.9050"
+    with pytest.raises(optuna.TrialPruned, match=beaten):
+        objective(trial)
+    attrs = trial.user_attrs
+    assert attrs["latency_ms"] == 0.6 and attrs["size_mb"] == pytest.approx(0.5)
+    assert attrs["artifact"] == "trials/0002/structure/model.onnx" and trial.constraints == {}
+    assert next(timed, None) is None  # the baseline was not screened, trials 1 and 2 were
