@@ -34,10 +34,17 @@ def budget_constraints(
         out["max_accuracy_drop"] = (reference - metrics.accuracy) * 100 - cfg.max_accuracy_drop
     if cfg.min_accuracy is not None:
         out["min_accuracy"] = cfg.min_accuracy - metrics.accuracy
+    return {**out, **structural_constraints(metrics.latency_ms, metrics.size_mb, cfg)}
+
+
+def structural_constraints(latency_ms: float, size_mb: float, cfg: RunConfig) -> dict[str, float]:
+    """The latency and size budgets' constraint values: known from a candidate's structure alone,
+    before fine-tuning (``search.study.screen``)."""
+    out = {}
     if cfg.max_latency_ms is not None:
-        out["max_latency_ms"] = metrics.latency_ms - cfg.max_latency_ms
+        out["max_latency_ms"] = latency_ms - cfg.max_latency_ms
     if cfg.max_size_mb is not None:
-        out["max_size_mb"] = metrics.size_mb - cfg.max_size_mb
+        out["max_size_mb"] = size_mb - cfg.max_size_mb
     return out
 
 

@@ -28,7 +28,13 @@ from search.core.layout import METRICS_FILE, PARAMS_FILE, trial_dir
 from search.core.stages import StageClock
 from search.front.pareto import is_dominated
 from search.study.cluster import BASELINE_ATTR
-from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, budget_constraints, is_feasible
+from search.study.constraints import (
+    DUPLICATE_ATTR,
+    MODEL_ATTR,
+    budget_constraints,
+    is_feasible,
+    structural_constraints,
+)
 from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
 from search.study.screen import MARGIN_POINTS, accuracy_ceiling, dominated, over_budget
@@ -192,9 +198,8 @@ class Objective:
             trial.set_user_attr("latency_source", latency.source)
             trial.set_user_attr("size_mb", values["size"])
             trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
-            for key, name in (("max_latency_ms", "latency"), ("max_size_mb", "size")):
-                if budgets[name] is not None:
-                    trial.set_constraint(key, values[name] - budgets[name])
+            for key, value in structural_constraints(values["latency"], values["size"], self.cfg).items():
+                trial.set_constraint(key, value)
             raise optuna.TrialPruned(why)
 
         return screen
