@@ -51,6 +51,9 @@ class Technique(ABC):
     #: Whether it only trains the weights (recovery fine-tuning): the exported graph's structure,
     #: hence its latency and size, is the same before and after it.
     trains: ClassVar[bool] = False
+    #: The parameter that counts its training epochs, which successive halving hands out rung by rung
+    #: (None: it does not train in epochs).
+    epochs_param: ClassVar[str | None] = None
     #: The trial stage its time counts towards (``search.core.stages.STAGES``).
     stage: ClassVar[str] = "compress"
 

@@ -19,6 +19,7 @@ class Distill(TorchTechnique):
     order = 40
     stage = "train"
     trains = True
+    epochs_param = "epochs"
     params = (
         IntParam("epochs", 1, 10),
         FloatParam("temperature", 1.0, 8.0),

@@ -16,7 +16,7 @@ or ``always``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,16 @@ class Space:
                     f" ({type(model).__name__}); use --space auto or another preset"
                 )
 
+    def epochs_fixed(self) -> Space:
+        """This space with each training technique's epochs (``Technique.epochs_param``) fixed at its
+        upper bound: successive halving hands out the epochs, the sampler does not search them."""
+        techniques = []
+        for t in self.techniques:
+            key = TECHNIQUES.get(t.name).epochs_param
+            params = tuple(replace(p, low=p.high) if p.name == key else p for p in t.params)
+            techniques.append(replace(t, params=params))
+        return replace(self, techniques=tuple(techniques))
+
     def baseline_params(self, prefix: str = "") -> dict[str, bool]:
         """Fixed params that switch every searchable technique off (trial 0)."""
         return {prefix + t.name: False for t in self.techniques if not t.always}
@@ -190,6 +200,10 @@ class JointSpace:
         else:
             model = trial.suggest_categorical(MODEL_PARAM, self.models)
         return model, self.space(model).sample(trial, baseline=baseline, prefix=self.prefix(model))
+
+    def epochs_fixed(self) -> JointSpace:
+        """Every model's ``Space.epochs_fixed``."""
+        return JointSpace(tuple((m, s.epochs_fixed()) for m, s in self.spaces))
 
     def baseline_params(self, model: str) -> dict[str, Any]:
         return {**self._choice(model), **self.space(model).baseline_params(self.prefix(model))}

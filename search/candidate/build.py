@@ -9,6 +9,7 @@ import copy
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -51,12 +52,26 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
 
 #: Where ``build`` writes a candidate's structure before fine-tuning (``screen``), in its folder.
 STRUCTURE_DIR = "structure"
+#: Where ``build`` writes the artifact after a rung's fine-tuning epochs (``Rungs``), in its folder.
+RUNG_DIR = "rung-{epochs}"
 Steps = list[tuple[Step, Technique]]
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """Fine-tuning in stages (successive halving): ``schedule`` holds the cumulative epochs at each
+    rung, the last being the full budget; after each rung but the last, ``judge(epochs, artifact)``
+    sees the candidate's artifact as it is then and may raise to stop the build there. Each stage
+    is its own schedule (warm restart: the rate rises and anneals again), so that the artifact at a
+    rung is a finished short recovery, not a model caught mid-schedule."""
+
+    schedule: tuple[int, ...]
+    judge: Callable[[int, Path], None]
 
 
 def build(
     candidate: Candidate, task: Task, out_dir: Path, ctx: Context, stage: Callable[..., None],
-    screen: Callable[[Path], None] | None = None,
+    screen: Callable[[Path], None] | None = None, rungs: Rungs | None = None,
 ) -> tuple[Path, nn.Module]:
     """Apply the candidate to a copy of the base model; returns the final ONNX file and torch model.
     ``stage(name, kind)`` announces each step (``kind``: its ``search.core.stages`` stage).
@@ -64,7 +79,10 @@ def build(
     ``screen``, when given, sees the artifact of the candidate's structure before its first training
     step (``Technique.trains``: recovery fine-tuning changes weights, not the graph): the same export
     and ONNX steps, in ``out_dir/structure/``, so that its latency and size are the final ones. It
-    may raise to stop the build there. A candidate with no training step is not screened."""
+    may raise to stop the build there. A candidate with no training step is not screened.
+
+    ``rungs``, when given, replaces the training step's epochs (``Technique.epochs_param``) by its
+    schedule, trained rung by rung (``Rungs``)."""
     model = copy.deepcopy(task.base)
     steps: Steps = [(s, TECHNIQUES.get(s.technique)()) for s in candidate.steps]
     done: Steps = []
@@ -74,13 +92,43 @@ def build(
                 structure = copy.deepcopy(model)
                 screen(_artifact(structure, done, steps, out_dir / STRUCTURE_DIR, ctx, stage))
                 screen = None
-            stage(step.technique, technique.stage)
-            torch.manual_seed(ctx.seed)
-            model = technique.apply(model, step.params, ctx)
+            if rungs is not None and technique.epochs_param is not None:
+                model = _by_rungs(model, step, technique, done, steps, out_dir, ctx, stage, rungs)
+                continue
+            model = _apply(model, step, technique, ctx, stage)
             done.append((step, technique))
-            stage("recalibrate", "recalibrate")
-            recalibrate_batchnorm(model, ctx.train, RECALIBRATION_IMAGES, checkpoint=ctx.checkpoint)
     return _artifact(model, done, steps, out_dir, ctx, stage), model
+
+
+def _apply(
+    model: nn.Module, step: Step, technique: TorchTechnique, ctx: Context, stage: Callable[..., None]
+) -> nn.Module:
+    """One torch step, seeded, then BatchNorm recalibration."""
+    stage(step.technique, technique.stage)
+    torch.manual_seed(ctx.seed)
+    model = technique.apply(model, step.params, ctx)
+    stage("recalibrate", "recalibrate")
+    recalibrate_batchnorm(model, ctx.train, RECALIBRATION_IMAGES, checkpoint=ctx.checkpoint)
+    return model
+
+
+def _by_rungs(
+    model: nn.Module, step: Step, technique: TorchTechnique, done: Steps, steps: Steps, out_dir: Path,
+    ctx: Context, stage: Callable[..., None], rungs: Rungs,
+) -> nn.Module:
+    """The training step ``step`` in ``rungs``' stages; ``done`` gains the step. Stage ``k`` trains with
+    seed ``ctx.seed + k`` (its own shuffles), so a one-rung schedule is exactly the plain step."""
+    key = technique.epochs_param
+    done.append((step, technique))
+    previous = 0
+    for k, epochs in enumerate(rungs.schedule):
+        part = replace(step, params={**step.params, key: epochs - previous})
+        model = _apply(model, part, technique, replace(ctx, seed=ctx.seed + k), stage)
+        previous = epochs
+        if epochs != rungs.schedule[-1]:
+            where = out_dir / RUNG_DIR.format(epochs=epochs)
+            rungs.judge(epochs, _artifact(copy.deepcopy(model), done, steps, where, ctx, stage))
+    return model
 
 
 def _artifact(

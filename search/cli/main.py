@@ -126,7 +126,8 @@ SEARCH_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--fidelity": (
         "fidelity", str, "off (default): fine-tune every candidate; structure: time and size its "
         "structure first, and stop (PRUNED) what is over a budget or beaten by the front at the "
-        "baseline's accuracy + 0.5 points"
+        "baseline's accuracy + 0.5 points; halving: structure, then fine-tune in rungs of 1, 3, 9... "
+        "epochs up to the baseline's training length, each rung keeping the top third (MO-ASHA)"
     ),
     "--target": ("target", str, "latency target: host (default), a device profile (edgepareto "
                  "targets) or remote:http://DEVICE:PORT"),

@@ -20,8 +20,9 @@ from search.study.samplers import SAMPLERS, create_sampler
 LATENCY_MODES = ("measure", "predict", "hybrid")
 AUGMENTS = ("none", "light", "strong", "shift")
 BACKENDS = ("optuna", "ray")
-#: off: every candidate is fine-tuned; structure: its structure is screened first (search.study.screen)
-FIDELITIES = ("off", "structure")
+#: off: every candidate is fine-tuned; structure: its structure is screened first (search.study.screen);
+#: halving: screened, then fine-tuned rung by rung while it ranks in the top third (search.study.halving)
+FIDELITIES = ("off", "structure", "halving")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 

@@ -53,6 +53,42 @@ def is_dominated(
     return bool(np.any(np.all(arr <= p, axis=1) & np.any(arr < p, axis=1)))
 
 
+def nondominated_order(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
+    """Indices of ``points`` best first, NSGA-II's order (Deb et al., 2002): by non-domination rank
+    (the Pareto front first, then the front of what is left, ...), and within a rank by crowding
+    distance, largest first (the rank's extreme points first: they are infinitely far), then index."""
+    if len(points) == 0:
+        return []
+    arr = to_minimisation(points, directions)
+    left = list(range(len(arr)))
+    order: list[int] = []
+    while left:
+        front = [left[i] for i in pareto_front(arr[left], ["minimize"] * arr.shape[1])]
+        distance = crowding_distance(arr[front])
+        order += [front[i] for i in sorted(range(len(front)), key=lambda i: (-distance[i], front[i]))]
+        chosen = set(front)
+        left = [i for i in left if i not in chosen]
+    return order
+
+
+def crowding_distance(points: np.ndarray) -> list[float]:
+    """NSGA-II's crowding distance of each point of one front (minimisation, any scale): the sum over
+    objectives of the normalised gap between its two neighbours; the extremes are infinite."""
+    n, m = points.shape
+    distance = [0.0] * n
+    if n <= 2:
+        return [float("inf")] * n
+    for k in range(m):
+        ranked = sorted(range(n), key=lambda i: (points[i, k], i))
+        span = float(points[ranked[-1], k] - points[ranked[0], k])
+        distance[ranked[0]] = distance[ranked[-1]] = float("inf")
+        if span <= 0:
+            continue
+        for j in range(1, n - 1):
+            distance[ranked[j]] += float(points[ranked[j + 1], k] - points[ranked[j - 1], k]) / span
+    return distance
+
+
 def hypervolume(
     points: Sequence[Sequence[float]], directions: Sequence[str], reference: Sequence[float]
 ) -> float:

@@ -126,6 +126,8 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     untrained = {m: models.create(m, 2, img_size_for(m, cfg.img_size), cfg.patch_size) for m in cfg.models}
     models.check_patch_size(cfg.patch_size, untrained)
     space = space_for(cfg.space, untrained)
+    if cfg.fidelity == "halving":
+        space = space.epochs_fixed()
     tasks = prepare_all(cfg, run.root, progress.log, progress.warn)
     run.mirror.push(CACHE_DIR)
     run.dir.mkdir(parents=True)

@@ -19,8 +19,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.candidate.build import build
-from search.candidate.evaluate import MB, Metrics, evaluate
+from search.candidate.build import Rungs, build
+from search.candidate.evaluate import MB, Metrics, evaluate, onnx_accuracy
 from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json
@@ -35,11 +35,13 @@ from search.study.constraints import (
     is_feasible,
     structural_constraints,
 )
+from search.study.halving import ETA, RUNG_ATTR, judge, rungs
 from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
 from search.study.screen import MARGIN_POINTS, accuracy_ceiling, dominated, over_budget
 from search.task.baseline import Task
-from spaces import Context
+from spaces import TECHNIQUES, Candidate, Context
+from spaces.base import Step
 from spaces.space import JointSpace
 from targets.deploy import deployability
 from targets.graph import analyze
@@ -58,6 +60,22 @@ REUSED_ATTRS = (
 def same_candidate(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two candidates (``Candidate.to_dict()``, possibly read back from storage) are equal."""
     return json.dumps(a, sort_keys=True, default=list) == json.dumps(b, sort_keys=True, default=list)
+
+
+def full_budget(candidate: Candidate, training_epochs: int) -> tuple[Candidate, tuple[int, ...] | None]:
+    """For ``--fidelity halving``: the candidate with its training step's epochs raised to the full
+    recovery budget, the baseline's own training length (at least what the space allowed), and the
+    rungs that lead there; unchanged and None when it does not train."""
+    steps = []
+    schedule = None
+    for step in candidate.steps:
+        key = TECHNIQUES.get(step.technique).epochs_param
+        if key is not None:
+            top = max(int(step.params[key]), training_epochs)
+            schedule = rungs(top)
+            step = Step(step.technique, {**step.params, key: top})
+        steps.append(step)
+    return Candidate(tuple(steps)), schedule
 
 
 def baseline_accuracy_key(model: str) -> str:
@@ -122,6 +140,9 @@ class Objective:
         baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         model_name, candidate = self.space.sample(trial, baseline=baseline)
         task = self.tasks[model_name]
+        schedule = None
+        if self.cfg.fidelity == "halving" and not baseline:
+            candidate, schedule = full_budget(candidate, task.training_epochs)
         out = trial_dir(self.run_dir, trial.number)
         out.mkdir(parents=True)  # trial numbers are never reused, so this never overwrites
         record: dict[str, Any] = {
@@ -138,8 +159,14 @@ class Objective:
         if twin is not None:
             return self.reuse(trial, twin)
         screened = self.cfg.fidelity != "off" and not baseline
-        screen = self.screener(trial, task, model_name) if screened else None
-        path, model = build(candidate, task, out, self.context(task), self.stage, screen=screen)
+        structure: dict[str, Any] = {}  # the screen's latency and size, final for the rungs
+        screen = self.screener(trial, task, model_name, structure) if screened else None
+        stages = None
+        if schedule is not None:
+            stages = Rungs(schedule, self.rung_judge(trial, task, schedule, structure))
+        path, model = build(candidate, task, out, self.context(task), self.stage, screen=screen, rungs=stages)
+        if schedule is not None:
+            trial.set_user_attr("recovery_epochs", schedule[-1])
         metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage)
         if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
             self.stage("latency (measured)", "latency")
@@ -172,17 +199,21 @@ class Objective:
             trial.set_user_attr(key, value)
         return objective_values(metrics, self.cfg.objectives)
 
-    def screener(self, trial: optuna.Trial, task: Task, model: str) -> Callable[[Path], None]:
-        """``build``'s screen for ``--fidelity structure``: the structure's latency (the run's latency
-        plan) and size are final; a candidate over a budget, or beaten by a feasible finished trial even
-        at the baseline's accuracy plus a margin (``search.study.screen``), stops here as PRUNED,
-        keeping its structure's file, latency, size and the reason. Budgets set constraints too, so
-        the sampler files a budget-pruned trial as infeasible."""
+    def screener(
+        self, trial: optuna.Trial, task: Task, model: str, known: dict[str, Any]
+    ) -> Callable[[Path], None]:
+        """``build``'s screen for ``--fidelity structure`` and ``halving``: the structure's latency (the
+        run's latency plan) and size are final (kept in ``known`` for the rungs); a candidate over a
+        budget, or beaten by a feasible finished trial even at the baseline's accuracy plus a margin
+        (``search.study.screen``), stops here as PRUNED, keeping its structure's file, latency, size
+        and the reason. Budgets set constraints too, so the sampler files a budget-pruned trial as
+        infeasible."""
 
         def screen(path: Path) -> None:
             self.stage("structure: latency and size before fine-tuning", "latency")
             latency = self.plan.scorer.latency(path, task.input_shape)
             values = {"latency": latency.median_ms, "size": path.stat().st_size / MB}
+            known.update(values, latency_source=latency.source)
             budgets = {"latency": self.cfg.max_latency_ms, "size": self.cfg.max_size_mb}
             why = over_budget(values, budgets)
             if why is None:
@@ -192,17 +223,52 @@ class Objective:
                 if beaten is not None:
                     why = (f"beaten before fine-tuning by trial {front[beaten][0]} even at accuracy "
                            f"{ceiling:.4f} (baseline + {MARGIN_POINTS:g} points)")
-            if why is None:
-                return
-            trial.set_user_attr("latency_ms", latency.median_ms)
-            trial.set_user_attr("latency_source", latency.source)
-            trial.set_user_attr("size_mb", values["size"])
-            trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
-            for key, value in structural_constraints(values["latency"], values["size"], self.cfg).items():
-                trial.set_constraint(key, value)
-            raise optuna.TrialPruned(why)
+            if why is not None:
+                self.stop(trial, why, path, known)
 
         return screen
+
+    def rung_judge(
+        self, trial: optuna.Trial, task: Task, schedule: tuple[int, ...], known: dict[str, Any]
+    ) -> Callable[[int, Path], None]:
+        """``build``'s judge for ``--fidelity halving`` (``search.study.halving``): after a rung's
+        epochs the artifact's validation accuracy in onnxruntime, with the structure's latency and
+        size, is stored as ``rung:EPOCHS``; the candidate goes on only if it ranks in the top 1/eta of
+        every trial that reached the rung, else it stops as PRUNED with its rung's file and values."""
+
+        def at_rung(epochs: int, path: Path) -> None:
+            self.stage(f"rung {epochs}/{schedule[-1]} epochs: accuracy", "accuracy")
+            values = {"accuracy": onnx_accuracy(path, task.data.val), **known}
+            point = {o: values[o] for o in self.cfg.objectives}
+            key = RUNG_ATTR.format(epochs=epochs)
+            trial.set_user_attr(key, point)
+            trial.set_user_attr("recovery_epochs", epochs)
+            peers = [
+                t.user_attrs[key] for t in trial.study.get_trials(deepcopy=False)
+                if t.number != trial.number and key in t.user_attrs
+            ]
+            points = [[p[o] for o in self.cfg.objectives] for p in [point, *peers]]
+            verdict = judge(0, points, self.cfg.directions)
+            if verdict.promoted:
+                return
+            trial.set_user_attr("accuracy", values["accuracy"])
+            self.stop(trial, (
+                f"stopped after {epochs} of {schedule[-1]} fine-tuning epochs: rank {verdict.rank} of "
+                f"{verdict.peers} at this rung, the top {verdict.keep} go on (successive halving, eta {ETA})"
+            ), path, known)
+
+        return at_rung
+
+    def stop(self, trial: optuna.Trial, why: str, path: Path, known: Mapping[str, Any]) -> None:
+        """End the trial as PRUNED with ``why``: its file so far, the structure's latency and size, and
+        the budget constraints they decide."""
+        trial.set_user_attr("latency_ms", known["latency"])
+        trial.set_user_attr("latency_source", known["latency_source"])
+        trial.set_user_attr("size_mb", known["size"])
+        trial.set_user_attr("artifact", str(path.relative_to(self.run_dir)))
+        for key, value in structural_constraints(known["latency"], known["size"], self.cfg).items():
+            trial.set_constraint(key, value)
+        raise optuna.TrialPruned(why)
 
     def feasible_front(self, trial: optuna.Trial) -> list[tuple[int, dict[str, float]]]:
         """Finished feasible trials (duplicates left out) as (number, objective -> value)."""

@@ -49,6 +49,9 @@ class Task:
     teacher_name: str = "base"
     finetune_lr: float = 2e-3
     preprocess: Preprocess | None = None  # the evaluation transform (None: data.preprocess)
+    #: Epochs the baseline trained for (its recipe; 0: used as loaded): the full recovery budget of
+    #: successive halving (``--fidelity halving``).
+    training_epochs: int = 0
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -120,7 +123,7 @@ def prepare(
     teacher = load_teacher(cfg, name, data, runs_root, log)
     return Task(
         model.eval(), data, img_size, preprocess.mean, preprocess.std, name, teacher, cfg.teacher,
-        training.finetune_lr, preprocess,
+        training.finetune_lr, preprocess, training_epochs=training.epochs,
     )
 
 

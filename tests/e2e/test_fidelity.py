@@ -12,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.study.constraints import PRUNED_ATTR
+from search.study.halving import judge
 from tests.support.cli import TINY, run_cli
 from tests.support.runs import slow_space
 
@@ -50,7 +51,41 @@ def test_over_budget_candidates_stop_before_fine_tuning(runs_dir, tmp_path, capf
     assert len(resumed) == 5 and resumed[4].state == TrialState.PRUNED
 
 
+@pytest.mark.timeout(600)
+def test_halving_fine_tunes_in_rungs_and_stops_the_ranked_out(runs_dir, tmp_path, capfd):
+    """test_resnet trained 3 epochs, the space's epochs fixed at 3: every candidate's budget is 3
+    epochs in rungs of 1 and 3. Each candidate is scored at rung 1 and goes on exactly when the rule
+    (``halving.judge`` against the ones that reached the rung before it) says so; one ranked out stops
+    with its rung's file; the rest train all 3 epochs; the front holds no stopped trial. Ranked on
+    accuracy alone, so that the trade-offs of latency and size cannot keep everyone on the front."""
+    args = ["search", "--runs-dir", str(runs_dir), "--name", "halving", "--trials", "8", "--fidelity",
+            "halving", "--warm-start", "off", "--objectives", "accuracy",
+            "--space", str(slow_space(tmp_path)), *TINY, "--epochs", "3"]
+    code, _, err = run_cli(args, capfd)
+    assert code == 0, err
+    run = runs_dir / "halving"
+    trials = optuna.load_study(study_name="halving", storage=f"sqlite:///{run / 'study.db'}").get_trials()
+    assert trials[0].state == TrialState.COMPLETE and "rung:1" not in trials[0].user_attrs  # the baseline
+    at_rung = [t for t in trials[1:] if "rung:1" in t.user_attrs]  # one at a time: in arrival order
+    assert len(at_rung) >= 3
+    for i, t in enumerate(at_rung):
+        verdict = judge(i, [[p.user_attrs["rung:1"]["accuracy"]] for p in at_rung[: i + 1]], ["maximize"])
+        if verdict.promoted:
+            assert t.state == TrialState.COMPLETE and t.user_attrs["recovery_epochs"] == 3
+            assert t.user_attrs["candidate"]["distill"]["epochs"] == 3
+            assert (run / "trials" / f"{t.number:04d}" / "model.onnx").is_file()
+        else:
+            assert t.state == TrialState.PRUNED and t.user_attrs["recovery_epochs"] == 1
+            assert t.user_attrs[PRUNED_ATTR].startswith("stopped after 1 of 3 fine-tuning epochs: rank ")
+            assert t.user_attrs["artifact"].endswith("rung-1/model.onnx")
+            assert (run / t.user_attrs["artifact"]).is_file()
+            assert t.user_attrs["accuracy"] == t.user_attrs["rung:1"]["accuracy"]
+    stopped = {t.number for t in at_rung if t.state == TrialState.PRUNED}
+    assert stopped, "no candidate was ranked out: the test shows nothing"
+    assert not stopped & set(pd.read_csv(run / "pareto.csv")["trial"])
+
+
 def test_an_unknown_fidelity_is_one_line(tmp_path, capfd):
     code, _, err = run_cli(["search", "--runs-dir", str(tmp_path), "--fidelity", "rungs", *TINY], capfd)
-    assert code == 2 and "--fidelity must be one of off, structure, got 'rungs'" in err
+    assert code == 2 and "--fidelity must be one of off, structure, halving, got 'rungs'" in err
     assert len(err.strip().splitlines()) == 1

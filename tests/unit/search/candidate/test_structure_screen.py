@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 
-from search.candidate.build import STRUCTURE_DIR, build
+from search.candidate.build import RUNG_DIR, STRUCTURE_DIR, Rungs, build
 from spaces import Candidate, Context, Step
 from spaces.data import TensorSplit
 
@@ -81,3 +81,41 @@ def test_a_candidate_without_fine_tuning_is_not_screened(task_and_ctx, tmp_path)
     seen: list[Path] = []
     build(Candidate(CHAIN[:2] + CHAIN[3:]), task, tmp_path, ctx, lambda *_: None, screen=seen.append)
     assert seen == [] and not (tmp_path / STRUCTURE_DIR).exists()
+
+
+def weights(path: Path) -> dict:
+    return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_one_rung_is_exactly_the_plain_fine_tuning(task_and_ctx, tmp_path):
+    task, ctx = task_and_ctx
+    plain, _ = build(Candidate(CHAIN), task, tmp_path / "plain", ctx, lambda *_: None)
+    staged, _ = build(Candidate(CHAIN), task, tmp_path / "staged", ctx, lambda *_: None,
+                      rungs=Rungs((1,), lambda *_: pytest.fail("a one-rung schedule has nothing to judge")))
+    a, b = weights(plain), weights(staged)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_rungs_train_in_stages_and_show_each_rungs_artifact(task_and_ctx, tmp_path):
+    task, ctx = task_and_ctx
+    judged: list[tuple[int, Path]] = []
+    stages: list[str] = []
+    final, _ = build(Candidate(CHAIN), task, tmp_path, ctx, lambda name, *_: stages.append(name),
+                     rungs=Rungs((1, 3), lambda epochs, path: judged.append((epochs, path))))
+    assert judged == [(1, tmp_path / RUNG_DIR.format(epochs=1) / "model.onnx")]
+    assert skeleton(judged[0][1]) == skeleton(final)  # the rung's file is the candidate's graph, quantized
+    assert any((weights(judged[0][1])[k] != v).any() for k, v in weights(final).items())  # 2 more epochs
+    assert stages.count("distill") == 2  # 1 epoch, then 2 more
+
+
+def test_a_judge_that_raises_stops_at_its_rung(task_and_ctx, tmp_path):
+    task, ctx = task_and_ctx
+    stages: list[str] = []
+
+    def stop(epochs: int, path: Path) -> None:
+        raise RuntimeError(f"ranked out at {epochs}")
+
+    with pytest.raises(RuntimeError, match="ranked out at 1"):
+        build(Candidate(CHAIN), task, tmp_path, ctx, lambda name, *_: stages.append(name),
+              rungs=Rungs((1, 9), stop))
+    assert stages.count("distill") == 1 and not (tmp_path / "model.onnx").exists()

@@ -236,8 +236,8 @@ def replaced_steps(monkeypatch):
     """build writes a file; evaluate scores the baseline 0.9 accurate, a candidate 0.8."""
     seen = []
 
-    def build(candidate, task, out, context, stage, screen=None):
-        assert screen is None  # --fidelity off (the default) screens nothing
+    def build(candidate, task, out, context, stage, screen=None, rungs=None):
+        assert screen is None and rungs is None  # --fidelity off (the default) screens nothing
         assert context.lr == 0.01 and context.train.x.shape == (2, 3, 8, 8)
         stage("build")
         (out / "model.onnx").write_bytes(b"x")
@@ -320,7 +320,8 @@ def test_structure_fidelity_prunes_a_candidate_the_front_beats_even_at_the_ceili
             return Latency(median_ms=next(timed), p90_ms=1.0, repeats=1, threads=1, source="measured",
                            target="host")
 
-    def build(candidate, task, out, context, stage, screen=None):
+    def build(candidate, task, out, context, stage, screen=None, rungs=None):
+        assert rungs is None  # structure only
         if screen is not None:
             structure = out / "structure" / "model.onnx"
             structure.parent.mkdir()

@@ -1,0 +1,63 @@
+"""Multi-objective successive halving on fine-tuning epochs, pure: the rungs and the promotion rule.
+
+MO-ASHA (Schmucker et al., 2021), asynchronous and in its stopping form: a candidate fine-tunes up to a
+rung, its artifact is scored there, and it goes on to the next rung only if it ranks in the top
+``1/eta`` of every candidate that has reached that rung so far (non-dominated sorting on accuracy at
+the rung, latency and size, crowding distance breaking ties: ``search.front.pareto.nondominated_order``).
+Nobody waits for a rung to fill, so the rule works the same for one process, for workers sharing a
+PostgreSQL study and for Ray Tune trials: each reads its peers' rung values from the study.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from search.front.pareto import nondominated_order
+
+#: Each rung keeps the top 1/ETA of the candidates that reached it.
+ETA = 3
+#: Fine-tuning epochs at the first rung.
+FIRST_RUNG = 1
+#: The study-wide user attribute of a trial's values at a rung: ``rung:EPOCHS`` -> objective -> value.
+RUNG_ATTR = "rung:{epochs}"
+
+
+def rungs(top: int, first: int = FIRST_RUNG, eta: int = ETA) -> tuple[int, ...]:
+    """Cumulative fine-tuning epochs at each rung: ``first * eta**k`` below ``top``, then ``top`` (the
+    full recovery budget). ``rungs(15) == (1, 3, 9, 15)``."""
+    if top < 1 or first < 1 or eta < 2:
+        raise ValueError(f"need top >= 1, first >= 1 and eta >= 2; got {top}, {first}, {eta}")
+    out = []
+    epochs = first
+    while epochs < top:
+        out.append(epochs)
+        epochs *= eta
+    return (*out, top)
+
+
+def segments(schedule: Sequence[int]) -> tuple[int, ...]:
+    """Epochs trained between one rung and the next (the first from zero)."""
+    return tuple(b - a for a, b in zip((0, *schedule), schedule))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A candidate's place among the ``peers`` that reached the same rung (itself included)."""
+
+    rank: int  # 1 = best
+    peers: int
+    keep: int  # how many of them go on
+
+    @property
+    def promoted(self) -> bool:
+        return self.rank <= self.keep
+
+
+def judge(me: int, points: Sequence[Sequence[float]], directions: Sequence[str], eta: int = ETA) -> Verdict:
+    """``points[me]``'s verdict among ``points`` (every candidate's values at this rung, in the
+    objectives' order): promoted when it is among the first ``ceil(n / eta)`` in NSGA-II order, so
+    the first candidate to reach a rung always goes on."""
+    order = nondominated_order(points, directions)
+    return Verdict(rank=order.index(me) + 1, peers=len(points), keep=max(1, math.ceil(len(points) / eta)))

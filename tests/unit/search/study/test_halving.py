@@ -1,0 +1,211 @@
+"""Successive halving (``--fidelity halving``): the rungs, NSGA-II's order at a rung, the promotion
+rule on a synthetic study with known values, and the objective's rung judge (build and scoring
+replaced: nothing trains here)."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from search.config.run_config import RunConfig
+from search.front.pareto import crowding_distance, nondominated_order
+from search.study import objective as objective_module
+from search.study.constraints import PRUNED_ATTR
+from search.study.halving import RUNG_ATTR, judge, rungs, segments
+from search.study.objective import full_budget
+from search.task.data import SkipLog
+from spaces import Candidate, Step
+from targets import Latency
+from tests.unit.search.study.test_objective_unit import make_objective
+
+MAX = ["maximize", "minimize", "minimize"]  # accuracy, latency, size
+
+
+@pytest.mark.parametrize(("top", "expected"), [
+    (15, (1, 3, 9, 15)), (9, (1, 3, 9)), (10, (1, 3, 9, 10)), (1, (1,)), (2, (1, 2)), (60, (1, 3, 9, 27, 60)),
+])
+def test_rungs_grow_by_eta_up_to_the_full_budget(top, expected):
+    assert rungs(top) == expected
+    assert sum(segments(expected)) == top and all(s > 0 for s in segments(expected))
+
+
+def test_rungs_refuse_a_budget_below_one_epoch():
+    with pytest.raises(ValueError, match="top >= 1"):
+        rungs(0)
+
+
+def test_nondominated_order_is_rank_then_crowding():
+    points = [
+        [0.90, 1.0, 1.0],  # 0: front
+        [0.80, 2.0, 2.0],  # 1: dominated by 0 and by 2: last rank
+        [0.85, 1.5, 1.5],  # 2: dominated by 0 only: second rank
+        [0.95, 3.0, 3.0],  # 3: front (most accurate)
+        [0.70, 0.5, 0.5],  # 4: front (fastest, smallest)
+        [0.92, 2.0, 2.0],  # 5: front, between 0 and 3
+    ]
+    order = nondominated_order(points, MAX)
+    assert set(order[:4]) == {0, 3, 4, 5} and order[4:] == [2, 1]
+    # within the front the extremes (3: best accuracy; 4: best latency and size) come first
+    assert set(order[:2]) == {3, 4}
+
+
+def test_crowding_distance_by_hand():
+    front = torch.tensor([[0.0, 4.0], [1.0, 2.0], [3.0, 1.0], [4.0, 0.0]]).numpy()
+    got = crowding_distance(front)
+    assert math.isinf(got[0]) and math.isinf(got[3])
+    assert got[1] == pytest.approx(3 / 4 + 3 / 4) and got[2] == pytest.approx(3 / 4 + 2 / 4)
+
+
+@pytest.mark.parametrize(("me", "expected"), [
+    (0, (1, 1, True)),  # the first to reach a rung always goes on
+])
+def test_the_first_candidate_at_a_rung_goes_on(me, expected):
+    v = judge(me, [[0.5, 9.0, 9.0]], MAX)
+    assert (v.rank, v.keep, v.promoted) == expected
+
+
+def test_promotion_on_a_synthetic_rung():
+    """Six candidates at one rung with known values; the top ceil(6/3) = 2 go on, each judged when it
+    arrives (asynchronously: against the ones that arrived before it)."""
+    arrivals = [
+        [0.60, 1.0, 1.0],  # alone: goes on
+        [0.50, 1.0, 1.0],  # dominated by the first, keep 1 of 2: stops
+        [0.70, 1.0, 1.0],  # dominates both, keep 1 of 3: goes on
+        [0.40, 0.2, 0.2],  # front (fastest), an extreme: rank 1 or 2 of 4, keep 2: goes on
+        [0.55, 1.0, 1.0],  # dominated by 0.60 and 0.70, keep 2 of 5: stops
+        [0.65, 0.9, 0.9],  # front, interior (0.70 more accurate, 0.40 faster): rank 3 of 6, keep 2: stops
+    ]
+    verdicts = [judge(i, arrivals[: i + 1], MAX) for i in range(len(arrivals))]
+    assert [v.promoted for v in verdicts] == [True, False, True, True, False, False]
+    assert [v.keep for v in verdicts] == [1, 1, 1, 2, 2, 2]
+    assert verdicts[5].rank == 3 and verdicts[4].rank == 4  # behind 0.70, 0.40 and 0.60; ahead of 0.50
+
+
+DISTILL = Step("distill", {"epochs": 4, "temperature": 4.0, "alpha": 0.5})
+PRUNE = Step("prune", {"ratio": 0.5, "importance": "l2", "scope": "uniform", "residual": "keep"})
+
+
+def test_full_budget_raises_the_epochs_to_the_baselines_training_length():
+    candidate, schedule = full_budget(Candidate((PRUNE, DISTILL)), training_epochs=15)
+    assert schedule == (1, 3, 9, 15)
+    assert candidate.to_dict()["distill"]["epochs"] == 15 and candidate.steps[0] == PRUNE
+    # a short baseline (a pretrained start: 2 epochs) keeps the space's own bound
+    assert full_budget(Candidate((DISTILL,)), training_epochs=2)[1] == (1, 3, 4)
+    # nothing trains: nothing to halve
+    assert full_budget(Candidate((PRUNE,)), training_epochs=15) == (Candidate((PRUNE,)), None)
+
+
+# -- the objective's judge -----------------------------------------------------------------------
+
+TASK = types.SimpleNamespace(
+    data=types.SimpleNamespace(train=types.SimpleNamespace(x=torch.zeros(2, 3, 8, 8), y=torch.zeros(2)),
+                               val="validation split", corrupt=SkipLog()),
+    base=None, teacher=None, finetune_lr=0.01, input_shape=(1, 3, 8, 8), training_epochs=9,
+)
+
+
+class OneSpace:
+    """Candidates that prune by ``prune.ratio`` then distil (the epochs fixed at 4)."""
+
+    def sample(self, trial, baseline=False):
+        if baseline:
+            return "resnet18", Candidate()
+        ratio = trial.suggest_float("prune.ratio", 0.1, 0.9)
+        return "resnet18", Candidate((Step("prune", {**PRUNE.params, "ratio": ratio}), DISTILL))
+
+
+@pytest.fixture
+def rung_run(tmp_path, monkeypatch):
+    """A halving run whose builds write files and call the screen, then the rung judge at each rung;
+    the rung accuracy of trial N at epochs E is ``accuracy[N][E]``; latency and size come from the
+    structure (1 ms, 0.5 MB)."""
+    accuracy: dict[int, dict[int, float]] = {}
+    calls: list[tuple[int, int]] = []
+
+    class Scorer:
+        def latency(self, path, input_shape):
+            return Latency(median_ms=1.0, p90_ms=1.0, repeats=1, threads=1, source="measured", target="host")
+
+    def build(candidate, task, out, context, stage, screen=None, rungs=None):
+        number = int(out.name)
+        if screen is not None:
+            (out / "structure").mkdir()
+            (out / "structure" / "model.onnx").write_bytes(b"x" * 500_000)
+            screen(out / "structure" / "model.onnx")
+        if rungs is not None:
+            assert candidate.to_dict()["distill"]["epochs"] == rungs.schedule[-1] == 9
+            for epochs in rungs.schedule[:-1]:
+                where = out / f"rung-{epochs}"
+                where.mkdir()
+                (where / "model.onnx").write_bytes(str(number).encode())
+                calls.append((number, epochs))
+                rungs.judge(epochs, where / "model.onnx")
+        (out / "model.onnx").write_bytes(b"x")
+        return out / "model.onnx", None
+
+    def onnx_accuracy(path, split):
+        assert split == "validation split"
+        return accuracy[int(path.read_bytes())][int(path.parent.name.split("-")[1])]
+
+    monkeypatch.setattr(objective_module, "build", build)
+    monkeypatch.setattr(objective_module, "onnx_accuracy", onnx_accuracy)
+    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: pytest.fail("not reached here"))
+    cfg = RunConfig(fidelity="halving")
+    plan = types.SimpleNamespace(mode="measure", scorer=Scorer(), profile=None, local_device=None,
+                                 measurer=None)
+    study = optuna.create_study(directions=cfg.directions)
+    objective = make_objective(tmp_path, cfg, plan=plan, space=OneSpace(), tasks={"resnet18": TASK})
+    return types.SimpleNamespace(study=study, objective=objective, accuracy=accuracy, calls=calls)
+
+
+def test_a_candidate_ranked_out_at_a_rung_stops_there_as_pruned(rung_run):
+    """Two peers already reached rung 1 (0.9 and 0.8 accuracy, same latency and size); the third
+    arrives at 0.7: rank 3 of 3, only the top 1 goes on, so it stops after 1 epoch of 9."""
+    study = rung_run.study
+    for acc in (0.9, 0.8):
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED, user_attrs={RUNG_ATTR.format(epochs=1): {
+                "accuracy": acc, "latency": 1.0, "size": 0.5}}))
+    study.set_user_attr("baseline_accuracy:resnet18", 0.95)
+    rung_run.accuracy[2] = {1: 0.7, 3: 0.99}
+    trial = study.ask()
+    assert trial.number == 2
+    with pytest.raises(optuna.TrialPruned) as stopped:
+        rung_run.objective(trial)
+    reason = str(stopped.value)
+    assert reason == ("stopped after 1 of 9 fine-tuning epochs: rank 3 of 3 at this rung, the top 1 go on "
+                      "(successive halving, eta 3)")
+    assert rung_run.calls == [(2, 1)]  # never reached rung 3
+    attrs = trial.user_attrs
+    assert attrs[RUNG_ATTR.format(epochs=1)] == {"accuracy": 0.7, "latency": 1.0, "size": pytest.approx(0.5)}
+    assert attrs["accuracy"] == 0.7 and attrs["recovery_epochs"] == 1
+    assert attrs["artifact"] == "trials/0002/rung-1/model.onnx"
+    assert (attrs["latency_ms"], attrs["size_mb"]) == (1.0, pytest.approx(0.5))
+    study.tell(trial, state=TrialState.PRUNED)
+    assert study.trials[2].state == TrialState.PRUNED and PRUNED_ATTR not in attrs  # the runner sets it
+
+
+def test_a_candidate_that_ranks_first_at_every_rung_trains_the_full_budget(rung_run, monkeypatch):
+    study = rung_run.study
+    for acc in (0.5, 0.6):
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED, user_attrs={RUNG_ATTR.format(epochs=1): {
+                "accuracy": acc, "latency": 1.0, "size": 0.5}}))
+    study.set_user_attr("baseline_accuracy:resnet18", 0.95)
+    rung_run.accuracy[2] = {1: 0.9, 3: 0.93}
+    scored = objective_module.Metrics(
+        accuracy=0.94, latency_ms=1.0, latency_p90_ms=1.0, latency_source="measured", latency_error_pct=None,
+        size_mb=0.5, compressed_mb=0.25, params=10, macs=100, sparsity=0.0,
+    )
+    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: scored)
+    trial = study.ask()
+    assert rung_run.objective(trial) == [0.94, 1.0, 0.5]
+    assert rung_run.calls == [(2, 1), (2, 3)]
+    assert trial.user_attrs["recovery_epochs"] == 9
+    assert trial.user_attrs[RUNG_ATTR.format(epochs=3)]["accuracy"] == 0.93
+    assert trial.user_attrs["candidate"]["distill"]["epochs"] == 9
