@@ -129,6 +129,14 @@ class Space:
             techniques.append(replace(t, params=params))
         return replace(self, techniques=tuple(techniques))
 
+    def epochs_bound(self) -> int | None:
+        """The most training epochs this space allows (``Technique.epochs_param``); None: none trains."""
+        bounds = [
+            int(p.high) for t in self.techniques for p in t.params
+            if p.name == TECHNIQUES.get(t.name).epochs_param
+        ]
+        return max(bounds, default=None)
+
     def baseline_params(self, prefix: str = "") -> dict[str, bool]:
         """Fixed params that switch every searchable technique off (trial 0)."""
         return {prefix + t.name: False for t in self.techniques if not t.always}

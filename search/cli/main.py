@@ -297,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--workers", type=_bounded("workers"), default=None, help="scale: loader processes")
     bench.add_argument("--json", action="store_true", help="scale: the measurements as JSON")
+    bench.add_argument(
+        "--fidelity", type=_csv, default=None,
+        help="search: compare these fidelities on the wall clock instead (e.g. off,structure,halving)",
+    )
+    bench.add_argument(
+        "--budget-s", type=_bounded("timeout"), default=600, help="search --fidelity: seconds per run (600)",
+    )
+    bench.add_argument("--data", default=None, help="search --fidelity: an ImageFolder (default: the digits)")
     bench.add_argument("--clients", type=_bounded("clients"), default=50, help="service: concurrent requests")
     bench.add_argument("--bursts", type=_bounded("bursts"), default=20, help="service: bursts per phase")
     bench.add_argument(
@@ -533,6 +541,14 @@ def _bench(args: argparse.Namespace) -> int:
             model=args.model or "vit_tiny_patch16_224", img_size=args.img_size or 32
         )
         print(format_techniques(table))
+        return 0
+    if args.fidelity:
+        from search.bench.search import bench_fidelity
+
+        print(bench_fidelity(
+            budget_s=args.budget_s, fidelities=args.fidelity, seeds=args.seeds, runs_dir=args.runs_dir,
+            model=args.model, img_size=args.img_size, data=args.data,
+        ))
         return 0
     from search.bench.search import bench_search
 

@@ -39,6 +39,7 @@ from search.study.cluster import (
     running_count,
     surplus,
 )
+from search.study.halving import rungs, top_rung
 from search.study.interrupt import Interrupts
 from search.study.objective import BASELINE_ATTR, Objective
 from search.study.progress import Progress
@@ -142,6 +143,12 @@ def run_search(cfg: RunConfig, progress: Progress | None = None) -> Report:
     _seed(study, cfg, space)
     progress.log(f"run {name}: {run.dir}")
     progress.log("space " + space.describe())
+    if cfg.fidelity == "halving":
+        for model, bound in ((m, s.epochs_bound()) for m, s in space.spaces):
+            if bound is not None:
+                schedule = ", ".join(map(str, rungs(top_rung(bound, tasks[model].training_epochs))))
+                progress.log(f"fidelity halving: {model} fine-tunes in rungs of {schedule} epochs; "
+                             "a third of the candidates at a rung go on")
     progress.log(plan.describe())
     return _execute(cfg, run, study, tasks, space, plan, progress)
 

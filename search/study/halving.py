@@ -37,6 +37,11 @@ def rungs(top: int, first: int = FIRST_RUNG, eta: int = ETA) -> tuple[int, ...]:
     return (*out, top)
 
 
+def top_rung(space_epochs: int, training_epochs: int) -> int:
+    """The full recovery budget: the baseline's own training length, at least the space's bound."""
+    return max(space_epochs, training_epochs)
+
+
 def segments(schedule: Sequence[int]) -> tuple[int, ...]:
     """Epochs trained between one rung and the next (the first from zero)."""
     return tuple(b - a for a, b in zip((0, *schedule), schedule))

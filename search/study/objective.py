@@ -35,7 +35,7 @@ from search.study.constraints import (
     is_feasible,
     structural_constraints,
 )
-from search.study.halving import ETA, RUNG_ATTR, judge, rungs
+from search.study.halving import ETA, RUNG_ATTR, judge, rungs, top_rung
 from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
 from search.study.screen import MARGIN_POINTS, accuracy_ceiling, dominated, over_budget
@@ -71,7 +71,7 @@ def full_budget(candidate: Candidate, training_epochs: int) -> tuple[Candidate, 
     for step in candidate.steps:
         key = TECHNIQUES.get(step.technique).epochs_param
         if key is not None:
-            top = max(int(step.params[key]), training_epochs)
+            top = top_rung(int(step.params[key]), training_epochs)
             schedule = rungs(top)
             step = Step(step.technique, {**step.params, key: top})
         steps.append(step)

@@ -103,3 +103,15 @@ def test_recipes_are_one_technique_each_and_inside_the_space(tmp_path):
     labels = [space.sample(study.ask()).label() for _ in range(2)]
     assert labels[0].startswith("prune(60% taylor") and "distill(3ep" in labels[0]
     assert labels[1] == "quantize(fp16)"
+
+
+def test_halving_fixes_the_training_epochs_at_their_bound():
+    techniques = {"prune": {"ratio": [0.2, 0.6]}, "distill": {"epochs": [1, 4]}}
+    space = Space.from_mapping({"techniques": techniques})
+    fixed = space.epochs_fixed()
+    assert space.epochs_bound() == fixed.epochs_bound() == 4
+    distill = {t.name: t for t in fixed.techniques}["distill"]
+    assert {p.name: p.describe() for p in distill.params}["epochs"] == "4"
+    assert fixed.to_mapping()["techniques"]["prune"] == space.to_mapping()["techniques"]["prune"]
+    assert Space.from_mapping(fixed.to_mapping()) == fixed  # saved and resumed as it is
+    assert Space.from_mapping({"techniques": {"prune": {}}}).epochs_bound() is None
