@@ -60,9 +60,17 @@ class Verdict:
         return self.rank <= self.keep
 
 
-def judge(me: int, points: Sequence[Sequence[float]], directions: Sequence[str], eta: int = ETA) -> Verdict:
-    """``points[me]``'s verdict among ``points`` (every candidate's values at this rung, in the
-    objectives' order): promoted when it is among the first ``ceil(n / eta)`` in NSGA-II order, so
-    the first candidate to reach a rung always goes on."""
+def judge(
+    point: Sequence[float], peers: Sequence[Sequence[float]], directions: Sequence[str], eta: int = ETA
+) -> Verdict:
+    """``point``'s verdict at a rung where ``peers`` (in the order they arrived) are already recorded,
+    all in the objectives' order: promoted when it is among the first ``ceil(n / eta)`` of the ``n``
+    in NSGA-II order, so the first candidate to reach a rung always goes on. Ties (equal rank and
+    crowding distance, e.g. the infinitely distant extremes of a small front) go to the peers that
+    arrived first, never to the newcomer: in three objectives most points of a small front are an
+    extreme in some objective, and favouring the newcomer promoted 22 of 41 candidates at the first
+    rung of a 60-trial digits search instead of about a third (15 with this rule, replayed)."""
+    points = [*peers, point]
     order = nondominated_order(points, directions)
-    return Verdict(rank=order.index(me) + 1, peers=len(points), keep=max(1, math.ceil(len(points) / eta)))
+    n = len(points)
+    return Verdict(rank=order.index(n - 1) + 1, peers=n, keep=max(1, math.ceil(n / eta)))

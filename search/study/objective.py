@@ -247,8 +247,8 @@ class Objective:
                 t.user_attrs[key] for t in trial.study.get_trials(deepcopy=False)
                 if t.number != trial.number and key in t.user_attrs
             ]
-            points = [[p[o] for o in self.cfg.objectives] for p in [point, *peers]]
-            verdict = judge(0, points, self.cfg.directions)
+            values_of = [[p[o] for o in self.cfg.objectives] for p in peers]
+            verdict = judge([point[o] for o in self.cfg.objectives], values_of, self.cfg.directions)
             if verdict.promoted:
                 return
             trial.set_user_attr("accuracy", values["accuracy"])

@@ -69,7 +69,8 @@ def test_halving_fine_tunes_in_rungs_and_stops_the_ranked_out(runs_dir, tmp_path
     at_rung = [t for t in trials[1:] if "rung:1" in t.user_attrs]  # one at a time: in arrival order
     assert len(at_rung) >= 3
     for i, t in enumerate(at_rung):
-        verdict = judge(i, [[p.user_attrs["rung:1"]["accuracy"]] for p in at_rung[: i + 1]], ["maximize"])
+        peers = [[p.user_attrs["rung:1"]["accuracy"]] for p in at_rung[:i]]
+        verdict = judge([t.user_attrs["rung:1"]["accuracy"]], peers, ["maximize"])
         if verdict.promoted:
             assert t.state == TrialState.COMPLETE and t.user_attrs["recovery_epochs"] == 3
             assert t.user_attrs["candidate"]["distill"]["epochs"] == 3

@@ -61,29 +61,34 @@ def test_crowding_distance_by_hand():
     assert got[1] == pytest.approx(3 / 4 + 3 / 4) and got[2] == pytest.approx(3 / 4 + 2 / 4)
 
 
-@pytest.mark.parametrize(("me", "expected"), [
-    (0, (1, 1, True)),  # the first to reach a rung always goes on
-])
-def test_the_first_candidate_at_a_rung_goes_on(me, expected):
-    v = judge(me, [[0.5, 9.0, 9.0]], MAX)
-    assert (v.rank, v.keep, v.promoted) == expected
+def test_the_first_candidate_at_a_rung_goes_on():
+    v = judge([0.5, 9.0, 9.0], [], MAX)
+    assert (v.rank, v.peers, v.keep, v.promoted) == (1, 1, 1, True)
 
 
 def test_promotion_on_a_synthetic_rung():
-    """Six candidates at one rung with known values; the top ceil(6/3) = 2 go on, each judged when it
-    arrives (asynchronously: against the ones that arrived before it)."""
+    """Six candidates at one rung with known values; each is judged when it arrives, against the ones
+    that arrived before it (asynchronously), and the top ceil(n/3) go on."""
     arrivals = [
         [0.60, 1.0, 1.0],  # alone: goes on
         [0.50, 1.0, 1.0],  # dominated by the first, keep 1 of 2: stops
         [0.70, 1.0, 1.0],  # dominates both, keep 1 of 3: goes on
-        [0.40, 0.2, 0.2],  # front (fastest), an extreme: rank 1 or 2 of 4, keep 2: goes on
+        [0.40, 0.2, 0.2],  # front with 0.70, both extremes (infinite crowding): the tie goes to 0.70
         [0.55, 1.0, 1.0],  # dominated by 0.60 and 0.70, keep 2 of 5: stops
         [0.65, 0.9, 0.9],  # front, interior (0.70 more accurate, 0.40 faster): rank 3 of 6, keep 2: stops
     ]
-    verdicts = [judge(i, arrivals[: i + 1], MAX) for i in range(len(arrivals))]
-    assert [v.promoted for v in verdicts] == [True, False, True, True, False, False]
+    verdicts = [judge(arrivals[i], arrivals[:i], MAX) for i in range(len(arrivals))]
+    assert [v.rank for v in verdicts] == [1, 2, 1, 2, 4, 3]
     assert [v.keep for v in verdicts] == [1, 1, 1, 2, 2, 2]
-    assert verdicts[5].rank == 3 and verdicts[4].rank == 4  # behind 0.70, 0.40 and 0.60; ahead of 0.50
+    assert [v.promoted for v in verdicts] == [True, False, True, True, False, False]
+
+
+def test_a_tie_goes_to_the_peer_that_arrived_first():
+    """Two extremes of a two-point front are equally (infinitely) crowded: the newcomer ranks second,
+    whichever of the two it is."""
+    fast, accurate = [0.5, 0.1, 0.1], [0.9, 1.0, 1.0]
+    assert judge(fast, [accurate], MAX).rank == 2 and judge(accurate, [fast], MAX).rank == 2
+    assert not judge(fast, [accurate], MAX).promoted
 
 
 DISTILL = Step("distill", {"epochs": 4, "temperature": 4.0, "alpha": 0.5})
