@@ -2,12 +2,20 @@
 
 Three strategies, chosen by ``mode``: dynamic int8, static int8 in QDQ format calibrated on training
 images, and fp16. QOperator format is never used: it is several times slower on x86 (see README).
+
+Mixed precision (``keep_float``, static only): the share of the weighted layers most sensitive to
+quantization stays in float (onnxruntime's ``nodes_to_exclude``). A layer's sensitivity is the output
+error when it alone is quantized: the logits' squared error relative to the float model's, on
+calibration images (NNCF's accuracy control reverts layers by a similar ranking, in a fixed loop; here
+the share is a searched knob).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,10 +34,14 @@ from onnxruntime.quantization import (
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from spaces.base import TECHNIQUES, Context, OnnxTechnique
-from spaces.params import CategoricalParam
+from spaces.params import CategoricalParam, FloatParam
 
 CALIBRATION_IMAGES = 128
 CALIBRATION_BATCH = 16
+#: Calibration images that rank the layers' sensitivity (each layer is calibrated and run on them).
+SENSITIVITY_IMAGES = 32
+#: The layers ``keep_float`` ranks: the ones with weights.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CALIBRATIONS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -77,16 +89,68 @@ def _dynamic(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None
 
 def _static(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None:
     images = ctx.train.images(CALIBRATION_IMAGES).numpy().astype(np.float32)
+    pre = _preprocessed(src, dst)
+    share = float(cfg.get("keep_float", 0.0))
+    exclude: list[str] = []
+    if share >= 1.0:  # everything float: the identity
+        exclude = [n.name for n in onnx.load(str(pre)).graph.node]
+    elif share > 0:
+        ranked = sensitivity_ranking(pre, images[:SENSITIVITY_IMAGES], cfg)
+        exclude = ranked[: math.ceil(share * len(ranked) - 1e-9)]
+    _quantize_static(pre, dst, images, cfg, nodes_to_exclude=exclude)
+
+
+def _quantize_static(
+    src: Path, dst: Path, images: np.ndarray, cfg: Mapping[str, Any], **nodes: list[str]
+) -> None:
+    """onnxruntime's static QDQ quantization of ``src`` with ``cfg``'s settings; ``nodes`` passes
+    ``nodes_to_exclude`` or ``nodes_to_quantize``."""
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
         quantize_static(
-            str(_preprocessed(src, dst)), str(dst), _Images(_input_name(src), images),
+            str(src), str(dst), _Images(_input_name(src), images),
             quant_format=QuantFormat.QDQ,
             per_channel=bool(cfg["per_channel"]),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATIONS[cfg["calibration"]],
             op_types_to_quantize=OP_TYPES[cfg.get("ops", "all")],
+            **nodes,
         )
+
+
+def _logits(path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def layer_sensitivity(src: Path, images: np.ndarray, cfg: Mapping[str, Any]) -> dict[str, float]:
+    """Each weighted layer of ``src`` (``WEIGHTED_OPS`` among the op types ``cfg`` quantizes; named
+    nodes only) -> the logits' squared error, relative to the float model's energy, when that layer
+    alone is quantized with ``cfg``'s static settings, on ``images``."""
+    allowed = OP_TYPES[cfg.get("ops", "all")]
+    layers = [
+        n.name for n in onnx.load(str(src)).graph.node
+        if n.name and n.op_type in WEIGHTED_OPS and (allowed is None or n.op_type in allowed)
+    ]
+    reference = _logits(src, images)
+    energy = float(np.mean(reference**2)) or 1.0
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="sensitivity-") as tmp:
+        for i, name in enumerate(layers):
+            one = Path(tmp) / f"{i}.onnx"
+            _quantize_static(src, one, images, cfg, nodes_to_quantize=[name])
+            out[name] = float(np.mean((_logits(one, images) - reference) ** 2)) / energy
+    return out
+
+
+def sensitivity_ranking(src: Path, images: np.ndarray, cfg: Mapping[str, Any]) -> list[str]:
+    """The weighted layers, most sensitive first (``layer_sensitivity``; ties by graph order)."""
+    errors = layer_sensitivity(src, images, cfg)
+    return sorted(errors, key=lambda name: -errors[name])
 
 
 def _fp16(src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None:
@@ -111,8 +175,9 @@ class Quantize(OnnxTechnique):
         CategoricalParam("per_channel", (False, True), when=("mode", ("dynamic", "static"))),
         CategoricalParam("calibration", tuple(CALIBRATIONS), when=("mode", ("static",))),
         CategoricalParam("ops", tuple(OP_TYPES), when=("mode", ("dynamic", "static"))),
+        FloatParam("keep_float", 0.0, 1.0, step=0.05, when=("mode", ("static",))),
     )
-    recipe = {"mode": "static", "per_channel": True, "calibration": "minmax", "ops": "all"}
+    recipe = {"mode": "static", "per_channel": True, "calibration": "minmax", "ops": "all", "keep_float": 0.0}
 
     @staticmethod
     def label(cfg: Mapping[str, Any]) -> str:
@@ -123,6 +188,8 @@ class Quantize(OnnxTechnique):
             parts += f" {cfg['calibration']}"
         if cfg.get("ops", "all") != "all":
             parts += f" {cfg['ops']}-only"
+        if cfg.get("keep_float", 0.0) > 0:
+            parts += f" {cfg['keep_float']:.0%} float"
         return parts
 
     def apply(self, src: Path, dst: Path, cfg: Mapping[str, Any], ctx: Context) -> None:

@@ -54,6 +54,7 @@ BASELINE_POLL_S = 1.0
 REUSED_ATTRS = (
     "accuracy", "latency_ms", "latency_p90_ms", "latency_source", "latency_error_pct", "latency_predicted_ms",
     "size_mb", "compressed_mb", "params", "macs", "sparsity", "artifact", "infeasible_reason",
+    "recovery_epochs",
 )
 
 

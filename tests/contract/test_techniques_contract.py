@@ -32,7 +32,11 @@ IDENTITY: dict[str, Mapping[str, Any] | None] = {
     "vit_lowrank": {"qkv": 1.0, "proj": 1.0, "fc1": 1.0, "fc2": 1.0},  # 1.0: leave this kind alone
     "sparsity": None,  # level >= 0.1: weights are always zeroed
     "distill": None,  # at least one epoch of training
-    "quantize": None,  # int8 and fp16 both round the numbers
+    # int8 and fp16 both round the numbers; static int8 with every layer kept float (mixed precision
+    # at 100%) leaves the graph as it is
+    "quantize": {
+        "mode": "static", "per_channel": True, "calibration": "minmax", "ops": "all", "keep_float": 1.0,
+    },
     "tokens": {"ratio": 0.05, "start": 0.0},  # 5% of 16 tokens rounds down to none merged
     "vit_prune": {"head_ratio": 0.0, "mlp_ratio": 0.0, "importance": "l1"},
     "vit_embed": None,  # ratio >= 0.05: embedding channels always go
@@ -115,10 +119,15 @@ def test_every_technique_has_an_identity_decision():
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if IDENTITY.get(n) is not None])
-def test_identity_setting_is_lossless(name, contract_ctx):
+def test_identity_setting_is_lossless(name, contract_ctx, tmp_path):
     cls = TECHNIQUES.get(name)
     model = subject(cls)
     x = contract_ctx.train.x[:4]
+    if issubclass(cls, OnnxTechnique):
+        _, path = build(cls, IDENTITY[name], contract_ctx, tmp_path)
+        src = tmp_path / "src.onnx"
+        np.testing.assert_allclose(run_onnx_file(path, x), run_onnx_file(src, x), atol=1e-5, rtol=1e-5)
+        return
     with torch.no_grad():
         before = model(x)
     out = cls().apply(model, IDENTITY[name], contract_ctx).eval()

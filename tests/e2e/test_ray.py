@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.study.cluster import OWNER_ATTR, finished_count
+from search.study.constraints import PRUNED_ATTR
 from search.study.ray_backend import NO_RESULT, NODE_ATTR
 from tests.support.cli import ROOT, TINY, run_cli, run_module
 from tests.support.runs import building, slow_space, wait_until
@@ -45,7 +46,7 @@ def study_of(run) -> optuna.Study:
 def test_search_on_a_two_node_ray_cluster(tmp_path, runs_dir, ray_cluster, capfd):
     runs = runs_dir
     args = ["search", "--runs-dir", str(runs), "--name", "ray", "--trials", str(TRIALS), "--backend", "ray",
-            "--ray-address", ray_cluster, "--max-concurrent", "2", *TINY]
+            "--ray-address", ray_cluster, "--max-concurrent", "2", "--fidelity", "halving", *TINY]
     proc = run_module(args, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = runs / "ray"
@@ -55,12 +56,18 @@ def test_search_on_a_two_node_ray_cluster(tmp_path, runs_dir, ray_cluster, capfd
     assert trials[0].user_attrs["baseline"] and trials[0].state == TrialState.COMPLETE
     assert len({t.user_attrs[NODE_ATTR] for t in trials}) == 2  # trials ran on both nodes
     for t in trials:  # the same records as the Optuna backend: attributes, artifacts, constraints
-        assert t.state in (TrialState.COMPLETE, TrialState.FAIL)
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         if t.state == TrialState.COMPLETE:
             assert (run / t.user_attrs["artifact"]).is_file()
             assert "max_accuracy_drop" in t.constraints and t.user_attrs["latency_source"] == "measured"
+        elif t.state == TrialState.PRUNED:  # halving (or the structure screen) stopped it in the Ray trial
+            assert t.user_attrs[PRUNED_ATTR] and (run / t.user_attrs["artifact"]).is_file()
         else:
             assert t.user_attrs["fail_reason"]
+    # successive halving ran inside the Ray trials: rung values in the study, the full budget trained
+    tuned = [t for t in trials if "distill" in t.user_attrs.get("candidate", {})]
+    assert any("rung:1" in t.user_attrs for t in tuned), [t.user_attrs for t in tuned]
+    assert all(t.user_attrs["recovery_epochs"] == 4 for t in tuned if t.state == TrialState.COMPLETE)
     assert (run / "pareto.csv").is_file()
     code, out, err = run_cli(["show", "ray", "--runs-dir", str(runs)], capfd)
     assert code == 0 and "baseline" in out, err

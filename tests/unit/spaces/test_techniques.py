@@ -120,3 +120,58 @@ def test_quantize_produces_a_runnable_smaller_model(tiny_model, ctx, tmp_path, c
     assert out.shape == ref.shape and np.isfinite(out).all()
     assert dst.stat().st_size < 0.8 * src.stat().st_size
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.8
+
+
+def quantized_layers(path) -> set[str]:
+    """Weighted layers whose weight goes through a DequantizeLinear (QDQ): the int8 ones."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name for n in graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in dequantized}
+
+
+def test_keep_float_leaves_the_most_sensitive_layers_float(tiny_model, ctx, tmp_path):
+    """Mixed precision: the layers are ranked by the output error when each alone is quantized; a
+    share of 0.5 keeps the top half float (their weights stay fp32), and its output is closer to the
+    float model's than with every layer int8."""
+    from spaces.quantize import SENSITIVITY_IMAGES, layer_sensitivity, sensitivity_ranking
+
+    model = fit(tiny_model, ctx.train, epochs=1, lr=3e-3, batch_size=64, seed=0)
+    src = export_onnx(model, ctx.example_input, tmp_path / "fp32.onnx")
+    base = {"mode": "static", "per_channel": True, "calibration": "minmax", "ops": "all"}
+    quantize = TECHNIQUES.get("quantize")()
+    files = {}
+    for share in (0.0, 0.5, 1.0):
+        files[share] = tmp_path / f"keep{share}.onnx"
+        quantize.apply(src, files[share], {**base, "keep_float": share}, ctx)
+    images = ctx.train.images(SENSITIVITY_IMAGES).numpy()
+    pre = tmp_path / "keep0.5.pre.onnx"  # the graph the ranking saw (shape inference, BN folded)
+    errors = layer_sensitivity(pre, images, base)
+    ranked = sensitivity_ranking(pre, images, base)
+    assert len(ranked) >= 4 and set(ranked) == set(errors) and all(e >= 0 for e in errors.values())
+    assert [errors[n] for n in ranked] == sorted(errors.values(), reverse=True)
+    every = quantized_layers(files[0.0])
+    assert every == set(ranked)  # with no share kept, every weighted layer is int8
+    half = (len(ranked) + 1) // 2
+    assert quantized_layers(files[0.5]) == set(ranked[half:])  # the most sensitive half stays float
+    assert quantized_layers(files[1.0]) == set()
+    x = ctx.train.x[:64]
+    ref = run_onnx_file(src, x)
+    error = {share: float(np.mean((run_onnx_file(f, x) - ref) ** 2)) for share, f in files.items()}
+    assert error[1.0] < 1e-10 and error[0.5] < error[0.0]
+
+
+def test_keep_float_is_labelled_and_static_only():
+    import optuna
+
+    from spaces import Space
+
+    cls = TECHNIQUES.get("quantize")
+    static = {"mode": "static", "per_channel": True, "calibration": "minmax"}
+    assert cls.label({**static, "keep_float": 0.25}) == "int8-qdq per-ch minmax 25% float"
+    assert "float" not in cls.label({**static, "keep_float": 0.0})
+    for mode, searched in (("dynamic", False), ("fp16", False), ("static", True)):
+        space = Space.from_mapping({"techniques": {"quantize": {"enabled": "always", "mode": [mode]}}})
+        (step,) = space.sample(optuna.create_study().ask()).steps
+        assert ("keep_float" in step.params) is searched, mode
