@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -119,8 +120,7 @@ def _quantize_static(
 
 
 def _logits(path: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
+    """The model's outputs on ``images`` (one onnxruntime CPU thread: the same numbers every run)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -20,7 +20,8 @@ from search.front.pareto import nondominated_order
 ETA = 3
 #: Fine-tuning epochs at the first rung.
 FIRST_RUNG = 1
-#: The study-wide user attribute of a trial's values at a rung: ``rung:EPOCHS`` -> objective -> value.
+#: The trial attribute holding its values at a rung (``rung:EPOCHS`` -> objective -> value); every
+#: trial of the study that carries it is a peer at that rung.
 RUNG_ATTR = "rung:{epochs}"
 
 

@@ -40,8 +40,7 @@ from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
 from search.study.screen import MARGIN_POINTS, accuracy_ceiling, dominated, over_budget
 from search.task.baseline import Task
-from spaces import TECHNIQUES, Candidate, Context
-from spaces.base import Step
+from spaces import TECHNIQUES, Candidate, Context, Step
 from spaces.space import JointSpace
 from targets.deploy import deployability
 from targets.graph import analyze
