@@ -135,7 +135,7 @@ def test_keep_float_leaves_the_most_sensitive_layers_float(tiny_model, ctx, tmp_
     """Mixed precision: the layers are ranked by the output error when each alone is quantized; a
     share of 0.5 keeps the top half float (their weights stay fp32), and its output is closer to the
     float model's than with every layer int8."""
-    from spaces.quantize import SENSITIVITY_IMAGES, layer_sensitivity, sensitivity_ranking
+    from spaces.quantize import SENSITIVITY_IMAGES, layer_sensitivity
 
     model = fit(tiny_model, ctx.train, epochs=1, lr=3e-3, batch_size=64, seed=0)
     src = export_onnx(model, ctx.example_input, tmp_path / "fp32.onnx")
@@ -147,10 +147,9 @@ def test_keep_float_leaves_the_most_sensitive_layers_float(tiny_model, ctx, tmp_
         quantize.apply(src, files[share], {**base, "keep_float": share}, ctx)
     images = ctx.train.images(SENSITIVITY_IMAGES).numpy()
     pre = tmp_path / "keep0.5.pre.onnx"  # the graph the ranking saw (shape inference, BN folded)
-    errors = layer_sensitivity(pre, images, base)
-    ranked = sensitivity_ranking(pre, images, base)
-    assert len(ranked) >= 4 and set(ranked) == set(errors) and all(e >= 0 for e in errors.values())
-    assert [errors[n] for n in ranked] == sorted(errors.values(), reverse=True)
+    errors = layer_sensitivity(pre, images, base)  # one pass; the ranking sorts it, as apply did
+    ranked = sorted(errors, key=lambda name: -errors[name])
+    assert len(ranked) >= 4 and all(e >= 0 for e in errors.values()) and len(set(errors.values())) > 1
     every = quantized_layers(files[0.0])
     assert every == set(ranked)  # with no share kept, every weighted layer is int8
     half = (len(ranked) + 1) // 2
