@@ -19,8 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.config.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
-from search.config.run_config import FIDELITIES, RunConfig
-from search.core.errors import UserError
+from search.config.run_config import RunConfig
 from search.front.pareto import hypervolume_curve
 from search.study.constraints import baseline_trial, is_feasible
 from search.study.engine import Run, run_search
@@ -146,9 +145,8 @@ def bench_fidelity(
     """The default search under each ``--fidelity``, ``budget_s`` seconds each (``--timeout``; the
     trial count is not the limit), sampler seeds 0..seeds-1, one after the other on the same cached
     baseline; the table of ``format_fidelity``."""
-    unknown = [f for f in fidelities if f not in FIDELITIES]
-    if unknown:
-        raise UserError(f"--fidelity: {', '.join(unknown)} unknown; choose from {', '.join(FIDELITIES)}")
+    for fidelity in fidelities:
+        RunConfig(fidelity=fidelity)  # the one check (UserError), before the first run spends its budget
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     extra = {k: v for k, v in (("model", model), ("img_size", img_size), ("data", data)) if v is not None}
     curves = []

@@ -68,6 +68,11 @@ class Rungs:
     schedule: tuple[int, ...]
     judge: Callable[[int, Path], None]
 
+    @property
+    def segments(self) -> tuple[int, ...]:
+        """Epochs trained between one rung and the next (the first from zero)."""
+        return tuple(b - a for a, b in zip((0, *self.schedule), self.schedule))
+
 
 def build(
     candidate: Candidate, task: Task, out_dir: Path, ctx: Context, stage: Callable[..., None],
@@ -120,11 +125,9 @@ def _by_rungs(
     seed ``ctx.seed + k`` (its own shuffles), so a one-rung schedule is exactly the plain step."""
     key = technique.epochs_param
     done.append((step, technique))
-    previous = 0
-    for k, epochs in enumerate(rungs.schedule):
-        part = replace(step, params={**step.params, key: epochs - previous})
+    for k, (epochs, part_epochs) in enumerate(zip(rungs.schedule, rungs.segments)):
+        part = replace(step, params={**step.params, key: part_epochs})
         model = _apply(model, part, technique, replace(ctx, seed=ctx.seed + k), stage)
-        previous = epochs
         if epochs != rungs.schedule[-1]:
             where = out_dir / RUNG_DIR.format(epochs=epochs)
             rungs.judge(epochs, _artifact(copy.deepcopy(model), done, steps, where, ctx, stage))

@@ -72,7 +72,7 @@ class RunConfig:
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None  # ray: trials at once; None: as many as the cluster's CPUs allow
     trial_timeout: float | None = None  # seconds; a longer trial fails with a timeout reason
-    fidelity: str = "off"  # off | structure: stop before fine-tuning what cannot reach the front
+    fidelity: str = "off"  # FIDELITIES: how much fine-tuning a candidate gets before it is judged
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))

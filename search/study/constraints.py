@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # types only: feasibility needs neither torch nor the config'
 MODEL_ATTR = "model"
 #: The user attribute naming the finished trial whose candidate a duplicate trial repeats.
 DUPLICATE_ATTR = "duplicate_of"
-#: The user attribute saying why a candidate stopped before fine-tuning (a PRUNED trial).
+#: The user attribute saying why a candidate stopped early: before fine-tuning or at a rung (PRUNED).
 PRUNED_ATTR = "pruned_reason"
 
 

@@ -43,11 +43,6 @@ def top_rung(space_epochs: int, training_epochs: int) -> int:
     return max(space_epochs, training_epochs)
 
 
-def segments(schedule: Sequence[int]) -> tuple[int, ...]:
-    """Epochs trained between one rung and the next (the first from zero)."""
-    return tuple(b - a for a, b in zip((0, *schedule), schedule))
-
-
 @dataclass(frozen=True)
 class Verdict:
     """A candidate's place among the ``peers`` that reached the same rung (itself included)."""

@@ -12,11 +12,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from search.candidate.build import Rungs
 from search.config.run_config import RunConfig
 from search.front.pareto import crowding_distance, nondominated_order
 from search.study import objective as objective_module
 from search.study.constraints import PRUNED_ATTR
-from search.study.halving import RUNG_ATTR, judge, rungs, segments
+from search.study.halving import RUNG_ATTR, judge, rungs
 from search.study.objective import full_budget
 from search.task.data import SkipLog
 from spaces import Candidate, Step
@@ -31,7 +32,8 @@ MAX = ["maximize", "minimize", "minimize"]  # accuracy, latency, size
 ])
 def test_rungs_grow_by_eta_up_to_the_full_budget(top, expected):
     assert rungs(top) == expected
-    assert sum(segments(expected)) == top and all(s > 0 for s in segments(expected))
+    segments = Rungs(expected, lambda *_: None).segments
+    assert sum(segments) == top and all(s > 0 for s in segments)
 
 
 def test_rungs_refuse_a_budget_below_one_epoch():
@@ -168,15 +170,20 @@ def rung_run(tmp_path, monkeypatch):
     return types.SimpleNamespace(study=study, objective=objective, accuracy=accuracy, calls=calls)
 
 
-def test_a_candidate_ranked_out_at_a_rung_stops_there_as_pruned(rung_run):
-    """Two peers already reached rung 1 (0.9 and 0.8 accuracy, same latency and size); the third
-    arrives at 0.7: rank 3 of 3, only the top 1 goes on, so it stops after 1 epoch of 9."""
-    study = rung_run.study
-    for acc in (0.9, 0.8):
+def add_rung_peers(study: optuna.Study, accuracies: tuple[float, ...]) -> None:
+    """Finished trials that reached rung 1 with these accuracies (1 ms, 0.5 MB), and the baseline's."""
+    for acc in accuracies:
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.PRUNED, user_attrs={RUNG_ATTR.format(epochs=1): {
                 "accuracy": acc, "latency": 1.0, "size": 0.5}}))
     study.set_user_attr("baseline_accuracy:resnet18", 0.95)
+
+
+def test_a_candidate_ranked_out_at_a_rung_stops_there_as_pruned(rung_run):
+    """Two peers already reached rung 1 (0.9 and 0.8 accuracy, same latency and size); the third
+    arrives at 0.7: rank 3 of 3, only the top 1 goes on, so it stops after 1 epoch of 9."""
+    study = rung_run.study
+    add_rung_peers(study, (0.9, 0.8))
     rung_run.accuracy[2] = {1: 0.7, 3: 0.99}
     trial = study.ask()
     assert trial.number == 2
@@ -197,11 +204,7 @@ def test_a_candidate_ranked_out_at_a_rung_stops_there_as_pruned(rung_run):
 
 def test_a_candidate_that_ranks_first_at_every_rung_trains_the_full_budget(rung_run, monkeypatch):
     study = rung_run.study
-    for acc in (0.5, 0.6):
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.PRUNED, user_attrs={RUNG_ATTR.format(epochs=1): {
-                "accuracy": acc, "latency": 1.0, "size": 0.5}}))
-    study.set_user_attr("baseline_accuracy:resnet18", 0.95)
+    add_rung_peers(study, (0.5, 0.6))
     rung_run.accuracy[2] = {1: 0.9, 3: 0.93}
     scored = objective_module.Metrics(
         accuracy=0.94, latency_ms=1.0, latency_p90_ms=1.0, latency_source="measured", latency_error_pct=None,
