@@ -75,6 +75,11 @@ class TorchTechnique(Technique):
     @abstractmethod
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> nn.Module: ...
 
+    def adapt(self, model: nn.Module, cfg: Mapping[str, Any], ctx: Context) -> Context:
+        """The context this step and every later one (and the export) work in, given the model before
+        any step (default: unchanged; ``resolution`` hands on the images at the candidate's size)."""
+        return ctx
+
     def finalize(self, model: nn.Module) -> nn.Module:
         """Make the change permanent after all torch steps ran (default: nothing to do)."""
         return model

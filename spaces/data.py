@@ -45,6 +45,15 @@ class Split(ABC):
     def subset(self, n: int) -> Split:
         """The first ``n`` images as a split of their own (the same transforms)."""
 
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """The side of its (square) images in pixels."""
+
+    @abstractmethod
+    def at_size(self, size: int) -> Split:
+        """The same images and labels at ``size`` x ``size`` (itself where that is its size)."""
+
 
 @dataclass(frozen=True, eq=False)
 class TensorSplit(Split):
@@ -75,6 +84,20 @@ class TensorSplit(Split):
 
     def subset(self, n: int) -> Split:
         return TensorSplit(self.x[:n], self.y[:n], self.shift)
+
+    @property
+    def size(self) -> int:
+        return int(self.x.shape[-1])
+
+    def at_size(self, size: int) -> Split:
+        """Resized in memory (bilinear, antialiased when shrinking; the normalisation is per channel
+        and affine, so it commutes); the shift scales with the side."""
+        if size == self.size:
+            return self
+        x = torch.nn.functional.interpolate(
+            self.x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < self.size
+        )
+        return TensorSplit(x.contiguous(), self.y, round(self.shift * size / self.size))
 
 
 def shifted(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from search.calibrate.candidates import untrained_task
 from search.candidate.build import build
-from search.candidate.evaluate import model_cost
+from search.candidate.evaluate import input_shape, model_cost
 from search.front.finalize import side_by_side
 from spaces import Candidate, Step
 from targets import create_target
@@ -59,7 +59,7 @@ def bench_techniques(
             rows.append({"setting": name, "macs_m": macs / 1e6, "params_m": params / 1e6,
                          "size_mb": path.stat().st_size / 1e6})
             paths.append(path)
-        latencies = side_by_side(target, paths, task.input_shape)
+        latencies = side_by_side(target, paths, [input_shape(p, task.input_shape) for p in paths])
     table = pd.DataFrame(rows)
     table["latency_ms"] = [lat.median_ms for lat in latencies]
     table["speedup"] = table["latency_ms"].iloc[0] / table["latency_ms"]

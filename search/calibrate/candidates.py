@@ -16,6 +16,7 @@ import optuna
 import torch
 
 from search.candidate.build import build
+from search.candidate.evaluate import input_shape
 from search.task import models
 from search.task.baseline import Task
 from search.task.data import load_dataset, model_preprocess
@@ -85,4 +86,4 @@ def sample_candidates(
             log(f"skipped {name} {candidate.label()}: {type(exc).__name__}: {str(exc)[:120]}")
             continue
         made += 1
-        yield CandidateFile(path, name, candidate.label() or "baseline", task.input_shape)
+        yield CandidateFile(path, name, candidate.label() or "baseline", input_shape(path, task.input_shape))

@@ -87,9 +87,16 @@ def build(
     may raise to stop the build there. A candidate with no training step is not screened.
 
     ``rungs``, when given, replaces the training step's epochs (``Technique.epochs_param``) by its
-    schedule, trained rung by rung (``Rungs``)."""
+    schedule, trained rung by rung (``Rungs``).
+
+    Each torch step first adapts the context the steps and the export work in (``adapt``): a
+    ``resolution`` step hands on the training images at the candidate's size, so the file declares
+    that size."""
     model = copy.deepcopy(task.base)
     steps: Steps = [(s, TECHNIQUES.get(s.technique)()) for s in candidate.steps]
+    for step, technique in steps:
+        if isinstance(technique, TorchTechnique):
+            ctx = technique.adapt(model, step.params, ctx)
     done: Steps = []
     for step, technique in steps:
         if isinstance(technique, TorchTechnique):

@@ -91,6 +91,23 @@ def eval_batch(path: Path) -> int:
     return 1 if batch_dependent(path) else EVAL_BATCH
 
 
+def input_shape(path: Path, default: tuple[int, ...]) -> tuple[int, ...]:
+    """The file's input shape at batch 1 (``1 x 3 x S x S``: a ``resolution`` candidate declares its
+    own ``S``); ``default`` where the file leaves a spatial axis dynamic."""
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    sides = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
+    if len(sides) != len(default) or not all(sides[1:]):
+        return tuple(default)
+    return (1, *sides[1:])
+
+
+def at_input_size(split: Split, side: object) -> Split:
+    """``split`` at the file's input side ``side`` (an int where the file declares one; anything else
+    leaves the split as it is)."""
+    return split.at_size(side) if isinstance(side, int) and side != split.size else split
+
+
 def accuracy_session(path: Path) -> ort.InferenceSession:
     """The session that scores the file: onnxruntime's CUDA provider for a float graph where
     ``onnxruntime-gpu`` and a GPU are present (TF32 off, so fp32 stays fp32), else the CPU provider
@@ -110,12 +127,13 @@ def onnx_accuracy(
     on_rate: Callable[[float], None] | None = None,
 ) -> float:
     """Top-1 accuracy of the ONNX file in a fresh onnxruntime session (``accuracy_session``), at
-    ``eval_batch(path)`` unless told otherwise, reading ``split`` batch by batch (images the data
-    could not decode are skipped and counted by the split). ``on_rate(images/s)`` follows each
-    chunk of about a thousand images."""
+    ``eval_batch(path)`` unless told otherwise, reading ``split`` at the file's input size batch by
+    batch (images the data could not decode are skipped and counted by the split).
+    ``on_rate(images/s)`` follows each chunk of about a thousand images."""
     batch_size = eval_batch(path) if batch_size is None else batch_size
     session = accuracy_session(path)
     name = session.get_inputs()[0].name
+    split = at_input_size(split, session.get_inputs()[0].shape[-1])  # the candidate's own size
     correct = seen = reported = 0
     start = time.monotonic()
     for xb, yb in split.batches(max(batch_size, EVAL_BATCH)):  # read in large batches, run at batch_size
@@ -159,9 +177,10 @@ def evaluate(
         path, split, on_rate=lambda rate: stage(f"accuracy ({rate:,.0f} images/s)", "accuracy")
     )
     stage("latency", "latency")
-    latency = target.latency(path, task.input_shape)
+    shape = input_shape(path, task.input_shape)
+    latency = target.latency(path, shape)
     stage("size and MACs", "other")
-    macs, params = model_cost(model, task.data.train.images(1))
+    macs, params = model_cost(model, at_input_size(task.data.train, shape[-1]).images(1))
     return Metrics(
         accuracy=accuracy,
         latency_ms=latency.median_ms,

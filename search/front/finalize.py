@@ -21,7 +21,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from search.candidate.build import INPUT_NAME
-from search.candidate.evaluate import eval_batch, onnx_accuracy
+from search.candidate.evaluate import eval_batch, input_shape, onnx_accuracy
 from search.config.objectives import directions as objective_directions
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json, write_with
@@ -73,7 +73,8 @@ def finalize(
     models = [t.user_attrs[MODEL_ATTR] for t in chosen]
     paths = [run_dir / t.user_attrs["artifact"] for t in chosen]
     test_acc = [onnx_accuracy(p, tasks[m].data.test) for p, m in zip(paths, models)]
-    latencies = side_by_side(plan.final, paths, [tasks[m].input_shape for m in models])
+    shapes = [input_shape(p, tasks[m].input_shape) for p, m in zip(paths, models)]  # each its own size
+    latencies = side_by_side(plan.final, paths, shapes)
     rows = []
     front_numbers = {t.number for t in front}
     for t, model, path, acc, latency in zip(chosen, models, paths, test_acc, latencies):

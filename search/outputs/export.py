@@ -79,7 +79,9 @@ def model_card(report: FinishedRun, row: pd.Series, model_file: Path) -> dict[st
     prep = summary.get("preprocessing", {})
     inputs, outputs = _io_specs(model_file)
     config = summary.get("config", {})
-    transform = bundle_preprocess(prep, model, config.get("img_size") or inputs[0]["shape"][-1])
+    side = inputs[0]["shape"][-1]  # the file's own size (a ``resolution`` candidate declares a smaller one)
+    size = side if isinstance(side, int) else config.get("img_size") or prep["input_shape"][-1]
+    transform = bundle_preprocess(prep, model, size)
     params = _technique_params(report.run_dir, number, row)
     source = final if final is not None else row
     latency = {
@@ -147,10 +149,11 @@ def model_card(report: FinishedRun, row: pd.Series, model_file: Path) -> dict[st
 def bundle_preprocess(prep: dict[str, Any], model: str, size: int) -> Preprocess:
     """The evaluation transform of ``model`` from summary.json's "preprocessing" block: its
     ``by_model`` entry, else the block itself; fields an older summary lacks are what those runs
-    did (squash to ``size`` x ``size``, bilinear)."""
+    did (squash, bilinear). ``size`` is the model file's own input side, which a ``resolution``
+    candidate makes smaller than the run's."""
     entry = prep.get("by_model", {}).get(model) or prep
-    return Preprocess.from_dict({"img_size": size, **SQUASH, "mean": prep.get("mean"),
-                                 "std": prep.get("std"), **entry})
+    return Preprocess.from_dict({**SQUASH, "mean": prep.get("mean"), "std": prep.get("std"), **entry,
+                                 "img_size": size})
 
 
 def _pillow_steps(p: Preprocess) -> str:

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.candidate.build import Rungs, build
-from search.candidate.evaluate import MB, Metrics, evaluate, onnx_accuracy
+from search.candidate.evaluate import MB, Metrics, evaluate, input_shape, onnx_accuracy
 from search.config.objectives import OBJECTIVES
 from search.config.run_config import RunConfig
 from search.core.atomic import write_json
@@ -170,7 +170,7 @@ class Objective:
         metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage)
         if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
             self.stage("latency (measured)", "latency")
-            measured = self.plan.measurer.latency(path, task.input_shape)
+            measured = self.plan.measurer.latency(path, input_shape(path, task.input_shape))
             trial.set_user_attr("latency_predicted_ms", metrics.latency_ms)
             metrics = replace(
                 metrics, latency_ms=measured.median_ms, latency_p90_ms=measured.p90_ms,
@@ -211,7 +211,7 @@ class Objective:
 
         def screen(path: Path) -> None:
             self.stage("structure: latency and size before fine-tuning", "latency")
-            latency = self.plan.scorer.latency(path, task.input_shape)
+            latency = self.plan.scorer.latency(path, input_shape(path, task.input_shape))
             values = {"latency": latency.median_ms, "size": path.stat().st_size / MB}
             known.update(values, latency_source=latency.source)
             budgets = {"latency": self.cfg.max_latency_ms, "size": self.cfg.max_size_mb}

@@ -14,7 +14,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +139,16 @@ class FolderSplit(Split):
     root: Path
     files: tuple[str, ...]  # relative to root
     label_array: np.ndarray
-    eval_transform: Callable
-    train_transform: Callable
+    preprocess: Preprocess  # the evaluation transform; the training one adds ``augment``
+    augment: str
     workers: int
     skipped: SkipLog
+    eval_transform: Callable = field(init=False, repr=False)
+    train_transform: Callable = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eval_transform", eval_transform(self.preprocess))
+        object.__setattr__(self, "train_transform", train_transform(self.preprocess, self.augment))
 
     @property
     def labels(self) -> np.ndarray:
@@ -178,10 +184,18 @@ class FolderSplit(Split):
                 yield x, y
 
     def subset(self, n: int) -> Split:
-        return FolderSplit(
-            self.root, self.files[:n], self.label_array[:n], self.eval_transform, self.train_transform,
-            self.workers, self.skipped,
-        )
+        return replace(self, files=self.files[:n], label_array=self.label_array[:n])
+
+    @property
+    def size(self) -> int:
+        return self.preprocess.img_size
+
+    def at_size(self, size: int) -> Split:
+        """The same files through the same transforms at ``size`` (timm's: resize to
+        ``floor(size / crop_pct)``, centre crop ``size``): what ``predict.py`` does at that size."""
+        if size == self.size:
+            return self
+        return replace(self, preprocess=replace(self.preprocess, img_size=size))
 
 
 @dataclass(frozen=True)
@@ -328,10 +342,9 @@ def load_dataset(
     files, labels, classes, digest, unreadable = _index(root)
     parts = _split_indices(labels, seed, val_fraction, test_fraction, classes)
     skipped = SkipLog()
-    evaluation, training = eval_transform(preprocess), train_transform(preprocess, augment)
     workers = default_workers() if workers is None else workers
     train, val, test = (
-        FolderSplit(root, tuple(files[j] for j in i), labels[i], evaluation, training, workers, skipped)
+        FolderSplit(root, tuple(files[j] for j in i), labels[i], preprocess, augment, workers, skipped)
         for i in parts
     )
     fingerprint = f"folder-{digest}-s{img_size}-{split_key}-p{prep_key}-a{augment}"

@@ -40,6 +40,7 @@ IDENTITY: dict[str, Mapping[str, Any] | None] = {
     "tokens": {"ratio": 0.05, "start": 0.0},  # 5% of 16 tokens rounds down to none merged
     "vit_prune": {"head_ratio": 0.0, "mlp_ratio": 0.0, "importance": "l1"},
     "vit_embed": None,  # ratio >= 0.05: embedding channels always go
+    "resolution": {"scale": 1.0},  # the data's own size: the model and its images are untouched
 }
 NAMES = TECHNIQUES.names()
 
@@ -85,9 +86,17 @@ def build(cls, cfg: Mapping[str, Any], ctx: Context, tmp: Path, export: bool = T
         cls().apply(src, tmp / "out.onnx", cfg, ctx)
         return None, tmp / "out.onnx"
     tech = cls()
-    ctx = replace(ctx, teacher=copy.deepcopy(model))
+    ctx = tech.adapt(model, cfg, replace(ctx, teacher=copy.deepcopy(model)))
     out = tech.finalize(tech.apply(model, cfg, ctx)).eval()
     return out, export_onnx(out, ctx.example_input, tmp / "out.onnx") if export else None
+
+
+def inputs(cls, cfg: Mapping[str, Any], ctx: Context, n: int) -> torch.Tensor:
+    """``n`` training images as the technique's later steps see them (``adapt``: a ``resolution``
+    step's own size)."""
+    if issubclass(cls, OnnxTechnique):
+        return ctx.train.images(n)
+    return cls().adapt(subject(cls), cfg, ctx).train.images(n)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -140,7 +149,7 @@ def test_result_survives_onnx_export(name, contract_ctx, tmp_path):
     cls = TECHNIQUES.get(name)
     model, path = build(cls, setting(cls), contract_ctx, tmp_path)
     onnx.checker.check_model(onnx.load(str(path)))
-    x = contract_ctx.train.x[:3]
+    x = inputs(cls, setting(cls), contract_ctx, 3)
     got = run_onnx_file(path, x)
     assert got.shape == (3, 10) and np.isfinite(got).all()
     if model is not None:  # a torch technique: onnxruntime computes what torch computes
@@ -155,7 +164,7 @@ def test_deterministic_under_a_seed(name, contract_ctx, tmp_path):
     cls = TECHNIQUES.get(name)
     first = build(cls, setting(cls), contract_ctx, tmp_path / "first", export=False)
     second = build(cls, setting(cls), contract_ctx, tmp_path / "second", export=False)
-    x = contract_ctx.train.x[:8]
+    x = inputs(cls, setting(cls), contract_ctx, 8)
     if first[0] is None:
         np.testing.assert_array_equal(run_onnx_file(first[1], x), run_onnx_file(second[1], x))
         return
