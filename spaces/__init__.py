@@ -4,7 +4,7 @@ Importing this package registers every technique in ``TECHNIQUES``; ``Space`` tu
 YAML file into a define-by-run Optuna search space.
 """
 
-from spaces import distill, lowrank, prune, quantize, resolution, sparsity, tokens, vit  # noqa: F401  (registration)
+from spaces import distill, lowrank, prune, qat, quantize, resolution, sparsity, tokens, vit  # noqa: F401  (registration)
 from spaces.base import TECHNIQUES, Candidate, Context, OnnxTechnique, Step, TorchTechnique
 from spaces.space import PRESETS, Space, TechniqueSpace
 

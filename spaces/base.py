@@ -56,6 +56,9 @@ class Technique(ABC):
     epochs_param: ClassVar[str | None] = None
     #: The trial stage its time counts towards (``search.core.stages.STAGES``).
     stage: ClassVar[str] = "compress"
+    #: Techniques a candidate cannot chain with this one (either way round; ``Space.sample`` offers
+    #: the later one only when the earlier is off).
+    excludes: ClassVar[tuple[str, ...]] = ()
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -83,6 +86,10 @@ class TorchTechnique(Technique):
     def finalize(self, model: nn.Module) -> nn.Module:
         """Make the change permanent after all torch steps ran (default: nothing to do)."""
         return model
+
+    def exported(self, path: Path) -> None:
+        """Rewrite the freshly exported ONNX file in place where the step needs it (default: nothing;
+        ``qat`` stores its quantized weights as int8)."""
 
 
 class OnnxTechnique(Technique):

@@ -92,6 +92,10 @@ class Space:
         if not spaces:
             raise UserError(f"{where}: no techniques listed")
         spaces.sort(key=lambda t: TECHNIQUES.get(t.name).order)
+        always = [t.name for t in spaces if t.always]
+        clash = next(((a, b) for a in always for b in always if a < b and excluded(a, b)), None)
+        if clash is not None:
+            raise UserError(f"{where}: {clash[0]} and {clash[1]} cannot both be enabled: always")
         return cls(str(data.get("name", default_name)), tuple(spaces))
 
     def to_mapping(self) -> dict[str, Any]:
@@ -165,13 +169,15 @@ class Space:
 
     def sample(self, trial: optuna.Trial, baseline: bool = False, prefix: str = "") -> Candidate:
         """Define-by-run: each switch, then the parameters of the techniques switched on."""
-        steps = []
+        steps: list[Step] = []
         for t in self.techniques:
             key = prefix + t.name
             if baseline:
                 if not t.always:
                     trial.suggest_categorical(key, (False, True))
                 continue
+            if any(excluded(t.name, s.technique) for s in steps):
+                continue  # an earlier step rules it out (``Technique.excludes``): not even offered
             if t.always or trial.suggest_categorical(key, (False, True)):
                 steps.append(Step(t.name, suggest_all(t.params, trial, key)))
         return Candidate(tuple(steps))
@@ -238,6 +244,11 @@ class JointSpace:
         return cls(tuple(
             (str(m), Space.from_mapping(spec, where=f"{where}: {m}")) for m, spec in data["models"].items()
         ))
+
+
+def excluded(a: str, b: str) -> bool:
+    """Whether techniques ``a`` and ``b`` cannot be chained (``Technique.excludes``, either way)."""
+    return b in TECHNIQUES.get(a).excludes or a in TECHNIQUES.get(b).excludes
 
 
 def _technique_space(name: str, spec: Any, where: str) -> TechniqueSpace:

@@ -1,4 +1,5 @@
-"""``edgepareto bench techniques``: each ViT technique alone, measured side by side on one model.
+"""``edgepareto bench techniques``: each ViT technique alone, measured side by side on one model;
+with ``--quantization``, QAT against post-training quantization on a trained baseline.
 
 Latency, MACs, parameters and size of every setting, with untrained weights (latency does not depend
 on the weights' values), on the target's onnxruntime session, interleaved so that every setting sees
@@ -8,15 +9,19 @@ the same machine conditions. Accuracy is the search's business, not this table's
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from search.calibrate.candidates import untrained_task
 from search.candidate.build import build
-from search.candidate.evaluate import input_shape, model_cost
+from search.candidate.evaluate import input_shape, model_cost, onnx_accuracy
+from search.config.run_config import RunConfig
 from search.front.finalize import side_by_side
-from spaces import Candidate, Step
+from search.task.baseline import prepare
+from spaces import Candidate, Context, Step
 from targets import create_target
 
 _INT8 = {"per_channel": True, "ops": "matmul"}
@@ -70,4 +75,64 @@ def format_techniques(table: pd.DataFrame) -> str:
     return table.to_string(index=False, formatters={
         "macs_m": "{:.1f}".format, "params_m": "{:.3f}".format, "size_mb": "{:.2f}".format,
         "latency_ms": "{:.3f}".format, "speedup": "{:.2f}x".format,
+    })
+
+
+_RECOVERY = Step("distill", {"epochs": 2, "temperature": 4.0, "alpha": 0.5})
+_STATIC = {"mode": "static", "per_channel": True, "calibration": "minmax", "ops": "all"}
+#: Structure name -> the torch steps before quantization (the same for every method).
+QUANT_STRUCTURES: dict[str, tuple[Step, ...]] = {
+    "whole": (),
+    "pruned 50%": (
+        Step("prune", {"ratio": 0.5, "importance": "l2", "scope": "uniform", "residual": "prune"}),
+    ),
+}
+#: Method name -> the steps around the structure: float, post-training static int8 (onnxruntime),
+#: the same with the most sensitive quarter of the layers kept float, and quantization-aware training.
+#: Every method gets the same recovery fine-tuning (2 epochs of distillation).
+QUANT_METHODS: dict[str, tuple[tuple[Step, ...], tuple[Step, ...]]] = {
+    "fp32": ((), (_RECOVERY,)),
+    "PTQ static int8": ((), (_RECOVERY, Step("quantize", {**_STATIC, "keep_float": 0.0}))),
+    "PTQ int8, 25% float": ((), (_RECOVERY, Step("quantize", {**_STATIC, "keep_float": 0.25}))),
+    "QAT int8": ((Step("qat", {"per_channel": True, "activations": "full", "lr_scale": 0.1}),), (_RECOVERY,)),
+}
+
+
+def bench_quantization(
+    cfg: RunConfig, runs_root: Path, log: Callable[[str], None] = print, threads: int = 1, repeats: int = 50,
+) -> pd.DataFrame:
+    """QAT against post-training quantization on the same candidates of ``cfg``'s trained baseline
+    (cached like a search's): each structure of ``QUANT_STRUCTURES`` with each method of
+    ``QUANT_METHODS``, the exported file's validation and test accuracy in onnxruntime, its size,
+    and its latency on the host, timed side by side with the others."""
+    name = cfg.models[0]
+    task = prepare(cfg, name, runs_root, log, log)
+    ctx = Context(train=task.data.train, teacher=task.base if task.teacher is None else task.teacher,
+                  seed=cfg.seed, batch_size=cfg.batch_size, lr=task.finetune_lr)
+    rows, paths = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-quantization-") as tmp:
+        for s, (structure, steps) in enumerate(QUANT_STRUCTURES.items()):
+            for m, (method, (before, after)) in enumerate(QUANT_METHODS.items()):
+                log(f"{structure} / {method}")
+                started = time.monotonic()
+                candidate = Candidate((*steps, *before, *after))
+                path, _ = build(candidate, task, Path(tmp) / f"{s}-{m}", ctx, lambda *_stage: None)
+                rows.append({
+                    "structure": structure, "method": method,
+                    "val_accuracy": onnx_accuracy(path, task.data.val),
+                    "test_accuracy": onnx_accuracy(path, task.data.test),
+                    "size_mb": path.stat().st_size / 1e6, "build_s": time.monotonic() - started,
+                })
+                paths.append(path)
+        target = create_target("host", threads=threads, repeats=repeats)
+        latencies = side_by_side(target, paths, [input_shape(p, task.input_shape) for p in paths])
+    table = pd.DataFrame(rows)
+    table["latency_ms"] = [lat.median_ms for lat in latencies]
+    return table
+
+
+def format_quantization(table: pd.DataFrame) -> str:
+    return table.to_string(index=False, formatters={
+        "val_accuracy": "{:.4f}".format, "test_accuracy": "{:.4f}".format, "size_mb": "{:.2f}".format,
+        "build_s": "{:.0f}".format, "latency_ms": "{:.3f}".format,
     })

@@ -153,6 +153,8 @@ def _artifact(
     out_dir.mkdir(parents=True, exist_ok=True)
     stage("export", "export")
     current = export_onnx(model, ctx.example_input, out_dir / "fp32.onnx")
+    for _step, technique in done:
+        technique.exported(current)
     for step, technique in steps:
         if isinstance(technique, OnnxTechnique):
             stage(step.technique, technique.stage)

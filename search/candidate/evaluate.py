@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from google.protobuf.message import DecodeError
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -94,7 +95,12 @@ def eval_batch(path: Path) -> int:
 def input_shape(path: Path, default: tuple[int, ...]) -> tuple[int, ...]:
     """The file's input shape at batch 1 (``1 x 3 x S x S``: a ``resolution`` candidate declares its
     own ``S``); ``default`` where the file leaves a spatial axis dynamic."""
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError:  # not an ONNX file: whatever reads it next says so
+        return tuple(default)
+    if not model.graph.input:
+        return tuple(default)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     sides = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
     if len(sides) != len(default) or not all(sides[1:]):

@@ -312,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="service: the soak instead: searches at once, the server killed and the jobs database "
         "made read-only midway, then what must hold checked (exit 1 when something did not)",
     )
+    bench.add_argument(
+        "--quantization", action="store_true",
+        help="techniques: QAT vs post-training int8 (and 25%% kept float) on --model's trained baseline",
+    )
     bench.add_argument("--searches", type=_bounded("searches"), default=20, help="service --soak: searches")
     bench.add_argument(
         "--max-running", type=_bounded("max_concurrent"), default=2,
@@ -533,6 +537,15 @@ def _bench(args: argparse.Namespace) -> int:
         from search.bench.service import bench_service, format_service
 
         print(format_service(bench_service(args.clients, args.bursts, args.runs_dir, log=_log)))
+        return 0
+    if args.what == "techniques" and args.quantization:
+        from search import RunConfig
+        from search.bench.techniques import bench_quantization, format_quantization
+
+        extra = {k: v for k, v in (("model", args.model), ("img_size", args.img_size),
+                                   ("data", args.data), ("epochs", args.epochs)) if v is not None}
+        cfg = RunConfig.from_dict({"name": "bench-quantization", "runs_dir": args.runs_dir, **extra})
+        print(format_quantization(bench_quantization(cfg, Path(args.runs_dir), log=_log)))
         return 0
     if args.what == "techniques":
         from search.bench.techniques import bench_techniques, format_techniques
