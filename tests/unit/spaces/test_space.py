@@ -11,7 +11,7 @@ def test_presets_load_and_list_every_technique_in_order():
     assert {"default", "cnn", "quant-only"} <= set(PRESETS)
     space = Space.load("default")
     names = [t.name for t in space.techniques]
-    assert names == ["prune", "lowrank", "sparsity", "distill", "quantize"]
+    assert names == ["resolution", "prune", "lowrank", "sparsity", "distill", "quantize"]
     assert [TECHNIQUES.get(n).order for n in names] == sorted(TECHNIQUES.get(n).order for n in names)
     assert "ratio=[0.2, 0.85]" in space.describe()
 
@@ -81,7 +81,8 @@ def test_baseline_switches_everything_off():
     study.enqueue_trial(space.baseline_params())
     trial = study.ask()
     assert space.sample(trial, baseline=True).steps == ()
-    assert trial.params == {n: False for n in ("prune", "lowrank", "sparsity", "distill", "quantize")}
+    names = ("resolution", "prune", "lowrank", "sparsity", "distill", "quantize")
+    assert trial.params == {n: False for n in names}
 
 
 def test_recipes_are_one_technique_each_and_inside_the_space(tmp_path):
