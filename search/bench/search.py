@@ -23,6 +23,7 @@ from search.config.run_config import RunConfig
 from search.front.pareto import hypervolume_curve
 from search.study.constraints import baseline_trial, is_feasible
 from search.study.engine import Run, run_search
+from search.study.halving import RUNG_STOP_ATTR
 from search.study.progress import Progress
 
 
@@ -115,6 +116,7 @@ class TimedCurve:
     hv: tuple[float, ...]
     complete: int = 0
     pruned: int = 0
+    kept_at_rung: int = 0  # complete trials that halving kept at a rung (fewer epochs than the budget)
 
     def at(self, seconds: float) -> float:
         """The hypervolume reached within ``seconds`` (0 before the first finished trial)."""
@@ -164,10 +166,12 @@ def bench_fidelity(
             curve = TimedCurve(
                 fidelity, seed, seconds, hv, complete=sum(t.state == TrialState.COMPLETE for t in trials),
                 pruned=sum(t.state == TrialState.PRUNED for t in trials),
+                kept_at_rung=sum(bool(t.user_attrs.get(RUNG_STOP_ATTR)) for t in trials),
             )
             curves.append(curve)
-            print(f"  {fidelity} seed {seed}: hypervolume {curve.at(budget_s):.4f} "
-                  f"({curve.complete} complete, {curve.pruned} pruned)", flush=True)
+            print(f"  {fidelity} seed {seed}: hypervolume {curve.at(budget_s):.4f} ({curve.complete} "
+                  f"complete, {curve.kept_at_rung} of them kept at a rung, {curve.pruned} pruned)",
+                  flush=True)
     return format_fidelity(curves, budget_s)
 
 
@@ -181,7 +185,7 @@ def format_fidelity(curves: Sequence[TimedCurve], budget_s: float) -> str:
         f"hypervolume (normalised, higher is better) against the wall clock, {budget_s:g} s per run, "
         f"{len({c.seed for c in curves})} seeds",
         f"{'fidelity':<10} {'@' + format(half, 'g') + ' s':>16} {'@' + format(budget_s, 'g') + ' s':>16}"
-        f"   per seed @{budget_s:g} s   complete/pruned per seed",
+        f"   per seed @{budget_s:g} s   complete (kept at a rung)/pruned per seed",
     ]
     for fidelity in fidelities:
         mine = [c for c in curves if c.fidelity == fidelity]
@@ -190,7 +194,7 @@ def format_fidelity(curves: Sequence[TimedCurve], budget_s: float) -> str:
         lines.append(
             f"{fidelity:<10} {at_half.mean():>9.4f} ± {at_half.std():.4f} {at_end.mean():>9.4f} ± "
             f"{at_end.std():.4f}   " + " ".join(f"{v:.4f}" for v in at_end)
-            + "   " + " ".join(f"{c.complete}/{c.pruned}" for c in mine)
+            + "   " + " ".join(f"{c.complete} ({c.kept_at_rung})/{c.pruned}" for c in mine)
         )
     off = {c.seed: c for c in curves if c.fidelity == "off"}
     if off:

@@ -61,12 +61,13 @@ Steps = list[tuple[Step, Technique]]
 class Rungs:
     """Fine-tuning in stages (successive halving): ``schedule`` holds the cumulative epochs at each
     rung, the last being the full budget; after each rung but the last, ``judge(epochs, artifact)``
-    sees the candidate's artifact as it is then and may raise to stop the build there. Each stage
-    is its own schedule (warm restart: the rate rises and anneals again), so that the artifact at a
-    rung is a finished short recovery, not a model caught mid-schedule."""
+    sees the candidate's artifact as it is then and says whether it goes on: False ends the build
+    there, with that artifact as the candidate's (it may also raise). Each stage is its own schedule
+    (warm restart: the rate rises and anneals again), so that the artifact at a rung is a finished
+    short recovery, a deployable model, not one caught mid-schedule."""
 
     schedule: tuple[int, ...]
-    judge: Callable[[int, Path], None]
+    judge: Callable[[int, Path], bool]
 
     @property
     def segments(self) -> tuple[int, ...]:
@@ -105,7 +106,9 @@ def build(
                 screen(_artifact(structure, done, steps, out_dir / STRUCTURE_DIR, ctx, stage))
                 screen = None
             if rungs is not None and technique.epochs_param is not None:
-                model = _by_rungs(model, step, technique, done, steps, out_dir, ctx, stage, rungs)
+                model, stopped = _by_rungs(model, step, technique, done, steps, out_dir, ctx, stage, rungs)
+                if stopped is not None:
+                    return stopped, model
                 continue
             model = _apply(model, step, technique, ctx, stage)
             done.append((step, technique))
@@ -127,9 +130,11 @@ def _apply(
 def _by_rungs(
     model: nn.Module, step: Step, technique: TorchTechnique, done: Steps, steps: Steps, out_dir: Path,
     ctx: Context, stage: Callable[..., None], rungs: Rungs,
-) -> nn.Module:
+) -> tuple[nn.Module, Path | None]:
     """The training step ``step`` in ``rungs``' stages; ``done`` gains the step. Stage ``k`` trains with
-    seed ``ctx.seed + k`` (its own shuffles), so a one-rung schedule is exactly the plain step."""
+    seed ``ctx.seed + k`` (its own shuffles), so a one-rung schedule is exactly the plain step.
+    Returns the model and None, or, where the judge stopped it at a rung, that rung's finalized model
+    and artifact."""
     key = technique.epochs_param
     done.append((step, technique))
     for k, (epochs, part_epochs) in enumerate(zip(rungs.schedule, rungs.segments)):
@@ -137,8 +142,11 @@ def _by_rungs(
         model = _apply(model, part, technique, replace(ctx, seed=ctx.seed + k), stage)
         if epochs != rungs.schedule[-1]:
             where = out_dir / RUNG_DIR.format(epochs=epochs)
-            rungs.judge(epochs, _artifact(copy.deepcopy(model), done, steps, where, ctx, stage))
-    return model
+            snapshot = copy.deepcopy(model)
+            path = _artifact(snapshot, done, steps, where, ctx, stage)
+            if not rungs.judge(epochs, path):
+                return snapshot, path
+    return model, None
 
 
 def _artifact(

@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument(
-        "what", choices=["search", "techniques", "predictor", "scaling", "service", "scale", "families"]
+        "what",
+        choices=["search", "techniques", "predictor", "scaling", "service", "scale", "families", "peers"],
     )
     bench.add_argument("--trials", type=_bounded("trials"), default=None, help="default 20 (scale: 3)")
     bench.add_argument("--seeds", type=_bounded("seeds"), default=3)
@@ -316,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantization", action="store_true",
         help="techniques: QAT vs post-training int8 (and 25%% kept float) on --model's trained baseline",
     )
+    bench.add_argument("--run", help="peers: the finished run whose front the smaller models face")
     bench.add_argument("--searches", type=_bounded("searches"), default=20, help="service --soak: searches")
     bench.add_argument(
         "--max-running", type=_bounded("max_concurrent"), default=2,
@@ -537,6 +539,14 @@ def _bench(args: argparse.Namespace) -> int:
         from search.bench.service import bench_service, format_service
 
         print(format_service(bench_service(args.clients, args.bursts, args.runs_dir, log=_log)))
+        return 0
+    if args.what == "peers":
+        from search.bench.peers import bench_peers, format_peers
+
+        if not args.run:
+            raise UserError("bench peers needs --run NAME (a finished run)")
+        run = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_dir) / args.run
+        print(format_peers(bench_peers(run, _csv(args.model) if args.model else None, log=_log)))
         return 0
     if args.what == "techniques" and args.quantization:
         from search import RunConfig

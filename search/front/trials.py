@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 
 from search.core.stages import STAGE_KEYS, STAGES
 from search.study.cluster import BASELINE_ATTR
-from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, is_feasible
+from search.study.constraints import DUPLICATE_ATTR, MODEL_ATTR, PRUNED_ATTR, is_feasible
+from search.study.halving import RUNG_STOP_ATTR
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -45,6 +46,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "fail_reason": a.get("fail_reason", ""),
             "interrupted": bool(a.get("interrupted")),  # cut short and run again: not counted
             "duplicate_of": a.get(DUPLICATE_ATTR),  # the trial whose result this repeated candidate reused
+            "pruned_reason": a.get(PRUNED_ATTR, ""),  # why it stopped before a result (--fidelity)
+            "recovery_epochs": a.get("recovery_epochs"),  # --fidelity halving: the epochs it fine-tuned
+            "rung_stop": a.get(RUNG_STOP_ATTR, ""),  # --fidelity halving: why it went no further
             "duration_s": t.duration.total_seconds() if t.duration else None,
             **{key: a.get(key) for key in STAGE_KEYS},  # None: a duplicate, or a run from before stages
             "artifact": a.get("artifact", ""),

@@ -6,6 +6,11 @@ rung, its artifact is scored there, and it goes on to the next rung only if it r
 the rung, latency and size, crowding distance breaking ties: ``search.front.pareto.nondominated_order``).
 Nobody waits for a rung to fill, so the rule works the same for one process, for workers sharing a
 PostgreSQL study and for Ray Tune trials: each reads its peers' rung values from the study.
+
+A candidate ranked out at a rung trains no further, but it is not thrown away: each rung is a finished
+short recovery (its own schedule), so its file is a deployable model with that many epochs, scored on
+validation like any result and kept as the trial's (``RUNG_STOP_ATTR`` says why it went no further).
+Only the candidates near the front earn the long recoveries.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ FIRST_RUNG = 1
 #: The trial attribute holding its values at a rung (``rung:EPOCHS`` -> objective -> value); every
 #: trial of the study that carries it is a peer at that rung.
 RUNG_ATTR = "rung:{epochs}"
+#: The trial attribute saying why a candidate stopped at a rung (its rung's model is its result).
+RUNG_STOP_ATTR = "rung_stop"
 
 
 def rungs(top: int, first: int = FIRST_RUNG, eta: int = ETA) -> tuple[int, ...]:

@@ -35,7 +35,7 @@ from search.study.constraints import (
     is_feasible,
     structural_constraints,
 )
-from search.study.halving import ETA, RUNG_ATTR, judge, rungs, top_rung
+from search.study.halving import ETA, RUNG_ATTR, RUNG_STOP_ATTR, judge, rungs, top_rung
 from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
 from search.study.screen import MARGIN_POINTS, accuracy_ceiling, dominated, over_budget
@@ -66,16 +66,21 @@ def full_budget(candidate: Candidate, training_epochs: int) -> tuple[Candidate, 
     """For ``--fidelity halving``: the candidate with its training step's epochs raised to the full
     recovery budget, the baseline's own training length (at least what the space allowed), and the
     rungs that lead there; unchanged and None when it does not train."""
-    steps = []
-    schedule = None
     for step in candidate.steps:
         key = TECHNIQUES.get(step.technique).epochs_param
         if key is not None:
             top = top_rung(int(step.params[key]), training_epochs)
-            schedule = rungs(top)
-            step = Step(step.technique, {**step.params, key: top})
-        steps.append(step)
-    return Candidate(tuple(steps)), schedule
+            return with_epochs(candidate, top), rungs(top)
+    return candidate, None
+
+
+def with_epochs(candidate: Candidate, epochs: int) -> Candidate:
+    """The candidate with its training step's epochs (``Technique.epochs_param``) set to ``epochs``."""
+    steps = []
+    for step in candidate.steps:
+        key = TECHNIQUES.get(step.technique).epochs_param
+        steps.append(step if key is None else Step(step.technique, {**step.params, key: epochs}))
+    return Candidate(tuple(steps))
 
 
 def baseline_accuracy_key(model: str) -> str:
@@ -162,11 +167,18 @@ class Objective:
         structure: dict[str, Any] = {}  # the screen's latency and size, final for the rungs
         screen = self.screener(trial, task, model_name, structure) if screened else None
         stages = None
+        stopped: list[int] = []  # the rung where successive halving stopped the candidate, if it did
         if schedule is not None:
-            stages = Rungs(schedule, self.rung_judge(trial, task, schedule, structure))
+            stages = Rungs(schedule, self.rung_judge(trial, task, schedule, structure, stopped))
         path, model = build(candidate, task, out, self.context(task), self.stage, screen=screen, rungs=stages)
         if schedule is not None:
-            trial.set_user_attr("recovery_epochs", schedule[-1])
+            trial.set_user_attr("recovery_epochs", stopped[0] if stopped else schedule[-1])
+            if stopped:  # the model it is: its rung's file, recovered for that many epochs
+                candidate = with_epochs(candidate, stopped[0])
+                record.update(techniques=candidate.label(), candidate=candidate.to_dict())
+                write_json(out / PARAMS_FILE, record)
+                trial.set_user_attr("techniques", candidate.label())
+                trial.set_user_attr("candidate", candidate.to_dict())
         metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage)
         if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
             self.stage("latency (measured)", "latency")
@@ -229,14 +241,17 @@ class Objective:
         return screen
 
     def rung_judge(
-        self, trial: optuna.Trial, task: Task, schedule: tuple[int, ...], known: dict[str, Any]
-    ) -> Callable[[int, Path], None]:
+        self, trial: optuna.Trial, task: Task, schedule: tuple[int, ...], known: dict[str, Any],
+        stopped: list[int],
+    ) -> Callable[[int, Path], bool]:
         """``build``'s judge for ``--fidelity halving`` (``search.study.halving``): after a rung's
         epochs the artifact's validation accuracy in onnxruntime, with the structure's latency and
         size, is stored as ``rung:EPOCHS``; the candidate goes on only if it ranks in the top 1/eta of
-        every trial that reached the rung, else it stops as PRUNED with its rung's file and values."""
+        every trial that reached the rung. One ranked out ends there (its epochs appended to
+        ``stopped``): its rung's file is a finished recovery of that many epochs, scored and kept as
+        the trial's model (``rung_stop`` says why it went no further)."""
 
-        def at_rung(epochs: int, path: Path) -> None:
+        def at_rung(epochs: int, path: Path) -> bool:
             self.stage(f"rung {epochs}/{schedule[-1]} epochs: accuracy", "accuracy")
             values = {"accuracy": onnx_accuracy(path, task.data.val), **known}
             point = {o: values[o] for o in self.cfg.objectives}
@@ -250,12 +265,13 @@ class Objective:
             values_of = [[p[o] for o in self.cfg.objectives] for p in peers]
             verdict = judge([point[o] for o in self.cfg.objectives], values_of, self.cfg.directions)
             if verdict.promoted:
-                return
-            trial.set_user_attr("accuracy", values["accuracy"])
-            self.stop(trial, (
-                f"stopped after {epochs} of {schedule[-1]} fine-tuning epochs: rank {verdict.rank} of "
+                return True
+            stopped.append(epochs)
+            trial.set_user_attr(RUNG_STOP_ATTR, (
+                f"kept at {epochs} of {schedule[-1]} fine-tuning epochs: rank {verdict.rank} of "
                 f"{verdict.peers} at this rung, the top {verdict.keep} go on (successive halving, eta {ETA})"
-            ), path, known)
+            ))
+            return False
 
         return at_rung
 

@@ -52,12 +52,12 @@ def test_over_budget_candidates_stop_before_fine_tuning(runs_dir, tmp_path, capf
 
 
 @pytest.mark.timeout(600)
-def test_halving_fine_tunes_in_rungs_and_stops_the_ranked_out(runs_dir, tmp_path, capfd):
+def test_halving_fine_tunes_in_rungs_and_keeps_the_ranked_out_at_their_rung(runs_dir, tmp_path, capfd):
     """test_resnet trained 3 epochs, the space's epochs fixed at 3: every candidate's budget is 3
     epochs in rungs of 1 and 3. Each candidate is scored at rung 1 and goes on exactly when the rule
-    (``halving.judge`` against the ones that reached the rung before it) says so; one ranked out stops
-    with its rung's file; the rest train all 3 epochs; the front holds no stopped trial. Ranked on
-    accuracy alone, so that the trade-offs of latency and size cannot keep everyone on the front."""
+    (``halving.judge`` against the ones that reached the rung before it) says so; one ranked out ends
+    there as a 1-epoch model (its rung's file, scored like any result); the rest train all 3 epochs.
+    Ranked on accuracy alone, so that the trade-offs of latency and size cannot keep everyone on."""
     args = ["search", "--runs-dir", str(runs_dir), "--name", "halving", "--trials", "8", "--fidelity",
             "halving", "--warm-start", "off", "--objectives", "accuracy",
             "--space", str(slow_space(tmp_path)), *TINY, "--epochs", "3"]
@@ -76,14 +76,16 @@ def test_halving_fine_tunes_in_rungs_and_stops_the_ranked_out(runs_dir, tmp_path
             assert t.user_attrs["candidate"]["distill"]["epochs"] == 3
             assert (run / "trials" / f"{t.number:04d}" / "model.onnx").is_file()
         else:
-            assert t.state == TrialState.PRUNED and t.user_attrs["recovery_epochs"] == 1
-            assert t.user_attrs[PRUNED_ATTR].startswith("stopped after 1 of 3 fine-tuning epochs: rank ")
+            assert t.state == TrialState.COMPLETE and t.user_attrs["recovery_epochs"] == 1
+            assert t.user_attrs["rung_stop"].startswith("kept at 1 of 3 fine-tuning epochs: rank ")
+            assert t.user_attrs["candidate"]["distill"]["epochs"] == 1
             assert t.user_attrs["artifact"].endswith("rung-1/model.onnx")
             assert (run / t.user_attrs["artifact"]).is_file()
-            assert t.user_attrs["accuracy"] == t.user_attrs["rung:1"]["accuracy"]
-    stopped = {t.number for t in at_rung if t.state == TrialState.PRUNED}
+            assert t.user_attrs["accuracy"] == t.user_attrs["rung:1"]["accuracy"]  # the same file scored
+    stopped = {t.number for t in at_rung if t.user_attrs.get("rung_stop")}
     assert stopped, "no candidate was ranked out: the test shows nothing"
-    assert not stopped & set(pd.read_csv(run / "pareto.csv")["trial"])
+    table = pd.read_csv(run / "trials.csv").set_index("trial")
+    assert (table.loc[sorted(stopped), "recovery_epochs"] == 1).all()
 
 
 def test_an_unknown_fidelity_is_one_line(tmp_path, capfd):

@@ -1,6 +1,7 @@
 """A small end-to-end search: tiny timm model, embedded digits, a few trials."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -8,6 +9,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from search.candidate.evaluate import input_shape
 from search.task.data import load_dataset, model_preprocess
 from spaces import TECHNIQUES, TorchTechnique
 from spaces.params import FloatParam
@@ -54,8 +56,9 @@ def test_small_search_end_to_end(runs_dir, capfd):
     assert pareto.iloc[0]["speedup"] == 1.0
     prep = model_preprocess("test_resnet", 16, "digits")
     data = load_dataset("digits", 16, prep.mean, prep.std, 0, 0.2, 0.2)
-    x, y = data.test.x.numpy(), data.test.y.numpy()
-    for _, row in pareto.iterrows():
+    y = data.test.y.numpy()
+    for _, row in pareto.iterrows():  # each at its own input size (a resolution candidate's is smaller)
+        x = data.test.at_size(input_shape(Path(row["path"]), (1, 3, 16, 16))[-1]).x.numpy()
         assert fresh_session_accuracy(row["path"], x, y) == row["test_accuracy"]
 
     # the printed table, and `show` prints it again

@@ -61,7 +61,7 @@ def test_format_fidelity_reports_seconds_to_reach_off():
     reach = "halving: seconds to reach off's final hypervolume of the same seed: 40, 70 (1 of 2 within 50 s)"
     assert reach in text
     assert "mean at 50 s 0.2500 vs off's mean final 0.4500" in text
-    assert "2/1 1/0" in text
+    assert "2 (0)/1 1 (0)/0" in text
 
 
 @pytest.mark.slow  # measures the latency of every setting: tens of seconds on 2 cores

@@ -101,11 +101,21 @@ def test_rungs_train_in_stages_and_show_each_rungs_artifact(task_and_ctx, tmp_pa
     judged: list[tuple[int, Path]] = []
     stages: list[str] = []
     final, _ = build(Candidate(CHAIN), task, tmp_path, ctx, lambda name, *_: stages.append(name),
-                     rungs=Rungs((1, 3), lambda epochs, path: judged.append((epochs, path))))
+                     rungs=Rungs((1, 3), lambda epochs, path: judged.append((epochs, path)) or True))
     assert judged == [(1, tmp_path / RUNG_DIR.format(epochs=1) / "model.onnx")]
     assert skeleton(judged[0][1]) == skeleton(final)  # the rung's file is the candidate's graph, quantized
     assert any((weights(judged[0][1])[k] != v).any() for k, v in weights(final).items())  # 2 more epochs
     assert stages.count("distill") == 2  # 1 epoch, then 2 more
+
+
+def test_a_judge_that_says_no_ends_the_build_with_its_rungs_model(task_and_ctx, tmp_path):
+    task, ctx = task_and_ctx
+    stages: list[str] = []
+    path, model = build(Candidate(CHAIN), task, tmp_path, ctx, lambda name, *_: stages.append(name),
+                        rungs=Rungs((1, 9), lambda epochs, path: False))
+    assert path == tmp_path / RUNG_DIR.format(epochs=1) / "model.onnx" and path.is_file()
+    assert stages.count("distill") == 1 and not (tmp_path / "model.onnx").exists()
+    assert not any(name.endswith("_orig") for name, _ in model.named_parameters())  # finalized: masks applied
 
 
 def test_a_judge_that_raises_stops_at_its_rung(task_and_ctx, tmp_path):

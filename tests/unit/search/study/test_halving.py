@@ -4,6 +4,7 @@ replaced: nothing trains here)."""
 
 from __future__ import annotations
 
+import json
 import math
 import types
 
@@ -17,7 +18,7 @@ from search.config.run_config import RunConfig
 from search.front.pareto import crowding_distance, nondominated_order
 from search.study import objective as objective_module
 from search.study.constraints import PRUNED_ATTR
-from search.study.halving import RUNG_ATTR, judge, rungs
+from search.study.halving import RUNG_ATTR, RUNG_STOP_ATTR, judge, rungs
 from search.study.objective import full_budget
 from search.task.data import SkipLog
 from spaces import Candidate, Step
@@ -151,7 +152,8 @@ def rung_run(tmp_path, monkeypatch):
                 where.mkdir()
                 (where / "model.onnx").write_bytes(str(number).encode())
                 calls.append((number, epochs))
-                rungs.judge(epochs, where / "model.onnx")
+                if not rungs.judge(epochs, where / "model.onnx"):
+                    return where / "model.onnx", None
         (out / "model.onnx").write_bytes(b"x")
         return out / "model.onnx", None
 
@@ -179,38 +181,45 @@ def add_rung_peers(study: optuna.Study, accuracies: tuple[float, ...]) -> None:
     study.set_user_attr("baseline_accuracy:resnet18", 0.95)
 
 
-def test_a_candidate_ranked_out_at_a_rung_stops_there_as_pruned(rung_run):
+def scored(accuracy: float) -> objective_module.Metrics:
+    """What ``evaluate`` gives a file of ``accuracy`` (1 ms, 0.5 MB)."""
+    return objective_module.Metrics(
+        accuracy=accuracy, latency_ms=1.0, latency_p90_ms=1.0, latency_source="measured",
+        latency_error_pct=None, size_mb=0.5, compressed_mb=0.25, params=10, macs=100, sparsity=0.0,
+    )
+
+
+def test_a_candidate_ranked_out_at_a_rung_is_kept_as_its_rungs_model(rung_run, monkeypatch):
     """Two peers already reached rung 1 (0.9 and 0.8 accuracy, same latency and size); the third
-    arrives at 0.7: rank 3 of 3, only the top 1 goes on, so it stops after 1 epoch of 9."""
+    arrives at 0.7: rank 3 of 3, only the top 1 goes on, so it trains no further than 1 epoch of 9.
+    Its rung's file is a finished 1-epoch recovery: scored like any result, and the trial's model."""
     study = rung_run.study
     add_rung_peers(study, (0.9, 0.8))
     rung_run.accuracy[2] = {1: 0.7, 3: 0.99}
+    evaluated = []
+    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: evaluated.append(path) or scored(0.7))
     trial = study.ask()
     assert trial.number == 2
-    with pytest.raises(optuna.TrialPruned) as stopped:
-        rung_run.objective(trial)
-    reason = str(stopped.value)
-    assert reason == ("stopped after 1 of 9 fine-tuning epochs: rank 3 of 3 at this rung, the top 1 go on "
-                      "(successive halving, eta 3)")
+    assert rung_run.objective(trial) == [0.7, 1.0, 0.5]
     assert rung_run.calls == [(2, 1)]  # never reached rung 3
+    folder = rung_run.objective.run_dir / "trials" / "0002"
+    assert evaluated == [folder / "rung-1" / "model.onnx"]
     attrs = trial.user_attrs
     assert attrs[RUNG_ATTR.format(epochs=1)] == {"accuracy": 0.7, "latency": 1.0, "size": pytest.approx(0.5)}
-    assert attrs["accuracy"] == 0.7 and attrs["recovery_epochs"] == 1
-    assert attrs["artifact"] == "trials/0002/rung-1/model.onnx"
-    assert (attrs["latency_ms"], attrs["size_mb"]) == (1.0, pytest.approx(0.5))
-    study.tell(trial, state=TrialState.PRUNED)
-    assert study.trials[2].state == TrialState.PRUNED and PRUNED_ATTR not in attrs  # the runner sets it
+    assert attrs["recovery_epochs"] == 1 and attrs["artifact"] == "trials/0002/rung-1/model.onnx"
+    assert attrs[RUNG_STOP_ATTR] == ("kept at 1 of 9 fine-tuning epochs: rank 3 of 3 at this rung, the top 1 "
+                                     "go on (successive halving, eta 3)")
+    assert attrs["candidate"]["distill"]["epochs"] == 1 and "distill(1ep" in attrs["techniques"]
+    record = json.loads((folder / "params.json").read_text())
+    assert record["candidate"]["distill"]["epochs"] == 1  # the file says what model it is
+    assert PRUNED_ATTR not in attrs
 
 
 def test_a_candidate_that_ranks_first_at_every_rung_trains_the_full_budget(rung_run, monkeypatch):
     study = rung_run.study
     add_rung_peers(study, (0.5, 0.6))
     rung_run.accuracy[2] = {1: 0.9, 3: 0.93}
-    scored = objective_module.Metrics(
-        accuracy=0.94, latency_ms=1.0, latency_p90_ms=1.0, latency_source="measured", latency_error_pct=None,
-        size_mb=0.5, compressed_mb=0.25, params=10, macs=100, sparsity=0.0,
-    )
-    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: scored)
+    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: scored(0.94))
     trial = study.ask()
     assert rung_run.objective(trial) == [0.94, 1.0, 0.5]
     assert rung_run.calls == [(2, 1), (2, 3)]
