@@ -267,9 +267,11 @@ class Objective:
             if verdict.promoted:
                 return True
             stopped.append(epochs)
+            why = (f"the top {verdict.keep} go on" if verdict.keep
+                   else f"none goes on before {ETA} have reached it")
             trial.set_user_attr(RUNG_STOP_ATTR, (
                 f"kept at {epochs} of {schedule[-1]} fine-tuning epochs: rank {verdict.rank} of "
-                f"{verdict.peers} at this rung, the top {verdict.keep} go on (successive halving, eta {ETA})"
+                f"{verdict.peers} at this rung, {why} (successive halving, eta {ETA})"
             ))
             return False
 

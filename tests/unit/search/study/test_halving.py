@@ -64,26 +64,30 @@ def test_crowding_distance_by_hand():
     assert got[1] == pytest.approx(3 / 4 + 3 / 4) and got[2] == pytest.approx(3 / 4 + 2 / 4)
 
 
-def test_the_first_candidate_at_a_rung_goes_on():
-    v = judge([0.5, 9.0, 9.0], [], MAX)
-    assert (v.rank, v.peers, v.keep, v.promoted) == (1, 1, 1, True)
+def test_nothing_goes_on_before_eta_candidates_reached_the_rung():
+    first = judge([0.5, 9.0, 9.0], [], MAX)
+    assert (first.rank, first.peers, first.keep, first.promoted) == (1, 1, 0, False)
+    second = judge([0.9, 1.0, 1.0], [[0.5, 9.0, 9.0]], MAX)  # dominates the first, still only 2 of 3
+    assert (second.rank, second.keep, second.promoted) == (1, 0, False)
+    third = judge([0.95, 1.0, 1.0], [[0.5, 9.0, 9.0], [0.9, 1.0, 1.0]], MAX)
+    assert (third.rank, third.keep, third.promoted) == (1, 1, True)
 
 
 def test_promotion_on_a_synthetic_rung():
     """Six candidates at one rung with known values; each is judged when it arrives, against the ones
-    that arrived before it (asynchronously), and the top ceil(n/3) go on."""
+    that arrived before it (asynchronously), and the top floor(n/3) go on."""
     arrivals = [
-        [0.60, 1.0, 1.0],  # alone: goes on
-        [0.50, 1.0, 1.0],  # dominated by the first, keep 1 of 2: stops
+        [0.60, 1.0, 1.0],  # alone: keep 0 of 1, stays
+        [0.50, 1.0, 1.0],  # dominated by the first, keep 0 of 2: stays
         [0.70, 1.0, 1.0],  # dominates both, keep 1 of 3: goes on
         [0.40, 0.2, 0.2],  # front with 0.70, both extremes (infinite crowding): the tie goes to 0.70
-        [0.55, 1.0, 1.0],  # dominated by 0.60 and 0.70, keep 2 of 5: stops
-        [0.65, 0.9, 0.9],  # front, interior (0.70 more accurate, 0.40 faster): rank 3 of 6, keep 2: stops
+        [0.55, 1.0, 1.0],  # dominated by 0.60 and 0.70, keep 1 of 5: stays
+        [0.72, 0.9, 0.9],  # dominates 0.70: front with 0.40, the tie to 0.40; rank 2 of 6, keep 2: goes on
     ]
     verdicts = [judge(arrivals[i], arrivals[:i], MAX) for i in range(len(arrivals))]
-    assert [v.rank for v in verdicts] == [1, 2, 1, 2, 4, 3]
-    assert [v.keep for v in verdicts] == [1, 1, 1, 2, 2, 2]
-    assert [v.promoted for v in verdicts] == [True, False, True, True, False, False]
+    assert [v.rank for v in verdicts] == [1, 2, 1, 2, 4, 2]
+    assert [v.keep for v in verdicts] == [0, 0, 1, 1, 1, 2]
+    assert [v.promoted for v in verdicts] == [False, False, True, False, False, True]
 
 
 def test_a_tie_goes_to_the_peer_that_arrived_first():
@@ -172,11 +176,12 @@ def rung_run(tmp_path, monkeypatch):
     return types.SimpleNamespace(study=study, objective=objective, accuracy=accuracy, calls=calls)
 
 
-def add_rung_peers(study: optuna.Study, accuracies: tuple[float, ...]) -> None:
-    """Finished trials that reached rung 1 with these accuracies (1 ms, 0.5 MB), and the baseline's."""
+def add_rung_peers(study: optuna.Study, accuracies: tuple[float, ...], epochs: int = 1) -> None:
+    """Finished trials that reached rung ``epochs`` with these accuracies (1 ms, 0.5 MB), and the
+    baseline's."""
     for acc in accuracies:
         study.add_trial(optuna.trial.create_trial(
-            state=TrialState.PRUNED, user_attrs={RUNG_ATTR.format(epochs=1): {
+            state=TrialState.PRUNED, user_attrs={RUNG_ATTR.format(epochs=epochs): {
                 "accuracy": acc, "latency": 1.0, "size": 0.5}}))
     study.set_user_attr("baseline_accuracy:resnet18", 0.95)
 
@@ -218,11 +223,12 @@ def test_a_candidate_ranked_out_at_a_rung_is_kept_as_its_rungs_model(rung_run, m
 def test_a_candidate_that_ranks_first_at_every_rung_trains_the_full_budget(rung_run, monkeypatch):
     study = rung_run.study
     add_rung_peers(study, (0.5, 0.6))
-    rung_run.accuracy[2] = {1: 0.9, 3: 0.93}
+    add_rung_peers(study, (0.55, 0.65), epochs=3)
+    rung_run.accuracy[4] = {1: 0.9, 3: 0.93}
     monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: scored(0.94))
     trial = study.ask()
     assert rung_run.objective(trial) == [0.94, 1.0, 0.5]
-    assert rung_run.calls == [(2, 1), (2, 3)]
+    assert rung_run.calls == [(4, 1), (4, 3)]
     assert trial.user_attrs["recovery_epochs"] == 9
     assert trial.user_attrs[RUNG_ATTR.format(epochs=3)]["accuracy"] == 0.93
     assert trial.user_attrs["candidate"]["distill"]["epochs"] == 9
