@@ -161,8 +161,8 @@ def _seed(study: optuna.Study, cfg: RunConfig, space: JointSpace) -> None:
     study.set_user_attr(SPACE_ATTR, space.to_mapping())
     for model in space.models:
         study.enqueue_trial(space.baseline_params(model), user_attrs={BASELINE_ATTR: True})
-    if cfg.warm_start:
-        for params in space.recipes():
+    if cfg.warm_start:  # no more than the trial budget leaves room for (none left waiting at the end)
+        for params in space.recipes()[: max(0, cfg.trials - len(space.models))]:
             study.enqueue_trial(params, user_attrs={"recipe": True})
 
 
