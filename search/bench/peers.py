@@ -74,7 +74,8 @@ def bench_peers(
     } for _, r in front.iterrows()]
     artifacts = report.trials.set_index("trial")["artifact"]
     paths = [report.run_dir / artifacts[int(t)] for t in front["trial"]]
-    shapes = [input_shape(p, (1, 3, 32, 32)) for p in paths]
+    run_shape = tuple(report.summary["preprocessing"]["input_shape"])  # the run's size (summary.json)
+    shapes = [input_shape(p, run_shape) for p in paths]
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         for name in names:
             task = prepare(replace(cfg, model=name), name, runs_root, log, log)
