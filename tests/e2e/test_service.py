@@ -205,7 +205,10 @@ def test_full_flow_search_select_download(server, client, done_job):
     assert r.headers["content-type"].startswith("application/octet-stream")
     assert r.content == (run / "trials" / f"{trial:04d}" / "model.onnx").read_bytes()
     sess = ort.InferenceSession(r.content, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    # the file declares its own input size: a candidate with `resolution` runs smaller than the data
+    _, channels, *hw = sess.get_inputs()[0].shape
+    assert channels == 3 and all(isinstance(d, int) and 0 < d <= 16 for d in hw), hw
+    x = np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32)
     out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     assert out.shape == (1, 10) and np.isfinite(out).all()
 
