@@ -124,14 +124,24 @@ def bench_quantization(
                     "size_mb": path.stat().st_size / 1e6, "build_s": time.monotonic() - started,
                 })
                 paths.append(path)
-        target = create_target("host", threads=threads, repeats=repeats)
-        latencies = side_by_side(target, paths, [input_shape(p, task.input_shape) for p in paths])
+        table = timed_table(rows, paths, task.input_shape, threads, repeats)
+    return table
+
+
+def timed_table(
+    rows: list[dict], paths: list[Path], default_shape: tuple[int, ...], threads: int, repeats: int,
+) -> pd.DataFrame:
+    """``rows`` (one per file of ``paths``) with each file's host latency, timed side by side at
+    the input size the file declares."""
+    target = create_target("host", threads=threads, repeats=repeats)
+    latencies = side_by_side(target, paths, [input_shape(p, default_shape) for p in paths])
     table = pd.DataFrame(rows)
     table["latency_ms"] = [lat.median_ms for lat in latencies]
     return table
 
 
 def format_quantization(table: pd.DataFrame) -> str:
+    """The accuracy/size/latency table of ``bench_quantization`` and ``bench_mixed_precision``."""
     return table.to_string(index=False, formatters={
         "val_accuracy": "{:.4f}".format, "test_accuracy": "{:.4f}".format, "size_mb": "{:.2f}".format,
         "build_s": "{:.0f}".format, "latency_ms": "{:.3f}".format,

@@ -317,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantization", action="store_true",
         help="techniques: QAT vs post-training int8 (and 25%% kept float) on --model's trained baseline",
     )
+    bench.add_argument(
+        "--mixed-precision", action="store_true",
+        help="techniques: quantize.keep_float vs NNCF's quantize_with_accuracy_control on --model's "
+        "trained baseline (needs pip install -e '.[nncf]')",
+    )
+    bench.add_argument(
+        "--max-drop", type=float, default=0.01,
+        help="techniques --mixed-precision: NNCF's allowed top-1 drop on validation (0.01)",
+    )
     bench.add_argument("--run", help="peers: the finished run whose front the smaller models face")
     bench.add_argument("--searches", type=_bounded("searches"), default=20, help="service --soak: searches")
     bench.add_argument(
@@ -332,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="scaling: comma list of optuna-1, optuna-2, ray-1, ray-2 (default all)",
     )
     return parser
+
+
+def _bench_config(args: argparse.Namespace, name: str) -> Any:
+    """The run configuration a benchmark on one trained baseline uses: the defaults, with
+    ``--model``, ``--img-size``, ``--data`` and ``--epochs`` where given."""
+    from search import RunConfig
+
+    extra = {k: v for k, v in (("model", args.model), ("img_size", args.img_size),
+                               ("data", args.data), ("epochs", args.epochs)) if v is not None}
+    return RunConfig.from_dict({"name": name, "runs_dir": args.runs_dir, **extra})
 
 
 def _db_retry(args: argparse.Namespace) -> None:
@@ -548,13 +567,20 @@ def _bench(args: argparse.Namespace) -> int:
         run = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_dir) / args.run
         print(format_peers(bench_peers(run, _csv(args.model) if args.model else None, log=_log)))
         return 0
+    if args.what == "techniques" and args.mixed_precision:
+        from search.bench.mixed import bench_mixed_precision
+        from search.bench.techniques import format_quantization
+
+        if not 0 < args.max_drop < 1:
+            raise UserError(f"--max-drop must be a fraction in (0, 1), got {args.max_drop}")
+        cfg = _bench_config(args, "bench-mixed-precision")
+        table = bench_mixed_precision(cfg, Path(args.runs_dir), log=_log, max_drop=args.max_drop)
+        print(format_quantization(table))
+        return 0
     if args.what == "techniques" and args.quantization:
-        from search import RunConfig
         from search.bench.techniques import bench_quantization, format_quantization
 
-        extra = {k: v for k, v in (("model", args.model), ("img_size", args.img_size),
-                                   ("data", args.data), ("epochs", args.epochs)) if v is not None}
-        cfg = RunConfig.from_dict({"name": "bench-quantization", "runs_dir": args.runs_dir, **extra})
+        cfg = _bench_config(args, "bench-quantization")
         print(format_quantization(bench_quantization(cfg, Path(args.runs_dir), log=_log)))
         return 0
     if args.what == "techniques":

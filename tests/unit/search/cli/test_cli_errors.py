@@ -115,6 +115,14 @@ def test_bad_flags(tmp_path, capfd, flags, needle):
     assert_one_line_error(code, err, needle)
 
 
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.01"])
+def test_bench_mixed_precision_rejects_a_max_drop_that_is_not_a_fraction(tmp_path, capfd, value):
+    args = ["bench", "techniques", "--mixed-precision", "--max-drop", value, "--runs-dir", str(tmp_path)]
+    code, _, err = run_cli(args, capfd)
+    assert_one_line_error(code, err, "--max-drop must be a fraction")
+    assert not any(tmp_path.iterdir())  # nothing trained
+
+
 def test_unwritable_runs_directory(tmp_path, capfd):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the runs folder should be")
