@@ -4,13 +4,24 @@ Some code deep in a trial (an exporter, a C extension) catches ``KeyboardInterru
 it as an ordinary exception, or drops it. The engine would then record a FAIL trial and go on, so
 Ctrl-C would not stop the search. ``Interrupts`` notes every SIGINT, so the engine can stop after
 the trial whatever became of the exception.
+
+A SIGINT that lands while Python runs a finalizer or a weakref callback (SQLAlchemy's, during garbage
+collection) cannot propagate from there: Python would print "Exception ignored ... KeyboardInterrupt"
+with a traceback and carry on. While active, ``Interrupts`` takes those over: nothing is printed and
+the interrupt is delivered again to the main thread, where it propagates.
 """
 
 from __future__ import annotations
 
+import _thread
 import signal
+import sys
 import threading
 from types import FrameType, TracebackType
+from typing import Any
+
+#: How long after a swallowed Ctrl-C it is delivered again (the finalizer has long returned by then).
+REDELIVER_S = 0.05
 
 
 class Interrupts:
@@ -19,10 +30,24 @@ class Interrupts:
     def __init__(self) -> None:
         self.requested = False
         self._previous: object = None
+        self._previous_hook: Any = None
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
         raise KeyboardInterrupt
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """``sys.unraisablehook``: a KeyboardInterrupt raised where it could not propagate is
+        delivered again, from a helper thread once this hook has returned (``interrupt_main`` runs
+        the SIGINT handler in the main thread; called from here it would fire inside the hook, where
+        it cannot propagate either); anything else goes to the previous hook."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self.requested = True
+            again = threading.Timer(REDELIVER_S, _thread.interrupt_main)
+            again.daemon = True
+            again.start()
+            return
+        self._previous_hook(unraisable)
 
     def __enter__(self) -> Interrupts:
         # Only where Python's own Ctrl-C handling is active: an ignored SIGINT stays ignored,
@@ -32,6 +57,8 @@ class Interrupts:
             if current is signal.default_int_handler:
                 self._previous = current
                 signal.signal(signal.SIGINT, self._handler)
+                self._previous_hook = sys.unraisablehook
+                sys.unraisablehook = self._unraisable
         return self
 
     def check(self) -> None:
@@ -44,3 +71,4 @@ class Interrupts:
     ) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            sys.unraisablehook = self._previous_hook

@@ -32,7 +32,7 @@ from tests.support.studies import FakeObjective, FakePlan, new_study, quiet_prog
 pytestmark = pytest.mark.timeout(120)
 
 #: How long a "hanging" objective waits before giving up by itself: far beyond any timeout used here.
-PATIENCE_S = 120.0
+PATIENCE_S = 120
 
 
 def ask(cfg: RunConfig) -> optuna.Trial:
@@ -117,6 +117,28 @@ def test_a_failure_while_ctrl_c_is_pending_is_the_interrupt(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_trial(trial, FakeObjective(cfg, tmp_path, swallowed), interrupts)
     assert "fail_reason" not in trial.user_attrs
+
+
+def test_a_ctrl_c_inside_a_finalizer_is_delivered_again_without_a_traceback(capfd):
+    """SIGINT during a weakref callback or ``__del__`` (SQLAlchemy's, in garbage collection) cannot
+    propagate there; Python would print "Exception ignored ... Traceback" and go on. Under
+    ``Interrupts`` it prints nothing and propagates from the main thread's next instruction."""
+
+    class Finalizer:
+        def __del__(self):
+            raise KeyboardInterrupt  # what the SIGINT handler raises when the signal lands here
+
+    previous_hook = sys.unraisablehook
+    reached = []
+    with pytest.raises(KeyboardInterrupt), Interrupts() as interrupts:
+        Finalizer()  # collected at once: its KeyboardInterrupt is unraisable
+        for i in range(PATIENCE_S * 100):  # the re-delivered interrupt stops this loop
+            reached.append(i)
+            threading.Event().wait(0.01)
+    assert interrupts.requested and len(reached) < PATIENCE_S * 100
+    assert sys.unraisablehook is previous_hook
+    err = capfd.readouterr().err
+    assert "Exception ignored" not in err and "Traceback" not in err
 
 
 def test_a_trial_that_cannot_be_published_fails(tmp_path):
