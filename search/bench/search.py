@@ -143,6 +143,7 @@ def timed_hv(trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[tuple[float, .
 def bench_fidelity(
     budget_s: float, fidelities: Sequence[str], seeds: int = 3, runs_dir: str = "runs",
     model: str | None = None, img_size: int | None = None, data: str | None = None,
+    epochs: int | None = None,
 ) -> str:
     """The default search under each ``--fidelity``, ``budget_s`` seconds each (``--timeout``; the
     trial count is not the limit), sampler seeds 0..seeds-1, one after the other on the same cached
@@ -150,7 +151,8 @@ def bench_fidelity(
     for fidelity in fidelities:
         RunConfig(fidelity=fidelity)  # the one check (UserError), before the first run spends its budget
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    extra = {k: v for k, v in (("model", model), ("img_size", img_size), ("data", data)) if v is not None}
+    extra = {k: v for k, v in (("model", model), ("img_size", img_size), ("data", data), ("epochs", epochs))
+             if v is not None}
     curves = []
     for seed in range(seeds):
         for fidelity in fidelities:

@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--held-out", type=_bounded("held_out"), default=60, help="predictor: models scored")
     bench.add_argument(
         "--epochs", type=_bounded("epochs"), default=None,
-        help="scaling, scale, families: baseline training epochs (families: default each family's)",
+        help="scaling, scale, families, search --fidelity, techniques --quantization/--mixed-precision: "
+        "baseline training epochs (default: the family's)",
     )
     bench.add_argument(
         "--images", type=_csv, default=None,
@@ -596,7 +597,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         print(bench_fidelity(
             budget_s=args.budget_s, fidelities=args.fidelity, seeds=args.seeds, runs_dir=args.runs_dir,
-            model=args.model, img_size=args.img_size, data=args.data,
+            model=args.model, img_size=args.img_size, data=args.data, epochs=args.epochs,
         ))
         return 0
     from search.bench.search import bench_search
