@@ -27,8 +27,8 @@ from search.candidate.build import build
 from search.candidate.evaluate import input_shape, onnx_accuracy
 from search.config.run_config import RunConfig
 from search.core.errors import UserError
-from search.task.baseline import prepare
-from spaces import Candidate, Context, Step
+from search.task.baseline import prepare, task_context
+from spaces import Candidate, Step
 from spaces.data import Split
 from spaces.quantize import CALIBRATION_IMAGES, WEIGHTED_OPS
 from targets.host import cpu_session
@@ -114,8 +114,7 @@ def bench_mixed_precision(
     ``max_drop``; accuracy in onnxruntime, size, float layers, build time and side-by-side latency."""
     _nncf()  # the one-line error before a baseline is trained
     task = prepare(cfg, cfg.models[0], runs_root, log, log)
-    ctx = Context(train=task.data.train, teacher=task.base, seed=cfg.seed, batch_size=cfg.batch_size,
-                  lr=task.finetune_lr)
+    ctx = task_context(task, cfg)
     rows, paths = [], []
     with tempfile.TemporaryDirectory(prefix="bench-mixed-") as tmp:
 

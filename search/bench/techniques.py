@@ -20,8 +20,8 @@ from search.candidate.build import build
 from search.candidate.evaluate import input_shape, model_cost, onnx_accuracy
 from search.config.run_config import RunConfig
 from search.front.finalize import side_by_side
-from search.task.baseline import prepare
-from spaces import Candidate, Context, Step
+from search.task.baseline import prepare, task_context
+from spaces import Candidate, Step
 from targets import create_target
 
 _INT8 = {"per_channel": True, "ops": "matmul"}
@@ -107,8 +107,7 @@ def bench_quantization(
     and its latency on the host, timed side by side with the others."""
     name = cfg.models[0]
     task = prepare(cfg, name, runs_root, log, log)
-    ctx = Context(train=task.data.train, teacher=task.base if task.teacher is None else task.teacher,
-                  seed=cfg.seed, batch_size=cfg.batch_size, lr=task.finetune_lr)
+    ctx = task_context(task, cfg)
     rows, paths = [], []
     with tempfile.TemporaryDirectory(prefix="bench-quantization-") as tmp:
         for s, (structure, steps) in enumerate(QUANT_STRUCTURES.items()):

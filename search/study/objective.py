@@ -39,7 +39,7 @@ from search.study.halving import ETA, RUNG_ATTR, RUNG_STOP_ATTR, judge, rungs, t
 from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
 from search.study.screen import MARGIN_POINTS, accuracy_ceiling, dominated, over_budget
-from search.task.baseline import Task
+from search.task.baseline import Task, task_context
 from spaces import TECHNIQUES, Candidate, Context, Step
 from spaces.space import JointSpace
 from targets.deploy import deployability
@@ -112,13 +112,7 @@ class Objective:
             self.shared.push(trial_dir(self.run_dir, number).relative_to(self.shared.local))
 
     def context(self, task: Task) -> Context:
-        data = task.data
-        return Context(
-            train=data.train,
-            teacher=task.base if task.teacher is None else task.teacher,
-            seed=self.cfg.seed, batch_size=self.cfg.batch_size, lr=task.finetune_lr,
-            on_progress=self.progress.stage, checkpoint=slot_checkpoint,
-        )
+        return task_context(task, self.cfg, on_progress=self.progress.stage, checkpoint=slot_checkpoint)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         started = trial.datetime_start  # the engine's work before this call counts as "other"

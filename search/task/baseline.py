@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from search.task.data import (
 )
 from search.task.families import Training, family_of, img_size_for
 from search.task.preprocess import Preprocess
+from spaces import Context
 from spaces.train import accuracy, fit
 from targets.slot import checkpoint as slot_checkpoint
 
@@ -56,6 +58,16 @@ class Task:
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, 3, self.img_size, self.img_size)
+
+
+def task_context(task: Task, cfg: RunConfig, **extra: Any) -> Context:
+    """What a candidate's torch steps of ``task`` get: its training split, its teacher (the base
+    model unless ``--teacher``), ``cfg``'s seed and batch size, the recovery rate; ``extra`` sets
+    the other fields (progress callback, checkpoint hook)."""
+    return Context(
+        train=task.data.train, teacher=task.base if task.teacher is None else task.teacher,
+        seed=cfg.seed, batch_size=cfg.batch_size, lr=task.finetune_lr, **extra,
+    )
 
 
 def check_names(cfg: RunConfig) -> None:
