@@ -132,12 +132,12 @@ def quantized_layers(path) -> set[str]:
 
 
 def test_keep_float_leaves_the_most_sensitive_layers_float(tiny_model, ctx, tmp_path):
-    """Mixed precision: the layers are ranked by the output error when each alone is quantized; a
-    share of 0.5 keeps the top half float (their weights stay fp32), and its output is closer to the
-    float model's than with every layer int8."""
-    from spaces.quantize import SENSITIVITY_IMAGES, layer_sensitivity
+    """Mixed precision: the layers are ranked by how much the output error falls when each alone
+    stays float in the int8 graph; a share of 0.5 keeps the top half float (their weights stay fp32),
+    and its output is closer to the float model's than with every layer int8."""
+    from spaces.quantize import CALIBRATION_IMAGES, SENSITIVITY_IMAGES, layer_sensitivity
 
-    model = fit(tiny_model, ctx.train, epochs=1, lr=3e-3, batch_size=64, seed=0)
+    model = fit(tiny_model, ctx.train, epochs=3, lr=3e-3, batch_size=64, seed=0)
     src = export_onnx(model, ctx.example_input, tmp_path / "fp32.onnx")
     base = {"mode": "static", "per_channel": True, "calibration": "minmax", "ops": "all"}
     quantize = TECHNIQUES.get("quantize")()
@@ -145,11 +145,11 @@ def test_keep_float_leaves_the_most_sensitive_layers_float(tiny_model, ctx, tmp_
     for share in (0.0, 0.5, 1.0):
         files[share] = tmp_path / f"keep{share}.onnx"
         quantize.apply(src, files[share], {**base, "keep_float": share}, ctx)
-    images = ctx.train.images(SENSITIVITY_IMAGES).numpy()
+    images = ctx.train.images(CALIBRATION_IMAGES).numpy()
     pre = tmp_path / "keep0.5.pre.onnx"  # the graph the ranking saw (shape inference, BN folded)
-    errors = layer_sensitivity(pre, images, base)  # one pass; the ranking sorts it, as apply did
+    errors = layer_sensitivity(pre, images[:SENSITIVITY_IMAGES], base, images)  # as apply ranked them
     ranked = sorted(errors, key=lambda name: -errors[name])
-    assert len(ranked) >= 4 and all(e >= 0 for e in errors.values()) and len(set(errors.values())) > 1
+    assert len(ranked) >= 4 and errors[ranked[0]] > 0 and len(set(errors.values())) > 1
     every = quantized_layers(files[0.0])
     assert every == set(ranked)  # with no share kept, every weighted layer is int8
     half = (len(ranked) + 1) // 2
