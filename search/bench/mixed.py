@@ -3,7 +3,8 @@
 
 Both keep the layers that quantization hurts most in float. NNCF runs a fixed loop: quantize, then
 revert layers one by one (ranked on validation) until the accuracy drop is within ``max_drop``.
-``keep_float`` is a searched share of layers ranked by their output error on calibration images.
+``keep_float`` is a searched share of layers, ranked by how much the output error on calibration
+images falls when each alone stays float in the int8 graph.
 Every file is scored the same way: validation and test accuracy in onnxruntime, size, the weighted
 layers left float, and host latency timed side by side.
 

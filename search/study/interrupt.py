@@ -31,6 +31,8 @@ class Interrupts:
         self.requested = False
         self._previous: object = None
         self._previous_hook: Any = None
+        self._active = False
+        self.redelivery: threading.Timer | None = None  # the last pending redelivery (tests join it)
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
@@ -43,11 +45,17 @@ class Interrupts:
         it cannot propagate either); anything else goes to the previous hook."""
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             self.requested = True
-            again = threading.Timer(REDELIVER_S, _thread.interrupt_main)
-            again.daemon = True
-            again.start()
+            self.redelivery = threading.Timer(REDELIVER_S, self._redeliver)
+            self.redelivery.daemon = True
+            self.redelivery.start()
             return
         self._previous_hook(unraisable)
+
+    def _redeliver(self) -> None:
+        """The swallowed interrupt, again; not once the search has stopped (``__exit__``), where a
+        second KeyboardInterrupt would land in the CLI's own exit path."""
+        if self._active:
+            _thread.interrupt_main()
 
     def __enter__(self) -> Interrupts:
         # Only where Python's own Ctrl-C handling is active: an ignored SIGINT stays ignored,
@@ -59,6 +67,7 @@ class Interrupts:
                 signal.signal(signal.SIGINT, self._handler)
                 self._previous_hook = sys.unraisablehook
                 sys.unraisablehook = self._unraisable
+                self._active = True
         return self
 
     def check(self) -> None:
@@ -69,6 +78,7 @@ class Interrupts:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
     ) -> None:
+        self._active = False
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             sys.unraisablehook = self._previous_hook

@@ -141,6 +141,22 @@ def test_a_ctrl_c_inside_a_finalizer_is_delivered_again_without_a_traceback(capf
     assert "Exception ignored" not in err and "Traceback" not in err
 
 
+def test_a_swallowed_ctrl_c_is_not_delivered_again_once_the_search_stopped():
+    """The engine's check between trials may stop the search before the redelivery fires; the
+    redelivery must then not raise a second KeyboardInterrupt into the CLI's exit path."""
+
+    class Finalizer:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), Interrupts() as interrupts:
+        Finalizer()
+        interrupts.check()  # stops at once: the search is over before the redelivery fires
+    interrupts.redelivery.join()
+    total = sum(range(100_000))  # a pending interrupt would be raised in these instructions
+    assert total > 0
+
+
 def test_a_trial_that_cannot_be_published_fails(tmp_path):
     cfg = RunConfig()
     trial = ask(cfg)
