@@ -174,14 +174,16 @@ def compressed_mb(path: Path) -> float:
 
 def evaluate(
     path: Path, model: nn.Module, task: Task, split: Split, target: Target,
-    stage: Callable[..., None],
+    stage: Callable[..., None], accuracy: float | None = None,
 ) -> Metrics:
     """Accuracy (onnxruntime), latency (target), size (disk) of the artifact; ``stage(name, kind)``
-    announces each step."""
-    stage("accuracy", "accuracy")
-    accuracy = onnx_accuracy(
-        path, split, on_rate=lambda rate: stage(f"accuracy ({rate:,.0f} images/s)", "accuracy")
-    )
+    announces each step. ``accuracy``: this file's accuracy on ``split``, where it was already scored
+    (a successive-halving rung), so it is not scored twice."""
+    if accuracy is None:
+        stage("accuracy", "accuracy")
+        accuracy = onnx_accuracy(
+            path, split, on_rate=lambda rate: stage(f"accuracy ({rate:,.0f} images/s)", "accuracy")
+        )
     stage("latency", "latency")
     shape = input_shape(path, task.input_shape)
     latency = target.latency(path, shape)

@@ -162,8 +162,9 @@ class Objective:
         screen = self.screener(trial, task, model_name, structure) if screened else None
         stages = None
         stopped: list[int] = []  # the rung where successive halving stopped the candidate, if it did
+        scored: dict[Path, float] = {}  # each rung's file -> its validation accuracy
         if schedule is not None:
-            stages = Rungs(schedule, self.rung_judge(trial, task, schedule, structure, stopped))
+            stages = Rungs(schedule, self.rung_judge(trial, task, schedule, structure, stopped, scored))
         path, model = build(candidate, task, out, self.context(task), self.stage, screen=screen, rungs=stages)
         if schedule is not None:
             trial.set_user_attr("recovery_epochs", stopped[0] if stopped else schedule[-1])
@@ -173,7 +174,8 @@ class Objective:
                 write_json(out / PARAMS_FILE, record)
                 trial.set_user_attr("techniques", candidate.label())
                 trial.set_user_attr("candidate", candidate.to_dict())
-        metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage)
+        metrics = evaluate(path, model, task, task.data.val, self.plan.scorer, self.stage,
+                           accuracy=scored.get(path))
         if self.plan.mode == "hybrid" and self.worth_measuring(trial, metrics):
             self.stage("latency (measured)", "latency")
             measured = self.plan.measurer.latency(path, input_shape(path, task.input_shape))
@@ -236,18 +238,20 @@ class Objective:
 
     def rung_judge(
         self, trial: optuna.Trial, task: Task, schedule: tuple[int, ...], known: dict[str, Any],
-        stopped: list[int],
+        stopped: list[int], scored: dict[Path, float],
     ) -> Callable[[int, Path], bool]:
         """``build``'s judge for ``--fidelity halving`` (``search.study.halving``): after a rung's
         epochs the artifact's validation accuracy in onnxruntime, with the structure's latency and
         size, is stored as ``rung:EPOCHS``; the candidate goes on only if it ranks in the top 1/eta of
         every trial that reached the rung. One ranked out ends there (its epochs appended to
         ``stopped``): its rung's file is a finished recovery of that many epochs, scored and kept as
-        the trial's model (``rung_stop`` says why it went no further)."""
+        the trial's model (``rung_stop`` says why it went no further); its accuracy, in ``scored``, is
+        not scored again."""
 
         def at_rung(epochs: int, path: Path) -> bool:
             self.stage(f"rung {epochs}/{schedule[-1]} epochs: accuracy", "accuracy")
-            values = {"accuracy": onnx_accuracy(path, task.data.val), **known}
+            scored[path] = onnx_accuracy(path, task.data.val)
+            values = {"accuracy": scored[path], **known}
             point = {o: values[o] for o in self.cfg.objectives}
             key = RUNG_ATTR.format(epochs=epochs)
             trial.set_user_attr(key, point)

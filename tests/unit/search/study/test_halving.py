@@ -202,13 +202,15 @@ def test_a_candidate_ranked_out_at_a_rung_is_kept_as_its_rungs_model(rung_run, m
     add_rung_peers(study, (0.9, 0.8))
     rung_run.accuracy[2] = {1: 0.7, 3: 0.99}
     evaluated = []
-    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: evaluated.append(path) or scored(0.7))
+    monkeypatch.setattr(objective_module, "evaluate",
+                        lambda path, *_, accuracy=None: evaluated.append((path, accuracy)) or scored(0.7))
     trial = study.ask()
     assert trial.number == 2
     assert rung_run.objective(trial) == [0.7, 1.0, 0.5]
     assert rung_run.calls == [(2, 1)]  # never reached rung 3
     folder = rung_run.objective.run_dir / "trials" / "0002"
-    assert evaluated == [folder / "rung-1" / "model.onnx"]
+    # the rung's file, with the accuracy the rung scored it at (not scored a second time)
+    assert evaluated == [(folder / "rung-1" / "model.onnx", 0.7)]
     attrs = trial.user_attrs
     assert attrs[RUNG_ATTR.format(epochs=1)] == {"accuracy": 0.7, "latency": 1.0, "size": pytest.approx(0.5)}
     assert attrs["recovery_epochs"] == 1 and attrs["artifact"] == "trials/0002/rung-1/model.onnx"
@@ -225,9 +227,12 @@ def test_a_candidate_that_ranks_first_at_every_rung_trains_the_full_budget(rung_
     add_rung_peers(study, (0.5, 0.6))
     add_rung_peers(study, (0.55, 0.65), epochs=3)
     rung_run.accuracy[4] = {1: 0.9, 3: 0.93}
-    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: scored(0.94))
+    accuracies = []
+    monkeypatch.setattr(objective_module, "evaluate",
+                        lambda path, *_, accuracy=None: accuracies.append(accuracy) or scored(0.94))
     trial = study.ask()
     assert rung_run.objective(trial) == [0.94, 1.0, 0.5]
+    assert accuracies == [None]  # the top rung's file was never scored: evaluate scores it
     assert rung_run.calls == [(4, 1), (4, 3)]
     assert trial.user_attrs["recovery_epochs"] == 9
     assert trial.user_attrs[RUNG_ATTR.format(epochs=3)]["accuracy"] == 0.93

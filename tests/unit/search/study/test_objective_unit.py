@@ -243,7 +243,7 @@ def replaced_steps(monkeypatch):
         (out / "model.onnx").write_bytes(b"x")
         return out / "model.onnx", None
 
-    def evaluate(path, model, task, split, scorer, stage):
+    def evaluate(path, model, task, split, scorer, stage, accuracy=None):
         seen.append(split)
         baseline = "prune" not in json.loads((path.parent / "params.json").read_text())["techniques"]
         return metrics(accuracy=0.9 if baseline else 0.8, latency_ms=1.0, size_mb=2.0 if baseline else 0.5)
@@ -331,7 +331,7 @@ def test_structure_fidelity_prunes_a_candidate_the_front_beats_even_at_the_ceili
         return out / "model.onnx", None
 
     monkeypatch.setattr(objective_module, "build", build)
-    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_: scored[int(path.parent.name)])
+    monkeypatch.setattr(objective_module, "evaluate", lambda path, *_, **__: scored[int(path.parent.name)])
     cfg = RunConfig(fidelity="structure")
     plan = types.SimpleNamespace(mode="measure", scorer=Scorer(), profile=None, local_device=None,
                                  measurer=None)
