@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ from tests.support.runs import building, seed, slow_space
 pytestmark = pytest.mark.slow
 
 TRIALS = 8
+#: How long the driver waits, stopped, for the worker to take its first trial (heartbeat grace: 30 s).
+WORKER_START_S = 20
 
 
 def popen(*args: str, staging: Path | None = None) -> subprocess.Popen:
@@ -97,7 +100,23 @@ def test_two_workers_share_a_postgres_study(tmp_path, fresh_database, tiny_basel
     driver = start_run(url, name, storage, slow_space(tmp_path), staging=tmp_path / "machine-a")
     wait_for(lambda: study_of(storage, name, tmp_path / "machine-a" / name) is not None, [driver],
              what="the study")
-    worker = popen("worker", name, "--storage", storage, "--quiet", staging=tmp_path / "machine-b")
+    # The driver waits (SIGSTOP) until the worker has taken a trial: on a fast machine it otherwise
+    # ran all its trials before the worker had started. The pause stays well inside the heartbeat's
+    # grace period (GRACE_S); after WORKER_START_S the driver goes on regardless.
+    driver.send_signal(signal.SIGSTOP)
+    try:
+        worker = popen("worker", name, "--storage", storage, "--quiet", staging=tmp_path / "machine-b")
+
+        def worker_took_one() -> bool:
+            study = study_of(storage, name)
+            return any(t.user_attrs.get(OWNER_ATTR, "").endswith(f":{worker.pid}")
+                       for t in study.get_trials(deepcopy=False))
+
+        deadline = time.monotonic() + WORKER_START_S
+        while not worker_took_one() and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.2)
+    finally:
+        driver.send_signal(signal.SIGCONT)
     worker_log, driver_log = finish(worker), finish(driver)
     study = study_of(storage, name)
     by_pid = owners(study)
