@@ -31,7 +31,6 @@ class Interrupts:
         self.requested = False
         self._previous: object = None
         self._previous_hook: Any = None
-        self._active = False
         self.redelivery: threading.Timer | None = None  # the last pending redelivery (tests join it)
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
@@ -54,7 +53,7 @@ class Interrupts:
     def _redeliver(self) -> None:
         """The swallowed interrupt, again; not once the search has stopped (``__exit__``), where a
         second KeyboardInterrupt would land in the CLI's own exit path."""
-        if self._active:
+        if self._previous is not None:  # still active: ``__exit__`` clears it
             _thread.interrupt_main()
 
     def __enter__(self) -> Interrupts:
@@ -67,7 +66,6 @@ class Interrupts:
                 signal.signal(signal.SIGINT, self._handler)
                 self._previous_hook = sys.unraisablehook
                 sys.unraisablehook = self._unraisable
-                self._active = True
         return self
 
     def check(self) -> None:
@@ -78,7 +76,7 @@ class Interrupts:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
     ) -> None:
-        self._active = False
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             sys.unraisablehook = self._previous_hook
+            self._previous = None
