@@ -16,6 +16,9 @@ Protocol (HTTP/1.0, JSON answers, every error is ``{"error": "one line"}``):
 - ``POST /v1/measure?model=SHA256&input_shape=1,3,32,32&warmup=10&repeats=50&threads=1``: measure a
   stored model (404 when it is not held: upload it, then ask again); or, without ``model=``, with the
   raw ONNX file as the body (stored too). The answer holds ``median_ms``, ``p90_ms`` and the rest.
+  With ``profile=1`` it also holds ``nodes``: every executed node of the optimized graph (fused
+  kernels included) by name, with its op type and mean microseconds per run from onnxruntime's
+  profiler (``profile_nodes``), which kernel-level calibration fits.
 
 Every request but ``/healthz`` needs ``Authorization: Bearer <token>``. Measurements never overlap:
 they take one slot in arrival order, at most ``--max-queue`` requests wait for it, and each is
@@ -68,7 +71,11 @@ DRAIN_S = 2.0
 ROUTES = {"/healthz": ("GET",), "/v1/info": ("GET",), "/v1/measure": ("POST",),
           "/v1/models/{sha256}": ("GET", "PUT")}
 MODELS_PREFIX = "/v1/models/"
-QUERY = ("model", "input_shape", "warmup", "repeats", "threads")
+QUERY = ("model", "input_shape", "warmup", "repeats", "threads", "profile")
+#: onnxruntime's profiler names each executed node's event ``<node name>_kernel_time``.
+KERNEL_EVENT = "_kernel_time"
+#: Share of the slowest profiled runs of a node left out of its mean (a preempted run).
+PROFILE_TRIM = 0.2
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: The TLS handshake of a new connection must end within this many seconds (it runs in the
 #: connection's own thread, so a slow client holds only that thread).
@@ -134,6 +141,41 @@ def ort_reason(exc: BaseException) -> str:
 def fixed_input(input_shape: tuple[int, ...]) -> np.ndarray:
     """The one input every latency is timed on: fixed random float32 values (seed 0)."""
     return np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+
+
+def profile_nodes(
+    model: bytes | str, input_shape: tuple[int, ...], threads: int, runs: int, warmup: int = 5,
+) -> dict[str, tuple[str, float]]:
+    """Per-node timings from onnxruntime's profiler (``SessionOptions.enable_profiling``) under the
+    measuring session options: each executed node of the optimized graph, by name, with its op type
+    and its mean microseconds per run over ``runs`` runs after ``warmup`` (the slowest
+    ``PROFILE_TRIM`` of its runs left out). The profiler records whole microseconds; the mean over
+    runs resolves a node below that. Its JSON file is written to a temporary folder and removed."""
+    with tempfile.TemporaryDirectory(prefix="edgepareto-profile-") as tmp:
+        opts = session_options(threads)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: fixed_input(input_shape)}
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    durations: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
+    for event in events:
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith(KERNEL_EVENT):
+            continue
+        node = name[: -len(KERNEL_EVENT)]
+        durations.setdefault(node, []).append(float(event["dur"]))
+        ops[node] = str(event.get("args", {}).get("op_name", ""))
+    out = {}
+    for node, times in durations.items():
+        kept = np.sort(np.asarray(times[-runs:]))  # the last ``runs``: the warm-up's come first
+        kept = kept[: max(1, int(round(len(kept) * (1 - PROFILE_TRIM))))]
+        out[node] = (ops[node], float(kept.mean()))
+    return out
 
 
 def time_runs(
@@ -475,7 +517,8 @@ class Agent:
         if "model" in pairs:
             out["model"] = model_id(pairs["model"][0])
         for name, default, low, high in (
-            ("warmup", 10, 0, 1000), ("repeats", 50, 1, 10000), ("threads", 1, 1, self.threads_max)
+            ("warmup", 10, 0, 1000), ("repeats", 50, 1, 10000), ("threads", 1, 1, self.threads_max),
+            ("profile", 0, 0, 1),
         ):
             text = pairs.get(name, [str(default)])[0]
             try:
@@ -488,12 +531,12 @@ class Agent:
         return out
 
     def measure(self, path: str, input_shape: tuple[int, ...], warmup: int, repeats: int,
-                threads: int) -> dict[str, Any]:
+                threads: int, profile: int = 0) -> dict[str, Any]:
         """Time the model file ``path`` in the measuring process; the caller holds the slot. A bad
         model or shape is a ``400``; a crash, or a memory or time limit reached, a ``422``."""
         answer = self.measurer.run({
             "model": path, "input_shape": list(input_shape), "warmup": warmup, "repeats": repeats,
-            "threads": threads, "timeout_s": self.timeout_s,
+            "threads": threads, "timeout_s": self.timeout_s, "profile": bool(profile),
         })
         if answer.get("status") != 200:
             raise HttpError(int(answer.get("status") or 500), str(answer.get("error")))
@@ -517,9 +560,11 @@ def _signal_name(number: int) -> str:
 # -- the measuring process ---------------------------------------------------------------------------
 def measure_file(
     path: str, input_shape: tuple[int, ...], warmup: int, repeats: int, threads: int, timeout_s: float,
+    profile: bool = False,
 ) -> dict[str, Any]:
-    """Load and time the ONNX file ``path`` (in the measuring process). A bad model or shape is a
-    ``400``."""
+    """Load and time the ONNX file ``path`` (in the measuring process); with ``profile``, then time
+    each node with onnxruntime's profiler (``repeats`` runs, answered as ``nodes``). A bad model or
+    shape is a ``400``."""
     try:
         with open(path, "rb") as f:  # from bytes: external data resolves in the empty working folder
             model = f.read()
@@ -539,7 +584,15 @@ def measure_file(
         raise HttpError(400, f"cannot run model on float32 input {shape}: {ort_reason(exc)}") from None
     finished = time.time()
     t = np.asarray(times)
+    nodes = {}
+    if profile:
+        try:
+            with open(path, "rb") as f:
+                nodes = profile_nodes(f.read(), input_shape, threads, repeats)
+        except Exception as exc:
+            raise HttpError(400, f"cannot profile model: {ort_reason(exc)}") from None
     return {
+        **({"nodes": nodes} if profile else {}),
         "median_ms": float(np.median(t) * 1e3),
         "p90_ms": float(np.percentile(t, 90) * 1e3),
         "mean_ms": float(t.mean() * 1e3),
@@ -579,7 +632,7 @@ def child_main() -> int:
         try:
             result = measure_file(
                 job["model"], tuple(job["input_shape"]), job["warmup"], job["repeats"], job["threads"],
-                job["timeout_s"],
+                job["timeout_s"], job.get("profile", False),
             )
             answer: dict[str, Any] = {"status": 200, "result": result}
         except HttpError as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from search.core.errors import UserError
 from search.core.registry import Registry
 
 #: Target name -> class or factory, called with keyword settings (threads, repeats).
@@ -27,6 +28,8 @@ class Latency:
     target: str
     error_pct: float | None = None  # a prediction's expected error (cross-validated MAPE)
     min_ms: float | None = None  # fastest timed run: the least disturbed by a busy machine
+    low_ms: float | None = None  # a prediction's interval (about 90% coverage); None when measured
+    high_ms: float | None = None
 
 
 class Target(ABC):
@@ -54,6 +57,17 @@ class Target(ABC):
         """Raise ``UserError`` when the target cannot be used (an unreachable agent); returns what it
         learnt about the device (empty when there is nothing to ask)."""
         return {}
+
+    def node_times(self, onnx_path: Path, input_shape: tuple[int, ...]) -> dict[str, tuple[str, float]]:
+        """Each executed node's op type and mean microseconds per run, from onnxruntime's profiler on
+        the device (``targets.agent.profile_nodes``), for kernel-level calibration. A target that
+        cannot time single kernels raises ``UserError``."""
+        raise UserError(f"{self.name} cannot time single kernels (only measured targets can)")
+
+    def disabled_optimizers(self) -> tuple[str, ...]:
+        """Graph optimizers of this machine's onnxruntime that the device's does not apply, so that
+        ``targets.kernels.executed_graph`` here stands for the graph the device runs."""
+        return ()
 
     def exclusive(self) -> contextlib.AbstractContextManager:
         """Hold the device for a series of measurements (this machine's CPU: its slot; a remote

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from targets.agent import fixed_input, session_options, time_runs
+from targets.agent import fixed_input, profile_nodes, session_options, time_runs
 from targets.base import TARGETS, Latency, Target
 from targets.slot import slot_for
 
@@ -50,6 +50,10 @@ class HostTarget(Target):
             target=self.name,
             min_ms=float(times.min() * 1e3),
         )
+
+    def node_times(self, onnx_path: Path, input_shape: tuple[int, ...]) -> dict[str, tuple[str, float]]:
+        with self.exclusive():
+            return profile_nodes(Path(onnx_path).read_bytes(), input_shape, self.threads, self.repeats)
 
     def exclusive(self) -> contextlib.AbstractContextManager:
         return slot_for(HOST_DEVICE).measure()

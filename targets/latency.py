@@ -9,8 +9,9 @@ A target name resolves to up to three parts:
 - a **profile**: the device's memory, dtypes and ops, which decide deployability.
 
 ``measure`` times every candidate; ``predict`` predicts every candidate; ``hybrid`` predicts every
-candidate and measures the ones that could join the front (plus a random sample), and the final
-front is re-measured, so the models a user gets carry measured latencies.
+candidate and measures the baselines and the ones whose prediction interval straddles the current
+front (``search.front.pareto.straddles``: they may or may not join it), and the final front is
+re-measured, so the models a user gets carry measured latencies.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from targets.predictor import Calibration
 from targets.profile import Profile, ProfileTarget, find_profile
 
 MODES = ("measure", "predict", "hybrid")
-#: Share of non-front candidates a hybrid search measures anyway, to keep checking the predictor.
-HYBRID_SAMPLE = 0.2
 CALIBRATIONS = "targets"  # under the runs root
 
 
@@ -64,9 +63,11 @@ class CalibratedTarget(Target):
 
     def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency:
         seconds = self.calibration.predict_seconds(onnx_path, batch=input_shape[0])
+        low, high = self.calibration.bounds(seconds * 1e3)
         return Latency(
             median_ms=seconds * 1e3, p90_ms=seconds * 1e3, repeats=0, threads=self.calibration.threads,
             source="predicted:calibrated", target=self.name, error_pct=self.calibration.error_pct,
+            low_ms=low, high_ms=high,
         )
 
     def describe(self) -> str:

@@ -9,8 +9,11 @@ that do not multiply-accumulate), the bytes it moves (weights read plus outputs 
 node count. Latency is a non-negative combination of those features plus a constant per call,
 fitted by non-negative least squares on relative error, so each coefficient is a per-class cost
 and more work never predicts less time; a boosted-tree correction on top learns the interactions
-a sum cannot express. ``calibrate`` chooses between them, next to a FLOPs-proportional model and
-the profile's analytic prior, by cross-validation.
+a sum cannot express. These model-level predictors are the baselines of the kernel-level one
+(``KERNEL_LEVEL``, ``targets.kernels``), which predicts each executed kernel from onnxruntime's
+per-node profile and sums them. ``calibrate`` chooses between them, next to a FLOPs-proportional
+model and the profile's analytic prior, by cross-validation, and attaches a prediction interval
+from the chosen model's cross-validated errors (``conformal``).
 
 Needs numpy, scipy and scikit-learn (fitting only), never torch.
 """
@@ -18,6 +21,7 @@ Needs numpy, scipy and scikit-learn (fitting only), never torch.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,8 +33,21 @@ from scipy.optimize import nnls
 from search.core.atomic import write_text
 from search.core.errors import UserError
 from targets.graph import GraphCost, NodeCost, analyze, optimized
+from targets.kernels import (
+    Kernels,
+    fit_head,
+    fit_nodes,
+    fit_scales,
+    model_kernels,
+    predict_head,
+    predict_nodes,
+)
 
 TOLERANCE = 0.10  # "within ±10%"
+#: The kernel-level predictor's name (its parameters: the node model, the head, the graph settings).
+KERNEL_LEVEL = "kernel-level"
+#: Coverage of the prediction interval every calibrated latency carries.
+COVERAGE = 0.90
 CONV_KINDS = ("Conv", "ConvInteger", "QLinearConv", "FusedConv", "ConvTranspose")
 MATMUL_KINDS = (
     "MatMul", "Gemm", "FusedMatMul", "FusedGemm", "QGemm", "MatMulInteger", "QLinearMatMul",
@@ -254,17 +271,125 @@ def _nnls_relative(design: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef
 
 
-def cross_validate(
+def out_of_fold(
     x: np.ndarray, prior: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0
-) -> dict[str, Score]:
-    """K-fold cross-validated score of every model in ``MODELS`` on the same folds."""
+) -> dict[str, np.ndarray]:
+    """K-fold out-of-fold predictions of every model in ``MODELS`` on the same folds."""
     order = np.random.default_rng(seed).permutation(len(y))
     predictions = {name: np.empty(len(y)) for name in MODELS}
     for fold in np.array_split(order, folds):
         train = np.setdiff1d(order, fold)
         for name, fit in MODELS.items():
             predictions[name][fold] = fit(x[train], prior[train], y[train])(x[fold], prior[fold])
-    return {name: score(p, y) for name, p in predictions.items()}
+    return predictions
+
+
+def cross_validate(
+    x: np.ndarray, prior: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0
+) -> dict[str, Score]:
+    """K-fold cross-validated score of every model in ``MODELS`` on the same folds."""
+    return {name: score(p, y) for name, p in out_of_fold(x, prior, y, folds, seed).items()}
+
+
+def fit_kernel_level(
+    models: Sequence[Kernels], node_us: Sequence[np.ndarray], y: np.ndarray,
+    graph: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The kernel-level predictor's parameters: the per-kernel cost model fitted on every profiled
+    node of ``models`` (``node_us``: measured microseconds per node, NaN where not profiled), and
+    the head mapping the kernels' predicted times to the measured whole-model ``y`` seconds."""
+    xs = [k.x[np.isfinite(t)] for k, t in zip(models, node_us)]
+    kinds = [kind for k, t in zip(models, node_us) for kind, ok in zip(k.kinds, np.isfinite(t)) if ok]
+    us = np.concatenate([t[np.isfinite(t)] for t in node_us])
+    nodes = fit_nodes(np.vstack(xs), kinds, us)
+    head = fit_head(models, [predict_nodes(nodes, k) for k in models], y)
+    return {"nodes": nodes, "head": head, "graph": dict(graph or {})}
+
+
+def predict_kernel_level(params: dict[str, Any], models: Sequence[Kernels]) -> np.ndarray:
+    """Seconds predicted for each model's kernels by kernel-level parameters (a transferred
+    calibration's ``adjust``: a x head + b + c x kernels, fitted on the new device)."""
+    node_pred = [predict_nodes(params["nodes"], k) for k in models]
+    seconds = predict_head(params["head"], models, node_pred)
+    adjust = params.get("adjust")
+    if adjust:
+        counts = np.array([len(k) for k in models], dtype=float)
+        seconds = np.maximum(adjust_design(seconds, counts) @ np.asarray(adjust), 1e-6)
+    return seconds
+
+
+def adjust_design(seconds: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Columns of a transferred calibration's adjustment: the head's prediction, 1, kernel count."""
+    return np.column_stack([seconds, np.ones(len(seconds)), counts * 1e-6])
+
+
+def cross_validate_kernels(
+    models: Sequence[Kernels], node_us: Sequence[np.ndarray], y: np.ndarray, folds: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
+    """Out-of-fold kernel-level predictions (the same folds as ``cross_validate``)."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    out = np.empty(len(y))
+    for fold in np.array_split(order, folds):
+        train = np.setdiff1d(order, fold)
+        params = fit_kernel_level([models[i] for i in train], [node_us[i] for i in train], y[train])
+        out[fold] = predict_kernel_level(params, [models[i] for i in fold])
+    return out
+
+
+def fit_transfer(
+    source: dict[str, Any], models: Sequence[Kernels], node_us: Sequence[np.ndarray], y: np.ndarray,
+    graph: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Kernel-level parameters for device B from device A's (``source``) and a few of B's samples:
+    A's kernel cost model with per-kind lines from A's predicted to B's profiled node times
+    (``targets.kernels.fit_scales``), A's head, and a three-parameter adjustment of the head fitted
+    on B's whole-model times (few samples cannot refit a head per kernel group)."""
+    nodes = {key: value for key, value in source["nodes"].items() if key != "transfer"}
+    kinds = [kind for k, t in zip(models, node_us) for kind, ok in zip(k.kinds, np.isfinite(t)) if ok]
+    predicted = np.concatenate([predict_nodes(nodes, k)[np.isfinite(t)] for k, t in zip(models, node_us)])
+    measured = np.concatenate([t[np.isfinite(t)] for t in node_us])
+    nodes["transfer"] = fit_scales(predicted, kinds, measured)
+    params = {"nodes": nodes, "head": source["head"], "graph": dict(graph or source["graph"])}
+    head = predict_kernel_level(params, models)
+    counts = np.array([len(k) for k in models], dtype=float)
+    params["adjust"] = _nnls_relative(adjust_design(head, counts), y).tolist()
+    return params
+
+
+def transfer_out_of_fold(
+    source: dict[str, Any], models: Sequence[Kernels], node_us: Sequence[np.ndarray], y: np.ndarray,
+) -> np.ndarray:
+    """Leave-one-model-out predictions of a transferred calibration (few samples: every one held
+    out once)."""
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        rest = [j for j in range(len(y)) if j != i]
+        params = fit_transfer(source, [models[j] for j in rest], [node_us[j] for j in rest], y[rest])
+        out[i] = predict_kernel_level(params, [models[i]])[0]
+    return out
+
+
+def conformal(predicted: np.ndarray, measured: np.ndarray, coverage: float = COVERAGE) -> list[float]:
+    """A split-conformal interval from held-out (or out-of-fold) predictions: the quantiles of
+    log(measured / predicted) at (1 - coverage) / 2 and (1 + coverage) / 2, each taken at the
+    finite-sample rank (ceil((n + 1) q) of n, clipped to the extremes), so that a new prediction's
+    interval [p * exp(low), p * exp(high)] holds the measurement with about ``coverage``
+    probability when errors are exchangeable. Returns [low, high] as log ratios."""
+    r = np.sort(np.log(np.asarray(measured) / np.asarray(predicted)))
+    n = len(r)
+    if n == 0:
+        return [0.0, 0.0]
+    tail = (1 - coverage) / 2
+    hi = min(n - 1, math.ceil((n + 1) * (1 - tail)) - 1)
+    lo = max(0, math.floor((n + 1) * tail) - 1)
+    return [float(min(r[lo], 0.0)), float(max(r[hi], 0.0))]
+
+
+def coverage_of(predicted: np.ndarray, measured: np.ndarray, interval: Sequence[float]) -> float:
+    """Share of ``measured`` inside [predicted * exp(low), predicted * exp(high)]."""
+    low, high = np.asarray(predicted) * np.exp(interval[0]), np.asarray(predicted) * np.exp(interval[1])
+    return float(np.mean((measured >= low) & (measured <= high)))
 
 
 @dataclass(frozen=True)
@@ -280,6 +405,10 @@ class Calibration:
     threads: int
     created: str
     device: str
+    #: The prediction interval: [low, high] log ratios of measured / predicted (``conformal``).
+    interval: tuple[float, float] = (0.0, 0.0)
+    #: Where the calibration came from: ``scratch``, or ``transfer from <calibration>``.
+    origin: str = "scratch"
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -288,7 +417,15 @@ class Calibration:
         return float(self.cv[self.model]["mape"])
 
     def predict_seconds(self, path: Path, batch: int = 1) -> float:
+        if self.model == KERNEL_LEVEL:
+            graph = self.params["graph"]
+            k = model_kernels(path, batch, self.threads, graph.get("disabled_optimizers", ()))
+            return float(predict_kernel_level(self.params, [k])[0])
         return float(predict_params(self.params, graph_features(path, batch))[0])
+
+    def bounds(self, seconds: float) -> tuple[float, float]:
+        """The prediction interval around a predicted latency (same unit)."""
+        return seconds * math.exp(self.interval[0]), seconds * math.exp(self.interval[1])
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,28 +437,39 @@ class Calibration:
         try:
             data = json.loads(path.read_text())
             data["feature_names"] = tuple(data["feature_names"])
+            data["interval"] = tuple(data.get("interval", (0.0, 0.0)))
             calibration = cls(**data)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise UserError(f"cannot read calibration {path}: {exc}") from None
-        if calibration.feature_names != FEATURES or calibration.model not in STORABLE:
+        if calibration.feature_names != FEATURES or calibration.model not in (*STORABLE, KERNEL_LEVEL):
             raise UserError(f"calibration {path} was made by another version; run edgepareto calibrate again")
         return calibration
 
 
 def fit_calibration(
     x: np.ndarray, prior: np.ndarray, y: np.ndarray, *, target: str, threads: int, created: str,
-    device: str, folds: int = 5,
+    device: str, folds: int = 5, kernels: Sequence[Kernels] | None = None,
+    node_us: Sequence[np.ndarray] | None = None, graph: dict[str, Any] | None = None,
 ) -> Calibration:
-    """Cross-validate every model, then fit the storable one with the best held-out score (the
-    share within ±10%, then the MAPE) on all samples."""
+    """Cross-validate every model (the kernel-level one too when ``kernels`` and their profiled
+    ``node_us`` are given), then fit the storable one with the best held-out score (the share within
+    ±10%, then the MAPE) on all samples; its out-of-fold errors give the prediction interval."""
     if len(y) < 2 * folds:
         raise UserError(f"calibration needs at least {2 * folds} measured models, got {len(y)}")
-    cv = cross_validate(x, prior, y, folds)
-    chosen = max(STORABLE, key=lambda name: (cv[name].within, -cv[name].mape))
+    predictions = out_of_fold(x, prior, y, folds)
+    if kernels is not None and node_us is not None:
+        predictions[KERNEL_LEVEL] = cross_validate_kernels(kernels, node_us, y, folds)
+    cv = {name: score(p, y) for name, p in predictions.items()}
+    choices = [name for name in (*STORABLE, KERNEL_LEVEL) if name in predictions]
+    chosen = max(choices, key=lambda name: (cv[name].within, -cv[name].mape))
+    if chosen == KERNEL_LEVEL:
+        params = fit_kernel_level(kernels, node_us, y, graph)  # type: ignore[arg-type]
+    else:
+        params = STORABLE[chosen](x, y)
     return Calibration(
-        target=target, model=chosen, params=STORABLE[chosen](x, y), feature_names=FEATURES,
+        target=target, model=chosen, params=params, feature_names=FEATURES,
         cv={name: asdict(s) for name, s in cv.items()}, samples=len(y), threads=threads,
-        created=created, device=device,
+        created=created, device=device, interval=tuple(conformal(predictions[chosen], y)),
     )
 
 

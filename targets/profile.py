@@ -9,6 +9,7 @@ every latency it gives is labelled ``predicted:analytic``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ from targets.base import TARGETS, Latency, Target
 from targets.graph import GraphCost, NodeCost, analyze
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
+#: The analytic prior's 90% prediction interval, as log(measured / predicted): the split-conformal
+#: interval (``targets.predictor.conformal``) over the 51 published board measurements of
+#: ``profiles/published.csv`` against the prior with the shipped constants (``edgepareto bench
+#: profiles``): x0.57 to x1.84. A check against other runtimes on other people's boards, so wide.
+PRIOR_INTERVAL = (-0.567, 0.612)
 COMPUTE_DTYPES = ("float32", "int8", "float16")
 #: Ops whose MACs run on integer kernels (QDQ graphs are fused into these by onnxruntime).
 INT8_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
@@ -165,9 +171,10 @@ class ProfileTarget(Target):
 
     def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency:
         seconds = predict_seconds(analyze(onnx_path, batch=input_shape[0]), self.profile, self.threads)
+        low, high = (seconds * 1e3 * math.exp(v) for v in PRIOR_INTERVAL)
         return Latency(
             median_ms=seconds * 1e3, p90_ms=seconds * 1e3, repeats=0, threads=self.threads,
-            source="predicted:analytic", target=self.name,
+            source="predicted:analytic", target=self.name, low_ms=low, high_ms=high,
         )
 
     def describe(self) -> str:

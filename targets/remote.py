@@ -29,6 +29,7 @@ from search.core.urls import agent_url
 from targets.agent import UsageError, check_token, tls_reason
 from targets.agent import read_token as read_agent_token
 from targets.base import TARGETS, Latency, Target
+from targets.kernels import X86_ONLY_OPTIMIZERS
 
 TOKEN_ENV = "EDGEPARETO_AGENT_TOKEN"
 TOKEN_FILE_ENV = "EDGEPARETO_AGENT_TOKEN_FILE"
@@ -166,6 +167,22 @@ class RemoteTarget(Target):
 
     # -- Target ------------------------------------------------------------------------------
     def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency:
+        answer = self._measure(onnx_path, input_shape)
+        try:
+            median, p90 = float(answer["median_ms"]), float(answer["p90_ms"])
+            repeats = int(answer["repeats"])
+        except (KeyError, TypeError, ValueError):
+            raise CandidateError(f"agent {self.url}: the answer lacks median_ms, p90_ms or repeats") from None
+        return Latency(
+            median_ms=median, p90_ms=p90, repeats=repeats, threads=self.threads,
+            source="measured:remote", target=self.name,
+            min_ms=float(answer["min_ms"]) if "min_ms" in answer else None,
+        )
+
+    def _measure(
+        self, onnx_path: Path, input_shape: tuple[int, ...], profile: bool = False,
+    ) -> dict[str, Any]:
+        """The agent's answer for one file, uploaded only when the agent does not hold it."""
         info = self._info if self._info is not None else self.check()
         data = Path(onnx_path).read_bytes()
         limit = info.get("max_model_bytes")
@@ -177,6 +194,7 @@ class RemoteTarget(Target):
         measure = "/v1/measure?" + urllib.parse.urlencode({
             "model": sha, "input_shape": ",".join(str(int(d)) for d in input_shape),
             "warmup": self.warmup, "repeats": self.repeats, "threads": self.threads,
+            **({"profile": 1} if profile else {}),
         })
         deadline = time.monotonic() + self.timeout_s
         try:  # asked by hash first: a file the agent already holds is not sent again
@@ -190,16 +208,18 @@ class RemoteTarget(Target):
                     f"agent {self.url}: model {sha[:12]} was dropped from its cache right after the upload "
                     "(its --cache-models or --cache-mb is too small for the clients it serves)"
                 ) from None
-        try:
-            median, p90 = float(answer["median_ms"]), float(answer["p90_ms"])
-            repeats = int(answer["repeats"])
-        except (KeyError, TypeError, ValueError):
-            raise CandidateError(f"agent {self.url}: the answer lacks median_ms, p90_ms or repeats") from None
-        return Latency(
-            median_ms=median, p90_ms=p90, repeats=repeats, threads=self.threads,
-            source="measured:remote", target=self.name,
-            min_ms=float(answer["min_ms"]) if "min_ms" in answer else None,
-        )
+        return answer
+
+    def node_times(self, onnx_path: Path, input_shape: tuple[int, ...]) -> dict[str, tuple[str, float]]:
+        nodes = self._measure(onnx_path, input_shape, profile=True).get("nodes")
+        if not isinstance(nodes, dict):
+            raise UserError(f"agent {self.url} does not time single kernels; update it to this version")
+        return {str(k): (str(v[0]), float(v[1])) for k, v in nodes.items()}
+
+    def disabled_optimizers(self) -> tuple[str, ...]:
+        info = self._info if self._info is not None else self.check()
+        machine = str(info.get("machine", "")).lower()
+        return () if machine in ("x86_64", "amd64", "i686", "x86") else X86_ONLY_OPTIMIZERS
 
     def _exchange(
         self, path: str, data: bytes, deadline: float, method: str = "POST", not_held: bool = False,

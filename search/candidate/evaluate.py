@@ -57,6 +57,8 @@ class Metrics:
     params: int
     macs: int
     sparsity: float
+    latency_low_ms: float | None = None  # a prediction's interval (about 90%); None when measured
+    latency_high_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +197,8 @@ def evaluate(
         latency_p90_ms=latency.p90_ms,
         latency_source=latency.source,
         latency_error_pct=latency.error_pct,
+        latency_low_ms=latency.low_ms,
+        latency_high_ms=latency.high_ms,
         size_mb=path.stat().st_size / MB,
         compressed_mb=compressed_mb(path),
         params=int(params),

@@ -272,11 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--runs-dir", default="runs")
     calibrate.add_argument("--seed", type=_bounded("seed"), default=0)
+    calibrate.add_argument(
+        "--from", dest="source", default=None,
+        help="adapt another device's calibration (a file, a folder of runs/targets such as host-1t, or "
+        "its target name) from --samples models (use 20) instead of calibrating from scratch",
+    )
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument(
         "what",
-        choices=["search", "techniques", "predictor", "scaling", "service", "scale", "families", "peers"],
+        choices=["search", "techniques", "predictor", "scaling", "service", "scale", "families", "peers",
+                 "profiles"],
     )
     bench.add_argument("--trials", type=_bounded("trials"), default=None, help="default 20 (scale: 3)")
     bench.add_argument("--seeds", type=_bounded("seeds"), default=3)
@@ -288,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ca-file", help="predictor: PEM certificate (or CA) of an https agent")
     bench.add_argument("--train", type=_bounded("train"), default=150, help="predictor: models fitted on")
     bench.add_argument("--held-out", type=_bounded("held_out"), default=60, help="predictor: models scored")
+    bench.add_argument(
+        "--from", dest="source", default=None,
+        help="predictor: measure transfer from this calibration (as calibrate --from) to --target at "
+        "--threads with 10, 20 and 50 samples",
+    )
+    bench.add_argument("--threads", type=_bounded("threads"), default=None,
+                       help="predictor: threads of the measured target (default 1; 2 with --from)")
     bench.add_argument(
         "--epochs", type=_bounded("epochs"), default=None,
         help="scaling, scale, families, search --fidelity, techniques --quantization/--mixed-precision: "
@@ -491,7 +504,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     calibration, path = calibrate(
         args.target, agent=args.agent, samples=args.samples, models=args.model or DEFAULT_MODELS,
         img_size=args.img_size, threads=args.threads, repeats=args.repeats,
-        runs_root=Path(args.runs_dir), seed=args.seed, log=_log, ca_file=args.ca_file,
+        runs_root=Path(args.runs_dir), seed=args.seed, log=_log, ca_file=args.ca_file, source=args.source,
     )
     print(format_calibration(calibration, path))
     return 0
@@ -512,12 +525,32 @@ def _bench(args: argparse.Namespace) -> int:
         )
         print(format_families(rows))
         return 0
-    if args.what == "predictor":
-        from search.calibrate.fit import DEFAULT_MODELS, bench_predictor, format_bench
+    if args.what == "profiles":
+        from search.bench.profiles import bench_profiles, format_profiles
 
+        print(format_profiles(*bench_profiles(log=_log)))
+        return 0
+    if args.what == "predictor":
+        from search.calibrate.fit import (
+            DEFAULT_MODELS,
+            bench_predictor,
+            bench_transfer,
+            format_bench,
+            format_transfer,
+        )
+
+        models = _csv(args.model) if args.model else DEFAULT_MODELS
+        if args.source:
+            table = bench_transfer(
+                args.source, args.target, agent=args.agent, held_out=args.held_out, models=models,
+                img_size=args.img_size or 32, threads=args.threads or 2, runs_root=Path(args.runs_dir),
+                log=_log, ca_file=args.ca_file,
+            )
+            print(format_transfer(table))
+            return 0
         table = bench_predictor(
-            args.target, agent=args.agent, train=args.train, held_out=args.held_out,
-            models=_csv(args.model) if args.model else DEFAULT_MODELS, img_size=args.img_size or 32,
+            args.target, agent=args.agent, train=args.train, held_out=args.held_out, models=models,
+            img_size=args.img_size or 32, threads=args.threads or 1,
             save_to=Path(args.runs_dir) / "bench" / f"predictor-{time.strftime('%Y%m%d-%H%M%S')}.csv",
             log=_log, ca_file=args.ca_file,
         )

@@ -92,6 +92,8 @@ def finalize(
             "latency_p90_ms": latency.p90_ms,
             "latency_source": latency.source,
             "latency_error_pct": latency.error_pct,
+            "latency_low_ms": latency.low_ms,  # a prediction's ~90% interval; empty when measured
+            "latency_high_ms": latency.high_ms,
             "size_mb": a["size_mb"],
             "compressed_mb": a["compressed_mb"],
             "params": a["params"],

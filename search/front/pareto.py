@@ -53,6 +53,17 @@ def is_dominated(
     return bool(np.any(np.all(arr <= p, axis=1) & np.any(arr < p, axis=1)))
 
 
+def straddles(
+    optimistic: Sequence[float], pessimistic: Sequence[float], others: Sequence[Sequence[float]],
+    directions: Sequence[str],
+) -> bool:
+    """Whether a point known only within an interval straddles the front of ``others``: at its
+    optimistic end (every uncertain objective at its best bound) nothing dominates it, at its
+    pessimistic end something does. Such a point may or may not join the front; one dominated even
+    at its best is out for sure, one undominated even at its worst is in for sure."""
+    return not is_dominated(optimistic, others, directions) and is_dominated(pessimistic, others, directions)
+
+
 def nondominated_order(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
     """Indices of ``points`` best first, NSGA-II's order (Deb et al., 2002): by non-domination rank
     (the Pareto front first, then the front of what is left, ...), and within a rank by crowding

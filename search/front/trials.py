@@ -34,6 +34,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "latency_p90_ms": a.get("latency_p90_ms"),
             "latency_source": a.get("latency_source"),
             "latency_error_pct": a.get("latency_error_pct"),
+            "latency_low_ms": a.get("latency_low_ms"),  # a prediction's ~90% interval (None: measured)
+            "latency_high_ms": a.get("latency_high_ms"),
             "latency_predicted_ms": a.get("latency_predicted_ms"),
             "infeasible_reason": a.get("infeasible_reason", ""),
             "size_mb": a.get("size_mb"),

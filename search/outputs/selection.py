@@ -61,6 +61,17 @@ class Budget:
             out["min_accuracy"] = 1 - row["test_accuracy"] / self.min_accuracy if self.min_accuracy else 0.0
         return out
 
+    def certainty(self, row: Mapping[str, Any]) -> str | None:
+        """How surely ``row`` meets the latency limit: ``measured`` (its latency is a measurement),
+        ``sure`` (predicted, and the upper end of its interval is within the limit), ``estimate``
+        (only its point estimate is within); None without a latency limit or when it misses it."""
+        if self.max_latency_ms is None or row["latency_ms"] > self.max_latency_ms:
+            return None
+        if not str(row.get("latency_source") or "measured").startswith("predicted"):
+            return "measured"
+        high = row.get("latency_high_ms")
+        return "sure" if _number(high) and high <= self.max_latency_ms else "estimate"
+
     def describe(self) -> str:
         parts = []
         if self.max_latency_ms is not None:
@@ -82,6 +93,10 @@ class Selection:
     prefer: str
     shortfalls: dict[str, float]
     candidates: int  # Pareto models that met the budget
+    #: How surely the chosen model meets the latency limit (``Budget.certainty``).
+    certainty: str | None = None
+    #: When the chosen model fits only by its point estimate: the best one that fits for sure.
+    sure_alternative: dict[str, Any] | None = None
 
     @property
     def trial(self) -> int:
@@ -95,13 +110,35 @@ class Selection:
             f"size {m['size_mb']:.3f} MB"
         )
         if self.fits:
-            return f"chosen for {self.budget.describe()} (best {self.prefer}, {self.candidates} fit): {what}"
+            chosen = f"chosen for {self.budget.describe()} (best {self.prefer}, {self.candidates} fit)"
+            return f"{chosen}: {what}{self._certainty_note()}"
         misses = ", ".join(f"{_LABELS[k]} {v * 100:.1f}% off" for k, v in self.shortfalls.items())
         return f"no Pareto model fits {self.budget.describe()}; closest is {what} ({misses})"
 
+    def _certainty_note(self) -> str:
+        limit = self.budget.max_latency_ms
+        high = self.model.get("latency_high_ms")
+        if self.certainty == "sure":
+            return (f"; fits for sure: the upper end of its predicted interval, {high:.3f} ms, is within "
+                    f"{limit:g} ms")
+        if self.certainty != "estimate":
+            return ""
+        bound = f"up to {high:.3f} ms" if _number(high) else "of unknown spread"
+        note = (f"; fits only by its point estimate: its predicted interval reaches {bound}, over {limit:g} "
+                "ms (measure it with --agent to be sure)")
+        alt = self.sure_alternative
+        if alt is not None:
+            worst = alt.get("latency_high_ms") if _number(alt.get("latency_high_ms")) else alt["latency_ms"]
+            note += (f"; the best model that fits for sure is trial {int(alt['trial'])} "
+                     f"({alt['test_accuracy'] * 100:.2f}%, up to {worst:.3f} ms)")
+        return note
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "fits": self.fits, "prefer": self.prefer, "budget": self.budget.describe(),
+            "fits": self.fits, "certainty": self.certainty, "prefer": self.prefer,
+            "sure_alternative": None if self.sure_alternative is None
+            else int(self.sure_alternative["trial"]),
+            "budget": self.budget.describe(),
             "limits": {k: v for k, v in vars(self.budget).items() if v is not None},
             "candidates": self.candidates, "shortfalls": self.shortfalls, "model": self.model,
         }
@@ -122,7 +159,10 @@ def select(pareto: pd.DataFrame, budget: Budget, prefer: str = "accuracy") -> Se
     rows = [plain_record(r) for r in ranked.to_dict(orient="records")]
     fitting = [r for r in rows if not budget.shortfalls(r)]
     if fitting:
-        return Selection(True, fitting[0], budget, prefer, {}, len(fitting))
+        certainty = budget.certainty(fitting[0])
+        sure = [r for r in fitting if budget.certainty(r) in ("sure", "measured")]
+        alternative = sure[0] if certainty == "estimate" and sure else None
+        return Selection(True, fitting[0], budget, prefer, {}, len(fitting), certainty, alternative)
     closest = min(rows, key=lambda r: sum(budget.shortfalls(r).values()))  # min keeps the first of ties
     return Selection(False, closest, budget, prefer, budget.shortfalls(closest), 0)
 

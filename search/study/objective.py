@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -26,7 +25,7 @@ from search.config.run_config import RunConfig
 from search.core.atomic import write_json
 from search.core.layout import METRICS_FILE, PARAMS_FILE, trial_dir
 from search.core.stages import StageClock
-from search.front.pareto import is_dominated
+from search.front.pareto import straddles
 from search.study.cluster import BASELINE_ATTR
 from search.study.constraints import (
     DUPLICATE_ATTR,
@@ -44,7 +43,7 @@ from spaces import TECHNIQUES, Candidate, Context, Step
 from spaces.space import JointSpace
 from targets.deploy import deployability
 from targets.graph import analyze
-from targets.latency import HYBRID_SAMPLE, LatencyPlan
+from targets.latency import LatencyPlan
 from targets.slot import checkpoint as slot_checkpoint
 from targets.slot import slot_for
 
@@ -52,6 +51,7 @@ BASELINE_POLL_S = 1.0
 #: A finished trial's attributes that a duplicate carries over: what the candidate scored and where.
 REUSED_ATTRS = (
     "accuracy", "latency_ms", "latency_p90_ms", "latency_source", "latency_error_pct", "latency_predicted_ms",
+    "latency_low_ms", "latency_high_ms",
     "size_mb", "compressed_mb", "params", "macs", "sparsity", "artifact", "infeasible_reason",
     "recovery_epochs",
 )
@@ -182,7 +182,8 @@ class Objective:
             trial.set_user_attr("latency_predicted_ms", metrics.latency_ms)
             metrics = replace(
                 metrics, latency_ms=measured.median_ms, latency_p90_ms=measured.p90_ms,
-                latency_source=measured.source, latency_error_pct=None,
+                latency_source=measured.source, latency_error_pct=None, latency_low_ms=None,
+                latency_high_ms=None,
             )
         clock.enter("other")
         for key, value in metrics.to_dict().items():
@@ -347,12 +348,16 @@ class Objective:
                 time.sleep(BASELINE_POLL_S)
 
     def worth_measuring(self, trial: optuna.Trial, metrics: Metrics) -> bool:
-        """Hybrid: measure a candidate that no finished trial dominates on its predicted values, a
-        baseline, and a seeded random share of the rest (which keeps checking the predictor)."""
+        """Hybrid: measure a baseline, and a candidate whose latency interval straddles the front of
+        the finished feasible trials (``straddles``): one dominated even at its interval's fast end
+        cannot join the front, one undominated even at its slow end joins it whatever the truth
+        (the final front is measured anyway); only the ones in between need the device."""
         if trial.user_attrs.get(BASELINE_ATTR):
-            return True
-        if random.Random(self.cfg.seed * 1_000_003 + trial.number).random() < HYBRID_SAMPLE:
             return True
         done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         others = [t.values for t in done if is_feasible(t)]
-        return not is_dominated(objective_values(metrics, self.cfg.objectives), others, self.cfg.directions)
+        point = metrics.latency_ms
+        low = point if metrics.latency_low_ms is None else metrics.latency_low_ms
+        high = point if metrics.latency_high_ms is None else metrics.latency_high_ms
+        ends = [objective_values(replace(metrics, latency_ms=v), self.cfg.objectives) for v in (low, high)]
+        return straddles(ends[0], ends[1], others, self.cfg.directions)

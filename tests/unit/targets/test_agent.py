@@ -68,6 +68,29 @@ def test_measure(agent, model_bytes):
     assert body["started_at"] <= body["finished_at"] and body["onnxruntime"] and body["machine"]
 
 
+def test_remote_target_times_each_kernel_like_the_host(agent, model_bytes, tmp_path, monkeypatch):
+    """``profile=1``: the agent answers every executed node with its op and mean microseconds, the
+    same nodes (by name) as the host's profiler and the executed graph here, so one calibration code
+    path serves host and device."""
+    from targets.host import HostTarget
+    from targets.kernels import model_kernels, named_bytes
+
+    monkeypatch.setenv("EDGEPARETO_AGENT_TOKEN", TOKEN)
+    raw_path = tmp_path / "raw.onnx"
+    raw_path.write_bytes(model_bytes)
+    path = tmp_path / "named.onnx"
+    path.write_bytes(named_bytes(raw_path))
+    remote = create_target(f"remote:{agent.url}", threads=1, repeats=5)
+    nodes = remote.node_times(path, (1, 3, 16, 16))
+    here = HostTarget(repeats=5).node_times(path, (1, 3, 16, 16))
+    executed = model_kernels(path, disabled_optimizers=remote.disabled_optimizers())
+    assert set(nodes) == set(here) == set(executed.names)
+    assert all(op and us > 0 for op, us in nodes.values())
+    assert remote.disabled_optimizers() == ()  # an x86 agent applies the same layout transforms
+    status, body, _ = agent.measure(model_bytes, "input_shape=1,3,16,16&repeats=3")
+    assert status == 200 and "nodes" not in body  # only when asked
+
+
 @pytest.mark.parametrize("token", [None, "wrong-token", ""])
 def test_token_required(agent, model_bytes, token):
     for status, body, headers in (agent.request("/v1/info", token=token),
@@ -112,7 +135,7 @@ def test_wrong_input_shape_is_400(agent, model_bytes):
     "warmup=1", "input_shape=1,3,0,16", "input_shape=1,a", "input_shape=", "input_shape=100000,100000,100",
     *(f"input_shape=1,3,16,16&{q}" for q in (
         "repeats=0", "repeats=10001", "warmup=-1", "warmup=1001", "threads=0", "repeats=x", "bogus=1",
-        "repeats=2&repeats=3", f"threads={(os.cpu_count() or 1) + 1}",
+        "repeats=2&repeats=3", f"threads={(os.cpu_count() or 1) + 1}", "profile=2", "profile=yes",
     )),
 ])
 def test_bad_query_is_400(agent, model_bytes, query):

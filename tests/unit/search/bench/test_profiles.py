@@ -137,3 +137,17 @@ def test_mlperf_tiny_models_build_export_once_and_analyse(tmp_path):
     assert costs[("mlperf_tiny_resnet8", 32, 10)].macs > 0
     graph_costs([("mlperf_tiny_resnet8", 32, 10)], tmp_path)
     assert path.stat().st_mtime_ns == stamp  # reused, not exported again
+
+
+@pytest.mark.slow
+def test_the_analytic_priors_interval_is_the_published_tables(tmp_path):
+    """``PRIOR_INTERVAL``, the interval every analytic prediction carries, is the split-conformal
+    interval of the published rows against the prior with the shipped constants: change a profile
+    or the table, and this says the interval must be measured again."""
+    from search.bench.profiles import bench_profiles
+    from targets.predictor import conformal
+    from targets.profile import PRIOR_INTERVAL
+
+    comparison, _ = bench_profiles(cache_dir=tmp_path)
+    got = conformal(comparison["prior_ms"].to_numpy(), comparison["published_ms"].to_numpy())
+    assert got == pytest.approx(list(PRIOR_INTERVAL), abs=0.005)

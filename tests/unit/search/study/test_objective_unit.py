@@ -4,8 +4,8 @@ build and evaluation steps replaced: nothing here trains, exports or measures.""
 from __future__ import annotations
 
 import json
-import random
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -23,7 +23,6 @@ from search.study.progress import Progress
 from search.study.runs_root import RunsRoot
 from search.task.data import SkipLog
 from targets import Latency
-from targets.latency import HYBRID_SAMPLE
 from tests.support.studies import new_study, quiet_progress
 
 
@@ -178,31 +177,35 @@ def test_baseline_accuracy_waits_for_a_baseline_running_elsewhere(tmp_path, monk
     assert stages == ["waiting for the resnet18 baseline running elsewhere"] * 3
 
 
-def draw(seed: int, number: int) -> float:
-    return random.Random(seed * 1_000_003 + number).random()
+def interval(accuracy: float, low: float, point: float, high: float, size_mb: float = 0.5) -> Metrics:
+    return replace(metrics(accuracy=accuracy, latency_ms=point, size_mb=size_mb),
+                   latency_low_ms=low, latency_high_ms=high)
 
 
-def test_worth_measuring_in_hybrid_mode(tmp_path):
+def test_hybrid_measures_exactly_the_candidates_whose_interval_straddles_the_front(tmp_path):
+    """The front of feasible finished trials is (0.95 at 1.0 ms, 0.5 MB) and (0.90 at 0.5 ms, 0.5 MB);
+    an infeasible trial (0.99 at 0.1 ms) does not count. Candidates at 0.92, 0.5 MB, predicted with
+    different intervals: only those that may or may not join the front are measured."""
     study = new_study(None, RunConfig())
-    study.add_trial(create_trial(values=[0.95, 1.0, 0.5]))  # feasible: dominates the candidate below
-    study.add_trial(create_trial(values=[0.99, 0.1, 0.1], constraints={"max_size_mb": 1.0}))  # infeasible
+    study.add_trial(create_trial(values=[0.95, 1.0, 0.5]))
+    study.add_trial(create_trial(values=[0.90, 0.5, 0.5]))
+    study.add_trial(create_trial(values=[0.99, 0.1, 0.1], constraints={"max_size_mb": 1.0}))
     trial = study.ask()
-    number = trial.number
-    unlucky = next(s for s in range(1000) if draw(s, number) >= HYBRID_SAMPLE)
-    lucky = next(s for s in range(1000) if draw(s, number) < HYBRID_SAMPLE)
-    skipped = make_objective(tmp_path, RunConfig(seed=unlucky))
-    assert skipped.worth_measuring(trial, metrics(accuracy=0.9, latency_ms=2.0, size_mb=0.5)) is False
-    # not dominated by any feasible trial (the infeasible one does not count): measured
-    assert skipped.worth_measuring(trial, metrics(accuracy=0.97, latency_ms=2.0, size_mb=0.5)) is True
-    assert skipped.worth_measuring(trial, metrics(accuracy=0.9, latency_ms=0.5, size_mb=0.5)) is True
-    # the seeded random share is measured whatever its values
-    sampled = make_objective(tmp_path, RunConfig(seed=lucky))
-    assert sampled.worth_measuring(trial, metrics(accuracy=0.1, latency_ms=9.0, size_mb=9.0)) is True
+    objective = make_objective(tmp_path, RunConfig())
+    cases = {  # (low, point, high) -> measured?
+        (0.6, 0.8, 0.9): False,  # undominated even at its slow end: joins the front whatever the truth
+        (0.9, 0.95, 0.99): False,  # still undominated at 0.99 ms (0.95 needs 1.0 ms)
+        (0.8, 0.9, 1.2): True,  # at 1.2 ms (0.95, 1.0 ms) dominates it, at 0.8 ms nothing does
+        (0.95, 1.05, 1.2): True,  # the point estimate is dominated, the fast end is not
+        (1.1, 1.2, 1.4): False,  # dominated even at its fast end: out whatever the truth
+    }
+    got = {ends: objective.worth_measuring(trial, interval(0.92, *ends)) for ends in cases}
+    assert got == cases
+    # a prediction without an interval never straddles: measured only if it is a baseline
+    assert objective.worth_measuring(trial, metrics(accuracy=0.92, latency_ms=1.05)) is False
     study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
     baseline = study.ask()
-    seed = next(s for s in range(1000) if draw(s, baseline.number) >= HYBRID_SAMPLE)
-    assert make_objective(tmp_path, RunConfig(seed=seed)).worth_measuring(
-        baseline, metrics(accuracy=0.1, latency_ms=9.0, size_mb=9.0)) is True
+    assert objective.worth_measuring(baseline, interval(0.1, 8.0, 9.0, 10.0, size_mb=9.0)) is True
 
 
 # -- one call, with build and evaluate replaced ------------------------------------------------------------
