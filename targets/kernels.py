@@ -270,43 +270,7 @@ def predict_nodes(params: dict[str, Any], k: Kernels) -> np.ndarray:
         return base
     inputs = _tree_inputs(params, k.x, k.kinds)
     correction = boost["init"] + boost["rate"] * sum(tree_predict(t, inputs) for t in boost["trees"])
-    predicted = base * np.exp(correction)
-    scales = params.get("transfer")
-    return predicted if not scales else transferred(scales, predicted, k.kinds)
-
-
-# --- transfer to another device ---------------------------------------------------------------
-#: Shrinkage of a kind's transfer line towards the pooled one, in nodes (a kind with this many
-#: profiled nodes is fitted half on its own and half pooled).
-TRANSFER_SHRINK = 20.0
-
-
-def fit_scales(source_us: np.ndarray, kinds: Sequence[str], us: np.ndarray) -> dict[str, list[float]]:
-    """Per-kind lines log(device B's us) = a + b log(device A's predicted us), fitted on B's
-    profiled nodes, each kind's shrunk towards the pooled line (``TRANSFER_SHRINK``). A scale
-    factor alone (b = 1) cannot express that a second thread halves a large convolution and slows
-    a tiny one; the slope can."""
-    la, lb = np.log(np.maximum(source_us, 0.05)), np.log(np.maximum(us, 0.05))
-    kinds = np.asarray(kinds)
-
-    def line(mask: np.ndarray, prior: np.ndarray | None, weight: float) -> np.ndarray:
-        design = np.column_stack([np.ones(mask.sum()), la[mask]])
-        gram, rhs = design.T @ design, design.T @ lb[mask]
-        if prior is None:
-            prior, weight = np.array([0.0, 1.0]), 1e-3  # a whisper of identity: never singular
-        return np.linalg.solve(gram + weight * np.eye(2), rhs + weight * prior)
-
-    pooled = line(np.ones(len(la), bool), None, 0.0)
-    scales = {"*": pooled.tolist()}
-    for kind in sorted(set(kinds.tolist())):
-        scales[kind] = line(kinds == kind, pooled, TRANSFER_SHRINK).tolist()
-    return scales
-
-
-def transferred(scales: dict[str, list[float]], source_us: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
-    """Device B's microseconds from device A's predicted ones (``fit_scales``)."""
-    ab = np.array([scales.get(k, scales["*"]) for k in kinds]).reshape(len(kinds), 2)
-    return np.exp(ab[:, 0] + ab[:, 1] * np.log(np.maximum(source_us, 0.05)))
+    return base * np.exp(correction)
 
 
 def export_tree(tree: Any) -> dict[str, list]:
@@ -397,9 +361,51 @@ def fit_head(
 MIN_SECONDS = 1e-6
 
 
+def head_terms(
+    head: dict[str, Any], models: Sequence[Kernels], node_pred: Sequence[np.ndarray],
+) -> np.ndarray:
+    """Each model's head prediction split by kernel group (models x groups, then the constant):
+    a group's term is its factor times its kernels' predicted sum plus its per-kernel cost times
+    their count. The terms sum to the prediction; a transfer scales them (``fit_group_factors``)."""
+    x = np.array([head_features(head["groups"], k, p) for k, p in zip(models, node_pred)])
+    coef = np.asarray(head["coef"])
+    n = len(head["groups"])
+    return np.column_stack([x[:, :n] * coef[:n] + x[:, n:2 * n] * coef[n:2 * n], x[:, -1:] * coef[-1]])
+
+
 def predict_head(
     head: dict[str, Any], models: Sequence[Kernels], node_pred: Sequence[np.ndarray],
 ) -> np.ndarray:
-    """Whole-model seconds from each model's kernels and their predicted microseconds."""
-    x = np.array([head_features(head["groups"], k, p) for k, p in zip(models, node_pred)])
-    return np.maximum(x @ np.asarray(head["coef"]), MIN_SECONDS)
+    """Whole-model seconds from each model's kernels and their predicted microseconds; with a
+    transfer's ``factors`` (group -> factor, ``*`` for the rest), each group's term scaled."""
+    terms = head_terms(head, models, node_pred)
+    factors = head.get("factors")
+    if factors:
+        names = [*head["groups"], "constant"]
+        terms = terms * np.array([factors.get(g, factors["*"]) for g in names])
+    return np.maximum(terms.sum(axis=1), MIN_SECONDS)
+
+
+#: Ridge pulling each group's transfer factor towards the pooled one (relative-error units: one
+#: model 10% off costs 0.01): with 10-20 models, a group factor moves only where the data insist.
+TRANSFER_RIDGE = 0.05
+
+
+def fit_group_factors(terms: np.ndarray, names: Sequence[str], seconds: np.ndarray) -> dict[str, float]:
+    """Device B's factor per head term (kernel group, and the constant) from B's whole-model times
+    and A's head terms for the same models: non-negative least squares on relative error, each
+    factor pulled towards the single factor that fits all terms (``*``) by ``TRANSFER_RIDGE``. A
+    group absent from B's models keeps the pooled factor."""
+    from scipy.optimize import lsq_linear
+
+    total = terms.sum(axis=1)
+    pooled = float(np.sum(total / seconds) / np.sum((total / seconds) ** 2))
+    present = np.flatnonzero(np.abs(terms).sum(axis=0) > 0)
+    weighted = terms[:, present] / seconds[:, None]
+    ridge = math.sqrt(TRANSFER_RIDGE) * np.eye(len(present))
+    a = np.vstack([weighted, ridge])
+    b = np.concatenate([np.ones(len(seconds)), ridge.diagonal() * pooled])
+    fitted = lsq_linear(a, b, bounds=(0, np.inf)).x
+    factors = {"*": pooled}
+    factors.update({names[i]: float(f) for i, f in zip(present, fitted)})
+    return factors

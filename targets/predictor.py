@@ -35,9 +35,10 @@ from search.core.errors import UserError
 from targets.graph import GraphCost, NodeCost, analyze, optimized
 from targets.kernels import (
     Kernels,
+    fit_group_factors,
     fit_head,
     fit_nodes,
-    fit_scales,
+    head_terms,
     model_kernels,
     predict_head,
     predict_nodes,
@@ -307,20 +308,8 @@ def fit_kernel_level(
 
 
 def predict_kernel_level(params: dict[str, Any], models: Sequence[Kernels]) -> np.ndarray:
-    """Seconds predicted for each model's kernels by kernel-level parameters (a transferred
-    calibration's ``adjust``: a x head + b + c x kernels, fitted on the new device)."""
-    node_pred = [predict_nodes(params["nodes"], k) for k in models]
-    seconds = predict_head(params["head"], models, node_pred)
-    adjust = params.get("adjust")
-    if adjust:
-        counts = np.array([len(k) for k in models], dtype=float)
-        seconds = np.maximum(adjust_design(seconds, counts) @ np.asarray(adjust), 1e-6)
-    return seconds
-
-
-def adjust_design(seconds: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Columns of a transferred calibration's adjustment: the head's prediction, 1, kernel count."""
-    return np.column_stack([seconds, np.ones(len(seconds)), counts * 1e-6])
+    """Seconds predicted for each model's kernels by kernel-level parameters."""
+    return predict_head(params["head"], models, [predict_nodes(params["nodes"], k) for k in models])
 
 
 def cross_validate_kernels(
@@ -341,20 +330,17 @@ def fit_transfer(
     source: dict[str, Any], models: Sequence[Kernels], node_us: Sequence[np.ndarray], y: np.ndarray,
     graph: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Kernel-level parameters for device B from device A's (``source``) and a few of B's samples:
-    A's kernel cost model with per-kind lines from A's predicted to B's profiled node times
-    (``targets.kernels.fit_scales``), A's head, and a three-parameter adjustment of the head fitted
-    on B's whole-model times (few samples cannot refit a head per kernel group)."""
-    nodes = {key: value for key, value in source["nodes"].items() if key != "transfer"}
-    kinds = [kind for k, t in zip(models, node_us) for kind, ok in zip(k.kinds, np.isfinite(t)) if ok]
-    predicted = np.concatenate([predict_nodes(nodes, k)[np.isfinite(t)] for k, t in zip(models, node_us)])
-    measured = np.concatenate([t[np.isfinite(t)] for t in node_us])
-    nodes["transfer"] = fit_scales(predicted, kinds, measured)
-    params = {"nodes": nodes, "head": source["head"], "graph": dict(graph or source["graph"])}
-    head = predict_kernel_level(params, models)
-    counts = np.array([len(k) for k in models], dtype=float)
-    params["adjust"] = _nnls_relative(adjust_design(head, counts), y).tolist()
-    return params
+    """Kernel-level parameters for device B from device A's (``source``) and a few of B's measured
+    models: A's kernel cost model and head, with one factor per kernel group of the head (and its
+    constant) fitted on B's whole-model times (``targets.kernels.fit_group_factors``). B's per-node
+    profile is not needed: A's head maps A's kernel predictions to a model's time, and the factors
+    say how much slower or faster each kind of kernel is on B. (Fitting factors per kernel on B's
+    profiled nodes was tried and measured worse: the head's per-group terms amplify any change of
+    its inputs.)"""
+    head = {key: value for key, value in source["head"].items() if key != "factors"}
+    terms = head_terms(head, models, [predict_nodes(source["nodes"], k) for k in models])
+    head["factors"] = fit_group_factors(terms, [*head["groups"], "constant"], y)
+    return {"nodes": source["nodes"], "head": head, "graph": dict(graph or source["graph"])}
 
 
 def transfer_out_of_fold(

@@ -25,8 +25,8 @@ PROFILE_DIR = Path(__file__).with_name("profiles")
 #: The analytic prior's 90% prediction interval, as log(measured / predicted): the split-conformal
 #: interval (``targets.predictor.conformal``) over the 51 published board measurements of
 #: ``profiles/published.csv`` against the prior with the shipped constants (``edgepareto bench
-#: profiles``): x0.57 to x1.84. A check against other runtimes on other people's boards, so wide.
-PRIOR_INTERVAL = (-0.567, 0.612)
+#: profiles``): x0.56 to x1.55. A check against other runtimes on other people's boards, so wide.
+PRIOR_INTERVAL = (-0.585, 0.438)
 COMPUTE_DTYPES = ("float32", "int8", "float16")
 #: Ops whose MACs run on integer kernels (QDQ graphs are fused into these by onnxruntime).
 INT8_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
@@ -35,6 +35,8 @@ REQUIRED = {
     "memory_bandwidth_bytes_per_s": float, "per_op_overhead_s": float, "ram_bytes": float,
     "flash_bytes": (float, type(None)), "dtypes": list, "unsupported_ops": list, "sources": dict,
 }
+#: Keys a profile may leave out, with their defaults.
+OPTIONAL = {"thread_speedup_exponent": 1.0}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class Profile:
     dtypes: tuple[str, ...]
     unsupported_ops: tuple[str, ...]
     sources: dict[str, str]
+    #: n threads run compute n ** exponent times faster (1: linearly; published 1-to-n thread
+    #: speed-ups of the board where they exist, ``search.bench.profiles.thread_exponents``).
+    thread_speedup_exponent: float = 1.0
 
     @classmethod
     def load(cls, path: Path) -> Profile:
@@ -67,7 +72,7 @@ class Profile:
     def from_mapping(cls, data: Any, where: str) -> Profile:
         if not isinstance(data, dict):
             raise UserError(f"profile {where}: expected a mapping")
-        unknown = set(data) - set(REQUIRED)
+        unknown = set(data) - set(REQUIRED) - set(OPTIONAL)
         if unknown:
             raise UserError(f"profile {where}: unknown key(s) {', '.join(sorted(unknown))}")
         for key, kind in REQUIRED.items():
@@ -82,6 +87,11 @@ class Profile:
         for key in ("clock_hz", "memory_bandwidth_bytes_per_s", "ram_bytes"):
             if data[key] <= 0:
                 raise UserError(f"profile {where}: {key} must be positive")
+        exponent = data.get("thread_speedup_exponent", OPTIONAL["thread_speedup_exponent"])
+        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not 0 < exponent <= 1:
+            raise UserError(f"profile {where}: thread_speedup_exponent must be a number in (0, 1]")
+        if "thread_speedup_exponent" in data and "thread_speedup_exponent" not in data["sources"]:
+            raise UserError(f"profile {where}: sources do not say where thread_speedup_exponent comes from")
         if data["cores"] < 1 or data["per_op_overhead_s"] < 0:
             raise UserError(f"profile {where}: cores must be at least 1 and per_op_overhead_s >= 0")
         macs = data["macs_per_s"]
@@ -105,6 +115,7 @@ class Profile:
             per_op_overhead_s=data["per_op_overhead_s"], ram_bytes=data["ram_bytes"],
             flash_bytes=data["flash_bytes"], dtypes=tuple(data["dtypes"]),
             unsupported_ops=tuple(data["unsupported_ops"]), sources=dict(data["sources"]),
+            thread_speedup_exponent=float(exponent),
         )
 
 
@@ -141,7 +152,7 @@ def compute_dtype(node: NodeCost) -> str:
 
 def node_seconds(node: NodeCost, profile: Profile, threads: int, qdq: bool) -> float:
     """Roofline time of one node plus the per-op overhead. In a QDQ graph the MAC ops run int8."""
-    cores = min(threads, profile.cores)
+    cores = min(threads, profile.cores) ** profile.thread_speedup_exponent
     dtype = "int8" if qdq and node.macs else compute_dtype(node)
     rate = profile.macs_per_s[dtype] or profile.macs_per_s["float32"]  # no native dtype: fp32 kernels
     compute = node.macs / (rate * cores)

@@ -257,6 +257,30 @@ def rate_factor(
     return float(math.exp(rows["ratio"].map(math.log).mean())), len(rows)
 
 
+def thread_exponents(published: pd.DataFrame) -> pd.DataFrame:
+    """Per profile, the thread speed-up exponent the published rows show: for every model measured
+    by the same runtime at the same precision with 1 thread and with n > 1 threads, log(t1 / tn) /
+    log(n); the profile's value is their mean (rows: how many pairs). A profile without such pairs
+    is left out."""
+    rows = []
+    keys = ["profile", "runtime", "timm_name", "input_px", "precision", "board"]
+    for key, group in published.groupby(keys):
+        single = group[group["threads"] == 1]
+        if single.empty:
+            continue
+        t1 = float(single["latency_ms"].iloc[0])
+        for _, row in group[group["threads"] > 1].iterrows():
+            n = int(row["threads"])
+            rows.append({"profile": key[0], "model": key[2], "threads": n,
+                         "speedup": t1 / float(row["latency_ms"]),
+                         "exponent": math.log(t1 / float(row["latency_ms"])) / math.log(n)})
+    pairs = pd.DataFrame(rows)
+    if pairs.empty:
+        return pd.DataFrame(columns=["profile", "pairs", "exponent", "min", "max"])
+    return pairs.groupby("profile")["exponent"].agg(
+        pairs="size", exponent="mean", min="min", max="max").reset_index()
+
+
 def bench_profiles(
     path: Path = PUBLISHED_CSV, profiles: Mapping[str, Profile] | None = None,
     cache_dir: Path | None = None, log: Callable[[str], None] = lambda _: None,
@@ -280,7 +304,9 @@ def bench_profiles(
     return comparison, summarize(comparison)
 
 
-def format_profiles(comparison: pd.DataFrame, summary: pd.DataFrame) -> str:
+def format_profiles(
+    comparison: pd.DataFrame, summary: pd.DataFrame, exponents: pd.DataFrame | None = None,
+) -> str:
     """The printed tables: every row (published, prior, ratio), then the error per profile."""
     lines = [
         f"{'profile':<21} {'model':<29} {'px':>4} {'prec':<5} {'runtime':<26} {'thr':>3} "
@@ -306,4 +332,9 @@ def format_profiles(comparison: pd.DataFrame, summary: pd.DataFrame) -> str:
         )
     for name, reason in NO_PUBLISHED:
         lines.append(f"{name:<21} no published figure: {reason}")
+    if exponents is not None and not exponents.empty:
+        lines += ["", "thread speed-up exponent shown by 1-thread / n-thread pairs (n threads: n ** exponent "
+                  "times faster; the profile's thread_speedup_exponent)"]
+        lines += [f"{e.profile:<21} {e.pairs:>2} pairs  {e.exponent:.2f} (min {e.min:.2f}, max {e.max:.2f})"
+                  for e in exponents.itertuples()]
     return "\n".join(lines)

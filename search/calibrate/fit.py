@@ -302,6 +302,14 @@ def bench_predictor(
     cross-validated share on the fitting set; the repeatability ceiling (two independent timings of
     the held-out set: the even and the odd passes); the kernel-level interval's held-out coverage."""
     data = collect(target, agent, train + held_out, models, img_size, threads, repeats, 0, log, ca_file)
+    return predictor_table(data, train, save_to, log)
+
+
+def predictor_table(
+    data: Samples, train: int, save_to: Path | None = None, log: Callable[[str], None] = lambda _m: None,
+) -> pd.DataFrame:
+    """``bench predictor``'s table from measured samples: a seeded ``train`` of them to fit on, the
+    rest held out."""
     order = np.random.default_rng(1).permutation(len(data.y))
     fit, test = data.subset(order[:train]), data.subset(order[train:])
     masks = class_masks(test.frame)
@@ -348,6 +356,15 @@ def bench_transfer(
     prediction (how differently the two devices cost each kind)."""
     calibration, path = find_source(runs_root, source)
     data = collect(target, agent, max(sizes) + held_out, models, img_size, threads, repeats, 1, log, ca_file)
+    return transfer_table(calibration, path, data, sizes, log)
+
+
+def transfer_table(
+    calibration: Calibration, path: Path, data: Samples, sizes: Sequence[int] = TRANSFER_SIZES,
+    log: Callable[[str], None] = lambda _m: None,
+) -> pd.DataFrame:
+    """``bench predictor --from``'s table from device B's measured samples: the first ``sizes`` of a
+    seeded order to adapt or fit on, the rest held out."""
     order = np.random.default_rng(2).permutation(len(data.y))
     test = data.subset(order[max(sizes):])
     rows = [{"predictor": f"A unadapted ({path.parent.name})", "samples": 0,
@@ -360,8 +377,8 @@ def bench_transfer(
         rows.append({"predictor": "transfer from A", "samples": n, **_scored(predicted, test.y),
                      "coverage_90": coverage_of(predicted, test.y, conformal(oof, part.y))})
         log(f"from scratch on {n} samples")
-        scratch = fit_calibration(part.x, part.prior, part.y, target=target, threads=threads, created="",
-                                  device="", kernels=part.kernels, node_us=part.node_us, graph=part.graph)
+        scratch = fit_calibration(part.x, part.prior, part.y, target="B", threads=0, created="", device="",
+                                  kernels=part.kernels, node_us=part.node_us, graph=part.graph)
         if scratch.model == KERNEL_LEVEL:
             predicted = predict_kernel_level(scratch.params, test.kernels)
         else:

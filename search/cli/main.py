@@ -526,9 +526,9 @@ def _bench(args: argparse.Namespace) -> int:
         print(format_families(rows))
         return 0
     if args.what == "profiles":
-        from search.bench.profiles import bench_profiles, format_profiles
+        from search.bench.profiles import bench_profiles, format_profiles, load_published, thread_exponents
 
-        print(format_profiles(*bench_profiles(log=_log)))
+        print(format_profiles(*bench_profiles(log=_log), thread_exponents(load_published())))
         return 0
     if args.what == "predictor":
         from search.calibrate.fit import (

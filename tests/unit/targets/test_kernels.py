@@ -16,10 +16,9 @@ from targets.kernels import (
     Kernels,
     executed_graph,
     export_tree,
-    fit_scales,
+    fit_group_factors,
     model_kernels,
     named,
-    transferred,
     tree_predict,
 )
 from targets.latency import CalibratedTarget
@@ -150,20 +149,21 @@ def test_transfer_learns_per_kind_costs_from_twenty_models():
     error = lambda p: float(np.mean(np.abs(p / b_y[20:] - 1)))  # noqa: E731
     assert within(adapted) >= 0.9
     assert error(unadapted) > 4 * error(adapted)
-    ratios = np.exp(np.array(params["nodes"]["transfer"]["Add|fp32|"])[0])
-    assert ratios == pytest.approx(3.0, rel=0.2)  # slope ~1 for a constant factor: the intercept is it
+    factors = params["head"]["factors"]
+    # per group, in the right direction (the ridge holds each towards the pooled factor)
+    assert factors["convk.fp32"] < 0.7 < 1.1 < factors["elem.fp32"]
 
 
-def test_fit_scales_recovers_a_slope():
-    """On B a kernel costs 2 us + (A's cost)^0.8: a slope, not a factor."""
+def test_group_factors_are_pulled_to_the_pooled_one_only_where_the_data_do_not_insist():
+    """Two head terms: B runs the first twice as slowly and the second as A does. Twenty models
+    that mix them recover both factors; a term no model has keeps the pooled factor."""
     rng = np.random.default_rng(0)
-    a = rng.uniform(1, 1000, 400)
-    b = np.exp(0.3 + 0.8 * np.log(a))
-    kinds = ["Conv|fp32|k"] * 400
-    scales = fit_scales(a, kinds, b)
-    assert scales["Conv|fp32|k"] == pytest.approx([0.3, 0.8], abs=0.02)
-    expected = np.exp(0.3) * 10 ** 0.8
-    assert transferred(scales, np.array([10.0]), ["Conv|fp32|k"])[0] == pytest.approx(expected, rel=1e-3)
+    terms = np.column_stack([rng.uniform(1, 5, 20), rng.uniform(1, 5, 20), np.zeros(20)]) * 1e-3
+    seconds = terms[:, 0] * 2.0 + terms[:, 1] * 1.0
+    factors = fit_group_factors(terms, ["conv.fp32", "mm.fp32", "norm.fp32"], seconds)
+    assert factors["conv.fp32"] == pytest.approx(2.0, rel=0.05)
+    assert factors["mm.fp32"] == pytest.approx(1.0, rel=0.05)
+    assert "norm.fp32" not in factors and factors["*"] == pytest.approx(seconds.sum() / terms.sum(), rel=0.1)
 
 
 def test_conformal_interval_covers_about_ninety_percent_when_the_truth_is_known():
@@ -238,6 +238,6 @@ def test_transfer_calibration_from_a_kernel_level_one(tiny_samples):
         s.subset(range(8)), target="host", threads=2, created="now", device="here", origin="transfer from A",
     )
     assert calibration.model == KERNEL_LEVEL and calibration.samples == 8
-    assert "transfer" in calibration.params["nodes"]
+    assert "factors" in calibration.params["head"]
     assert set(calibration.cv) == {KERNEL_LEVEL}  # leave-one-out on the 8 samples
     assert predict_kernel_level(calibration.params, list(s.kernels)).shape == (12,)

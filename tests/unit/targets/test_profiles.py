@@ -30,6 +30,9 @@ def test_shipped_profiles_validate_and_cite_their_sources():
         (lambda d: d.update(colour="red"), "unknown key(s) colour"),
         (lambda d: d["macs_per_s"].update(float32=-1.0), "macs_per_s.float32 must be positive"),
         (lambda d: d["sources"].pop("per_op_overhead_s"), "do not say where per_op_overhead_s"),
+        (lambda d: d.update(thread_speedup_exponent=1.5), "thread_speedup_exponent must be a number in"),
+        (lambda d: d.update(thread_speedup_exponent="fast"), "thread_speedup_exponent must be a number"),
+        (lambda d: d["sources"].pop("thread_speedup_exponent"), "do not say where thread_speedup_exponent"),
     ],
 )
 def test_bad_profile_files_get_a_clear_error(tmp_path, change, needle):

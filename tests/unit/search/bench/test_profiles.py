@@ -151,3 +151,28 @@ def test_the_analytic_priors_interval_is_the_published_tables(tmp_path):
     comparison, _ = bench_profiles(cache_dir=tmp_path)
     got = conformal(comparison["prior_ms"].to_numpy(), comparison["published_ms"].to_numpy())
     assert got == pytest.approx(list(PRIOR_INTERVAL), abs=0.005)
+
+
+def test_thread_speedup_exponent_from_one_and_n_thread_pairs():
+    """Pairs of the same model, runtime and precision at 1 and n threads give log(t1/tn)/log(n);
+    the prior divides compute by n ** exponent."""
+    from search.bench.profiles import thread_exponents
+    from targets.profile import node_seconds
+
+    base = {"profile": "board", "board": "b", "runtime": "r", "input_px": 224, "precision": "fp32"}
+    table = pd.DataFrame([
+        {**base, "timm_name": "m1", "threads": 1, "latency_ms": 100.0},
+        {**base, "timm_name": "m1", "threads": 4, "latency_ms": 50.0},  # 2x on 4 threads: 0.5
+        {**base, "timm_name": "m2", "threads": 1, "latency_ms": 90.0},
+        {**base, "timm_name": "m2", "threads": 4, "latency_ms": 90.0 / 4 ** 0.7},
+        {**base, "timm_name": "m3", "threads": 4, "latency_ms": 10.0},  # no 1-thread row: no pair
+    ])
+    got = thread_exponents(table).set_index("profile").loc["board"]
+    assert got["pairs"] == 2 and got["exponent"] == pytest.approx(0.6)
+    board = replace(shipped_profiles()["rpi5"], memory_bandwidth_bytes_per_s=1e18, per_op_overhead_s=0.0)
+    cost = gemm_cost()
+    node = next(n for n in cost.nodes if n.macs)
+    linear = node_seconds(node, board, 4, False)
+    half = node_seconds(node, replace(board, thread_speedup_exponent=0.5), 4, False)
+    assert half == pytest.approx(linear * 2)  # 4 threads: 2x instead of 4x
+    assert shipped_profiles()["rpi4"].thread_speedup_exponent == pytest.approx(0.40)

@@ -155,3 +155,34 @@ def test_select_on_a_real_run_copies_the_chosen_model(finished_run, tmp_path, ca
     card = json.loads((tmp_path / "chosen" / "model.json").read_text())
     assert card["trial"] == api.trial
     assert (tmp_path / "chosen" / "model.onnx").read_bytes() == Path(api.model["path"]).read_bytes()
+
+
+def predicted(rows: list[tuple[int, float, float, float, float]]) -> pd.DataFrame:
+    """Predicted latencies: trial, test accuracy, point, low, high (ms)."""
+    return pd.DataFrame([
+        {"trial": t, "model": "resnet18", "role": "pareto", "techniques": f"recipe {t}", "test_accuracy": acc,
+         "latency_ms": point, "latency_low_ms": low, "latency_high_ms": high,
+         "latency_source": "predicted:calibrated", "size_mb": 1.0, "path": f"trials/{t:04d}/model.onnx"}
+        for t, acc, point, low, high in rows
+    ])
+
+
+def test_select_says_whether_a_predicted_model_fits_for_sure():
+    front = predicted([(1, 0.97, 4.5, 3.9, 5.6), (2, 0.95, 3.8, 3.3, 4.6), (3, 0.90, 2.0, 1.7, 2.4)])
+    # 4.5 ms fits 5 ms by its point estimate only; the best that fits for sure is trial 2
+    choice = select(front, Budget(max_latency_ms=5.0))
+    assert choice.fits and choice.trial == 1 and choice.certainty == "estimate"
+    assert choice.sure_alternative is not None and int(choice.sure_alternative["trial"]) == 2
+    assert "fits only by its point estimate" in choice.message() and "trial 2" in choice.message()
+    assert choice.to_dict()["certainty"] == "estimate" and choice.to_dict()["sure_alternative"] == 2
+    sure = select(front, Budget(max_latency_ms=6.0))
+    assert sure.trial == 1 and sure.certainty == "sure" and sure.sure_alternative is None
+    assert "fits for sure" in sure.message()
+    # no latency budget: nothing to be sure about
+    assert select(front, Budget(max_size_mb=2.0)).certainty is None
+    # a measured latency fits as measured
+    measured = select(frame(), Budget(max_latency_ms=5.0))
+    assert measured.certainty == "measured" and "for sure" not in measured.message()
+    # an estimate without any model that fits for sure names no alternative
+    only = select(front.iloc[:1], Budget(max_latency_ms=5.0))
+    assert only.certainty == "estimate" and only.sure_alternative is None
