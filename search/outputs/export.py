@@ -89,6 +89,8 @@ def model_card(report: FinishedRun, row: pd.Series, model_file: Path) -> dict[st
         "p90_ms": plain(source.get("latency_p90_ms")),
         "source": plain(source.get("latency_source")),
         "error_pct": plain(source.get("latency_error_pct")),
+        "low_ms": plain(source.get("latency_low_ms")),  # a prediction's ~90% interval; None: measured
+        "high_ms": plain(source.get("latency_high_ms")),
         "label": latency_label(source.get("latency_source"), source.get("latency_error_pct")),
         # the front is re-timed at the end on the final target; other trials keep the search's timing
         "when": "final re-measurement of the front" if final is not None else "during the search",
