@@ -11,11 +11,12 @@ does not carry.
 Each node is a *kernel*: its kind (op type, the element type it computes in and, for a
 convolution, depthwise / pointwise / spatial) and features of its own (MACs, elements and bytes in
 and out, parameter bytes, kernel area, stride, groups, channels, spatial size). ``fit_nodes`` fits
-one non-negative linear cost per kind (a constant, a cost per MAC and a cost per byte moved) and a
-boosted-tree correction on the log of measured / linear from the kernel features; a model's
-latency is the sum of its kernels, scaled and offset by a head fitted on whole-model timings
-(``fit_head``: what the sum misses, the per-run overhead and the gaps between kernels). Every
-fitted parameter is plain JSON data, predicted with numpy alone.
+one non-negative linear cost per kind (a constant, a cost per MAC and a cost per byte moved) and
+boosted trees on the log of measured / linear from the kernel features. ``fit_head`` maps the
+predicted kernel times to a model's latency: per kernel group a factor on their sum and a cost per
+kernel (the profiler's own time per node comes out negative), and a constant per run, by least
+squares on whole-model timings. A transfer to another device scales the head's group terms
+(``fit_group_factors``). Every fitted parameter is plain JSON data, predicted with numpy alone.
 """
 
 from __future__ import annotations

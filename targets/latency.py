@@ -63,7 +63,7 @@ class CalibratedTarget(Target):
 
     def latency(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Latency:
         seconds = self.calibration.predict_seconds(onnx_path, batch=input_shape[0])
-        low, high = self.calibration.bounds(seconds * 1e3)
+        low, high = self.calibration.bounds(seconds * 1e3) if any(self.calibration.interval) else (None, None)
         return Latency(
             median_ms=seconds * 1e3, p90_ms=seconds * 1e3, repeats=0, threads=self.calibration.threads,
             source="predicted:calibrated", target=self.name, error_pct=self.calibration.error_pct,

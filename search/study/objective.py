@@ -25,7 +25,7 @@ from search.config.run_config import RunConfig
 from search.core.atomic import write_json
 from search.core.layout import METRICS_FILE, PARAMS_FILE, trial_dir
 from search.core.stages import StageClock
-from search.front.pareto import straddles
+from search.front.pareto import is_dominated, straddles
 from search.study.cluster import BASELINE_ATTR
 from search.study.constraints import (
     DUPLICATE_ATTR,
@@ -356,8 +356,10 @@ class Objective:
             return True
         done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         others = [t.values for t in done if is_feasible(t)]
-        point = metrics.latency_ms
-        low = point if metrics.latency_low_ms is None else metrics.latency_low_ms
-        high = point if metrics.latency_high_ms is None else metrics.latency_high_ms
-        ends = [objective_values(replace(metrics, latency_ms=v), self.cfg.objectives) for v in (low, high)]
+        if metrics.latency_low_ms is None or metrics.latency_high_ms is None:  # no interval (a
+            # calibration from before intervals): measure what its point estimate puts on the front
+            point = objective_values(metrics, self.cfg.objectives)
+            return not is_dominated(point, others, self.cfg.directions)
+        ends = [objective_values(replace(metrics, latency_ms=v), self.cfg.objectives)
+                for v in (metrics.latency_low_ms, metrics.latency_high_ms)]
         return straddles(ends[0], ends[1], others, self.cfg.directions)

@@ -201,8 +201,10 @@ def test_hybrid_measures_exactly_the_candidates_whose_interval_straddles_the_fro
     }
     got = {ends: objective.worth_measuring(trial, interval(0.92, *ends)) for ends in cases}
     assert got == cases
-    # a prediction without an interval never straddles: measured only if it is a baseline
+    # a prediction without an interval (a calibration from before intervals): measured when its
+    # point estimate is on the front
     assert objective.worth_measuring(trial, metrics(accuracy=0.92, latency_ms=1.05)) is False
+    assert objective.worth_measuring(trial, metrics(accuracy=0.92, latency_ms=0.9)) is True
     study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
     baseline = study.ask()
     assert objective.worth_measuring(baseline, interval(0.1, 8.0, 9.0, 10.0, size_mb=9.0)) is True
