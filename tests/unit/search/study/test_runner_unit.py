@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -119,6 +120,17 @@ def test_a_failure_while_ctrl_c_is_pending_is_the_interrupt(tmp_path):
     assert "fail_reason" not in trial.user_attrs
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own SIGINT handling, as in the CLI's process. An earlier test in the same pytest
+    process may have left another handler installed (Ray's driver, a server), and ``Interrupts``
+    rightly leaves a handler it did not expect alone; the full suite failed here that way once."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_ctrl_c")
 def test_a_ctrl_c_inside_a_finalizer_is_delivered_again_without_a_traceback(capfd):
     """SIGINT during a weakref callback or ``__del__`` (SQLAlchemy's, in garbage collection) cannot
     propagate there; Python would print "Exception ignored ... Traceback" and go on. Under
@@ -141,6 +153,7 @@ def test_a_ctrl_c_inside_a_finalizer_is_delivered_again_without_a_traceback(capf
     assert "Exception ignored" not in err and "Traceback" not in err
 
 
+@pytest.mark.usefixtures("python_ctrl_c")
 def test_a_swallowed_ctrl_c_is_not_delivered_again_once_the_search_stopped():
     """The engine's check between trials may stop the search before the redelivery fires; the
     redelivery must then not raise a second KeyboardInterrupt into the CLI's exit path."""
