@@ -29,7 +29,6 @@ from search.core.urls import agent_url
 from targets.agent import UsageError, check_token, tls_reason
 from targets.agent import read_token as read_agent_token
 from targets.base import TARGETS, Latency, Target
-from targets.kernels import X86_ONLY_OPTIMIZERS
 
 TOKEN_ENV = "EDGEPARETO_AGENT_TOKEN"
 TOKEN_FILE_ENV = "EDGEPARETO_AGENT_TOKEN_FILE"
@@ -217,6 +216,8 @@ class RemoteTarget(Target):
         return {str(k): (str(v[0]), float(v[1])) for k, v in nodes.items()}
 
     def disabled_optimizers(self) -> tuple[str, ...]:
+        from targets.kernels import X86_ONLY_OPTIMIZERS  # SciPy and the graph code: not at start-up
+
         info = self._info if self._info is not None else self.check()
         machine = str(info.get("machine", "")).lower()
         return () if machine in ("x86_64", "amd64", "i686", "x86") else X86_ONLY_OPTIMIZERS
