@@ -171,7 +171,7 @@ def kernel_features(node: NodeCost, attrs: dict[str, Any]) -> list[float]:
     data_in = node.input_shapes[0] if node.input_shapes else None
     out = node.output_shapes[0] if node.output_shapes else None
     in_elements = math.prod(data_in) if data_in else 0
-    in_bytes = sum(math.prod(s) for s in node.input_shapes if s) * _itemsize(node.dtype) - node.param_bytes
+    in_bytes = sum(math.prod(s) for s in node.input_shapes if s) * itemsize(node.dtype) - node.param_bytes
     kernel_area, stride, groups, c_in, c_out, spatial = 0, 0, 0, 0, 0, 0
     w = _weight_shape(node) if node.op_type in CONV_OPS else None
     if w is not None and len(w) > 2:
@@ -191,7 +191,8 @@ def kernel_features(node: NodeCost, attrs: dict[str, Any]) -> list[float]:
             math.log1p(c_in), math.log1p(c_out), math.log1p(spatial), len(node.input_shapes), fused]
 
 
-def _itemsize(dtype: str) -> int:
+def itemsize(dtype: str) -> int:
+    """Bytes per element of a numpy dtype name (4 for one numpy does not know)."""
     try:
         return np.dtype(dtype).itemsize
     except TypeError:
@@ -206,7 +207,7 @@ def _linear_design(x: np.ndarray) -> np.ndarray:
     return np.column_stack([np.ones(len(x)), macs, moved])
 
 
-def _nnls_relative(design: np.ndarray, y: np.ndarray) -> np.ndarray:
+def nnls_relative(design: np.ndarray, y: np.ndarray) -> np.ndarray:
     """argmin ||(design @ coef - y) / y|| with coef >= 0 and a little ridge."""
     weighted = design / y[:, None]
     a = np.vstack([weighted, 1e-6 * np.sqrt(len(y)) * np.eye(design.shape[1])])
@@ -225,11 +226,11 @@ def fit_nodes(
     us = np.maximum(np.asarray(us, dtype=float), 0.05)
     kinds = np.asarray(kinds)
     design = _linear_design(x)
-    linear = {"*": _nnls_relative(design, us).tolist()}
+    linear = {"*": nnls_relative(design, us).tolist()}
     for kind in sorted(set(kinds.tolist())):
         mask = kinds == kind
         if mask.sum() >= MIN_KIND_NODES:
-            linear[kind] = _nnls_relative(design[mask], us[mask]).tolist()
+            linear[kind] = nnls_relative(design[mask], us[mask]).tolist()
     vocabulary = sorted(linear)
     params: dict[str, Any] = {"linear": linear, "vocabulary": vocabulary}
     base = _linear_predict(params, x, kinds)

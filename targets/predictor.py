@@ -28,20 +28,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
 
 from search.core.atomic import write_text
 from search.core.errors import UserError
 from targets.graph import GraphCost, NodeCost, analyze, optimized
 from targets.kernels import (
     Kernels,
+    export_tree,
     fit_group_factors,
     fit_head,
     fit_nodes,
     head_terms,
+    itemsize,
     model_kernels,
+    nnls_relative,
     predict_head,
     predict_nodes,
+    tree_predict,
 )
 
 TOLERANCE = 0.10  # "within ±10%"
@@ -129,18 +132,11 @@ def features(cost: GraphCost) -> np.ndarray:
     x = np.zeros(len(FEATURES))
     for node in cost.nodes:
         key = ".".join(node_class(node))
-        written = node.elements * _itemsize(node.dtype)
+        written = node.elements * itemsize(node.dtype)
         x[index[f"{key}.work"]] += (node.macs or node.elements) * SCALE["work"]
         x[index[f"{key}.bytes"]] += (node.param_bytes + written) * SCALE["bytes"]
         x[index[f"{key}.nodes"]] += 1
     return x
-
-
-def _itemsize(dtype: str) -> int:
-    try:
-        return np.dtype(dtype).itemsize
-    except TypeError:
-        return 4
 
 
 def graph_features(path: Path, batch: int = 1) -> np.ndarray:
@@ -178,13 +174,13 @@ def fit_flops(x: np.ndarray, prior: np.ndarray, y: np.ndarray) -> Fitted:
 
 def fit_prior(x: np.ndarray, prior: np.ndarray, y: np.ndarray) -> Fitted:
     """The analytic prior, scaled: latency = a * prior + b (non-negative)."""
-    coef = _nnls_relative(np.column_stack([prior, np.ones_like(prior)]), y)
+    coef = nnls_relative(np.column_stack([prior, np.ones_like(prior)]), y)
     return lambda _x2, p2: np.column_stack([p2, np.ones_like(p2)]) @ coef
 
 
 def kernel_params(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """The additive kernel-class model: non-negative per-class costs plus a constant per call."""
-    return {"coef": _nnls_relative(np.column_stack([x, np.ones(len(x))]), y).tolist()}
+    return {"coef": nnls_relative(np.column_stack([x, np.ones(len(x))]), y).tolist()}
 
 
 def boosted_params(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -202,28 +198,9 @@ def boosted_params(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     ).fit(np.log1p(x), np.log(y / base))
     params["trees"] = {
         "init": float(trees.init_.constant_.ravel()[0]), "rate": trees.learning_rate,
-        "trees": [_export_tree(est[0].tree_) for est in trees.estimators_],
+        "trees": [export_tree(est[0].tree_) for est in trees.estimators_],
     }
     return params
-
-
-def _export_tree(tree: Any) -> dict[str, list]:
-    return {
-        "left": tree.children_left.tolist(), "right": tree.children_right.tolist(),
-        "feature": tree.feature.tolist(), "threshold": tree.threshold.tolist(),
-        "value": tree.value.ravel().tolist(),
-    }
-
-
-def _tree_predict(tree: dict[str, list], x: np.ndarray) -> np.ndarray:
-    out = np.empty(len(x))
-    for i, row in enumerate(x):
-        node = 0
-        while tree["left"][node] != -1:
-            go_left = row[tree["feature"][node]] <= tree["threshold"][node]
-            node = tree["left"][node] if go_left else tree["right"][node]
-        out[i] = tree["value"][node]
-    return out
 
 
 def predict_params(params: dict[str, Any], x: np.ndarray) -> np.ndarray:
@@ -233,7 +210,7 @@ def predict_params(params: dict[str, Any], x: np.ndarray) -> np.ndarray:
     boost = params.get("trees")
     if boost:
         logs = np.log1p(np.maximum(x, 0))
-        correction = boost["init"] + boost["rate"] * sum(_tree_predict(t, logs) for t in boost["trees"])
+        correction = boost["init"] + boost["rate"] * sum(tree_predict(t, logs) for t in boost["trees"])
         seconds = np.maximum(seconds, 1e-9) * np.exp(correction)
     return seconds
 
@@ -260,16 +237,6 @@ MODELS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Fitted]] = {
 def _total_macs(x: np.ndarray) -> np.ndarray:
     cols = [i for i, n in enumerate(FEATURES) if n.split(".")[0] in MAC_KINDS and n.endswith(".work")]
     return x[:, cols].sum(axis=1) + 1e-9
-
-
-def _nnls_relative(design: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """argmin ||(design @ coef - y) / y|| subject to coef >= 0, with a little ridge for stability."""
-    weighted = design / y[:, None]
-    ridge = 1e-6 * np.sqrt(len(y))
-    a = np.vstack([weighted, ridge * np.eye(design.shape[1])])
-    b = np.concatenate([np.ones(len(y)), np.zeros(design.shape[1])])
-    coef, _ = nnls(a, b, maxiter=50 * design.shape[1])
-    return coef
 
 
 def out_of_fold(
@@ -327,8 +294,7 @@ def cross_validate_kernels(
 
 
 def fit_transfer(
-    source: dict[str, Any], models: Sequence[Kernels], node_us: Sequence[np.ndarray], y: np.ndarray,
-    graph: dict[str, Any] | None = None,
+    source: dict[str, Any], models: Sequence[Kernels], y: np.ndarray, graph: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Kernel-level parameters for device B from device A's (``source``) and a few of B's measured
     models: A's kernel cost model and head, with one factor per kernel group of the head (and its
@@ -343,15 +309,13 @@ def fit_transfer(
     return {"nodes": source["nodes"], "head": head, "graph": dict(graph or source["graph"])}
 
 
-def transfer_out_of_fold(
-    source: dict[str, Any], models: Sequence[Kernels], node_us: Sequence[np.ndarray], y: np.ndarray,
-) -> np.ndarray:
+def transfer_out_of_fold(source: dict[str, Any], models: Sequence[Kernels], y: np.ndarray) -> np.ndarray:
     """Leave-one-model-out predictions of a transferred calibration (few samples: every one held
     out once)."""
     out = np.empty(len(y))
     for i in range(len(y)):
         rest = [j for j in range(len(y)) if j != i]
-        params = fit_transfer(source, [models[j] for j in rest], [node_us[j] for j in rest], y[rest])
+        params = fit_transfer(source, [models[j] for j in rest], y[rest])
         out[i] = predict_kernel_level(params, [models[i]])[0]
     return out
 

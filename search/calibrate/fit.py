@@ -240,10 +240,10 @@ def transfer_calibration(
     origin: str,
 ) -> Calibration:
     """Device A's kernel-level calibration adapted to the device ``data`` was measured on."""
-    oof = transfer_out_of_fold(source.params, data.kernels, data.node_us, data.y)
+    oof = transfer_out_of_fold(source.params, data.kernels, data.y)
     return Calibration(
         target=target, model=KERNEL_LEVEL,
-        params=fit_transfer(source.params, data.kernels, data.node_us, data.y, data.graph),
+        params=fit_transfer(source.params, data.kernels, data.y, data.graph),
         feature_names=FEATURES, cv={KERNEL_LEVEL: asdict(score(oof, data.y))}, samples=len(data.y),
         threads=threads, created=created, device=device, interval=tuple(conformal(oof, data.y)),
         origin=origin,
@@ -371,8 +371,8 @@ def transfer_table(
              **_scored(predict_kernel_level(calibration.params, test.kernels), test.y)}]
     for n in sizes:
         part = data.subset(order[:n])
-        oof = transfer_out_of_fold(calibration.params, part.kernels, part.node_us, part.y)
-        params = fit_transfer(calibration.params, part.kernels, part.node_us, part.y, part.graph)
+        oof = transfer_out_of_fold(calibration.params, part.kernels, part.y)
+        params = fit_transfer(calibration.params, part.kernels, part.y, part.graph)
         predicted = predict_kernel_level(params, test.kernels)
         rows.append({"predictor": "transfer from A", "samples": n, **_scored(predicted, test.y),
                      "coverage_90": coverage_of(predicted, test.y, conformal(oof, part.y))})

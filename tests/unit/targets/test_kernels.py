@@ -141,8 +141,8 @@ def test_transfer_learns_per_kind_costs_from_twenty_models():
     scale = {"Conv|fp32|k": 0.4, "Conv|fp32|dw": 1.5, "Add|fp32|": 3.0}
     a_models, a_us, a_y = synthetic_models(60, 1)
     source = fit_kernel_level(a_models, a_us, a_y)
-    b_models, b_us, b_y = synthetic_models(80, 2, scale)
-    params = fit_transfer(source, b_models[:20], b_us[:20], b_y[:20])
+    b_models, _, b_y = synthetic_models(80, 2, scale)
+    params = fit_transfer(source, b_models[:20], b_y[:20])
     adapted = predict_kernel_level(params, b_models[20:])
     unadapted = predict_kernel_level(source, b_models[20:])
     within = lambda p: float(np.mean(np.abs(p / b_y[20:] - 1) <= 0.10))  # noqa: E731
